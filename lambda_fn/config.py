@@ -1,0 +1,73 @@
+"""Service settings: the one place that reads the environment.
+
+Every variable is ``DEEPFOOD_<FIELD>``; ``env_name("artifacts_uri")`` gives the exact name, which the CDK
+stack uses so infrastructure and runtime cannot disagree. The README's configuration table lists them.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "DEEPFOOD_"
+# API Gateway + Lambda accept a 6 MB payload, and binary bodies arrive base64-encoded (x4/3): ~4.5 MB raw.
+DEFAULT_MAX_UPLOAD_BYTES = 4_500_000
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    artifacts_uri: str = Field(
+        description="Where manifest.json, model.pt, index.ann and keys.json are: s3://bucket/prefix/ or a folder"
+    )
+    images_uri: str | None = Field(
+        None, description="Where collection images are (s3://... or a folder); default: <artifacts_uri>/images/"
+    )
+    images_base_url: str | None = Field(
+        None, description="Public base URL for image links; when unset, S3 images get presigned GET URLs"
+    )
+    presign_expires_s: int = Field(900, ge=1, le=7 * 24 * 3600, description="Lifetime of presigned image URLs")
+    default_k: int = Field(12, ge=1, description="Results returned when the request gives no k")
+    max_k: int = Field(100, ge=1, description="Largest k a request may ask for")
+    max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, ge=1024, description="Largest image accepted (bytes)")
+    max_image_pixels: int = Field(64_000_000, ge=1, description="Largest width x height decoded (bomb guard)")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins allowed by CORS; empty: none"
+    )
+    cache_dir: Path = Field(Path("/tmp/deepfood"), description="Local cache for downloaded artifacts")
+    num_threads: int | None = Field(None, ge=1, description="Torch intra-op threads; default: the CPUs we may use")
+    search_k: int | None = Field(None, ge=1, description="Override the manifest's Annoy search_k")
+    load_on_import: bool = Field(False, description="Load model and index at import (Lambda init) instead of first use")
+    log_level: str = Field("INFO", description="Log level of the JSON logger")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value):
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @property
+    def resolved_images_uri(self) -> str:
+        return self.images_uri or self.artifacts_uri.rstrip("/") + "/images/"
+
+    @property
+    def threads(self) -> int:
+        return self.num_threads or len(os.sched_getaffinity(0))
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    if field not in Settings.model_fields:
+        raise KeyError(field)
+    return ENV_PREFIX + field.upper()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,104 @@
+"""The artifact contract: training writes these files, the service reads them.
+
+Everything a reader needs to trust an index is in ``manifest.json``: the file names, their sha256, the
+embedding dim and Annoy metric, and the search settings chosen from a measured recall table. The manifest
+is uploaded last, so a reader never sees one that points at objects that are not there yet.
+
+Image ids are dense ints 0..n-1 (Annoy allocates memory for max id + 1); ``keys.json`` maps each id to its
+key (the image's path relative to the collection root, POSIX separators) and its label. The same key,
+under ``images/``, is the image's S3 object key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+SCHEMA_VERSION = 1
+
+MODEL_FILE = "model.pt"
+INDEX_FILE = "index.ann"
+KEYS_FILE = "keys.json"
+MANIFEST_FILE = "manifest.json"
+EMBEDDINGS_FILE = "embeddings.npy"
+IMAGES_PREFIX = "images/"
+# Name of the TorchScript `_extra_files` entry that carries the model's metadata.
+MODEL_META_FILE = "meta.json"
+
+Metric = Literal["angular", "euclidean", "dot"]
+
+
+class ModelMeta(BaseModel):
+    """What the exported TorchScript model says about itself."""
+
+    dim: int
+    resize_size: int = Field(description="Shorter side is resized to this before the centre crop")
+    crop_size: int = Field(description="Square input size the model takes")
+    mean: list[float]
+    std: list[float]
+    class_names: list[str] = []
+    input_layout: str = "uint8 RGB (B, H, W, 3)"
+    weights_sha256: str = Field(description="sha256 over the weights, a content hash of the model")
+    torch_version: str
+    arch: str = "resnet34"
+    train_args: dict = {}
+
+
+class KeyEntry(BaseModel):
+    key: str
+    label: str | None = None
+
+
+class Manifest(BaseModel):
+    """Self-description of an index build."""
+
+    schema_version: int = SCHEMA_VERSION
+    dim: int
+    metric: Metric
+    n_trees: int
+    search_k: int = Field(description="Default Annoy search_k, chosen from a measured recall table")
+    seed: int
+    count: int
+    model_file: str = MODEL_FILE
+    model_sha256: str
+    index_file: str = INDEX_FILE
+    index_sha256: str
+    keys_file: str = KEYS_FILE
+    keys_sha256: str
+    embeddings_file: str | None = None
+    built_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    versions: dict[str, str] = {}
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        return cls.model_validate_json(Path(path).read_text())
+
+    def write(self, path: Path) -> None:
+        Path(path).write_text(self.model_dump_json(indent=2) + "\n")
+
+
+def read_keys(path: Path) -> list[KeyEntry]:
+    return [KeyEntry.model_validate(e) for e in json.loads(Path(path).read_text())]
+
+
+def write_keys(path: Path, entries: list[KeyEntry]) -> None:
+    Path(path).write_text(json.dumps([e.model_dump() for e in entries], ensure_ascii=False))
+
+
+def image_object_key(prefix: str, key: str) -> str:
+    """S3 object key of a collection image: ``<prefix>/images/<key>``."""
+    prefix = prefix.strip("/")
+    return f"{prefix}/{IMAGES_PREFIX}{key}" if prefix else f"{IMAGES_PREFIX}{key}"
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,77 @@
+"""Request and response bodies: the OpenAPI document built from these is the API's contract."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. 'not_an_image', 'too_large', 'not_ready'")
+    message: str = Field(description="What went wrong and what to do about it")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class JsonSearchRequest(BaseModel):
+    image: str = Field(description="The image as base64, or as a data: URL (data:image/jpeg;base64,...)")
+    k: int | None = Field(None, description="Number of results; default and maximum come from the settings")
+
+
+class Match(BaseModel):
+    id: int = Field(description="Image id in the index (0..count-1)")
+    key: str = Field(description="Path of the image in the collection (its S3 key under images/)")
+    label: str | None = Field(None, description="Label from the collection's folder layout, when known")
+    distance: float = Field(description="Angular distance, sqrt(2 - 2 cos); 0 is identical")
+    similarity: float = Field(description="Cosine similarity of the embeddings, 1 is identical")
+    url: str = Field(description="URL the browser can load the image from")
+
+
+class Prediction(BaseModel):
+    label: str
+    probability: float
+
+
+class Timings(BaseModel):
+    decode_ms: float
+    embed_ms: float
+    search_ms: float
+    total_ms: float
+
+
+class SearchResponse(BaseModel):
+    k: int
+    results: list[Match]
+    predictions: list[Prediction] = Field(description="What the model thinks the query is (empty without a head)")
+    timings: Timings
+    query_id: int | None = Field(None, description="Set for /images/{id}/similar: the image searched from")
+
+
+class ModelInfo(BaseModel):
+    sha256: str
+    weights_sha256: str
+    dim: int
+    resize_size: int
+    crop_size: int
+    classes: int
+
+
+class IndexInfo(BaseModel):
+    sha256: str
+    count: int
+    dim: int
+    metric: str
+    n_trees: int
+    search_k: int
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ready", "unavailable"]
+    error: ErrorDetail | None = None
+    model: ModelInfo | None = None
+    index: IndexInfo | None = None
+    limits: dict[str, int] = Field(default_factory=dict, description="default_k, max_k, max_upload_bytes")
+    versions: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Offline side of DeepFood: fine-tune, export, embed, index, evaluate, upload."""

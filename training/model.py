@@ -1,0 +1,100 @@
+"""ResNet34 embedding network whose input is uint8 RGB, with ImageNet normalisation inside.
+
+Taking uint8 ``(B, H, W, 3)`` means the exported TorchScript file carries its preprocessing: the service
+decodes and crops (``lambda_fn.imaging.prepare``) and hands over raw pixels, never re-implementing mean/std.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import ResNet34_Weights, resnet34
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EMBEDDING_DIM = 512
+
+
+class WeightsUnavailable(RuntimeError):
+    """ImageNet weights could not be had (offline, no cached file)."""
+
+
+class EmbeddingNet(nn.Module):
+    """ResNet34 backbone; ``features`` is the 512-d output of avgpool, ``forward`` the class logits."""
+
+    def __init__(self, num_classes: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        self.backbone = resnet34(weights=None)
+        self.backbone.fc = nn.Linear(self.backbone.fc.in_features, num_classes)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) -> float (B, 3, H, W), ImageNet-normalised, channels-last in memory."""
+        x = images.permute(0, 3, 1, 2).float()
+        return (x - self.mean) / self.std
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        b = self.backbone
+        x = self.normalise(images)
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        x = b.layer4(b.layer3(b.layer2(b.layer1(x))))
+        return torch.flatten(b.avgpool(x), 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone.fc(self.features(images))
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.features(images), dim=1)
+
+
+class ExportedModel(nn.Module):
+    """What is scripted and saved: ``forward`` embeds, ``embed_and_classify`` also gives class probabilities."""
+
+    def __init__(self, net: EmbeddingNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.embed(images)
+
+    @torch.jit.export
+    def embed_and_classify(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.net.features(images)
+        return F.normalize(feats, dim=1), torch.softmax(self.net.backbone.fc(feats), dim=1)
+
+
+def imagenet_state_dict() -> dict[str, torch.Tensor]:
+    """torchvision's IMAGENET1K_V1 weights: from torch's hub cache, downloaded there when online."""
+    weights = ResNet34_Weights.IMAGENET1K_V1
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as exc:  # urllib raises several types; all mean the same thing to the user
+        filename = weights.url.rsplit("/", 1)[-1]
+        raise WeightsUnavailable(
+            f"could not get the ImageNet ResNet34 weights ({type(exc).__name__}: {exc}). "
+            f"Offline? Copy {filename} into {torch.hub.get_dir()}/checkpoints/, "
+            "or pass --weights none (random init) or --weights PATH (a local checkpoint)."
+        ) from exc
+
+
+def load_backbone_weights(net: EmbeddingNet, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load a torchvision ResNet34 or EmbeddingNet state dict, skipping a classifier of another size."""
+    if any(k.startswith("backbone.") for k in state):
+        state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    own = net.backbone.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    net.backbone.load_state_dict(usable, strict=False)
+    return sorted(set(own) - set(usable))
+
+
+def weights_sha256(module: nn.Module) -> str:
+    """Content hash of a model: sha256 over its tensors in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
