@@ -101,7 +101,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
         lo = 0.0 if img.mode.startswith("I") else float(arr.min())
         arr = np.clip((arr - lo) / max(top - lo, 1e-12) * 255.0, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
+        return Image.fromarray(arr).convert("RGB")
     return img.convert("RGB")
 
 
@@ -144,5 +144,3 @@ def load_for_model(
 ) -> np.ndarray:
     """Bytes or a path -> model input array; raises ImageError subclasses for anything unusable."""
     return prepare(open_image(source, max_pixels=max_pixels), resize_size, crop_size)
-
-

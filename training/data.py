@@ -54,9 +54,7 @@ def is_food101_root(root: Path) -> bool:
 def scan_class_folders(root: Path) -> tuple[list[str], list[Sample]]:
     root = Path(root)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    samples = [
-        Sample(path, idx) for idx, name in enumerate(classes) for path in list_images(root / name)
-    ]
+    samples = [Sample(path, idx) for idx, name in enumerate(classes) for path in list_images(root / name)]
     if not samples:
         raise ValueError(f"no images found in class sub-folders of {root} (expected {root}/<class>/<image>.jpg)")
     return classes, samples
@@ -92,8 +90,9 @@ def load_food101(root: Path, download: bool) -> LabelledData:
     return LabelledData(classes, train, val)
 
 
-def load_labelled(root: Path, *, layout: str = "auto", val_fraction: float = 0.2, seed: int = 0,
-                  download: bool = False) -> LabelledData:
+def load_labelled(
+    root: Path, *, layout: str = "auto", val_fraction: float = 0.2, seed: int = 0, download: bool = False
+) -> LabelledData:
     root = Path(root)
     if layout == "food101" or (layout == "auto" and (download or is_food101_root(root))):
         return load_food101(root, download)
@@ -155,6 +154,11 @@ def collate(batch):
 def make_loader(samples, transform, *, batch_size: int, workers: int, shuffle: bool, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
-        ImageDataset(samples, transform), batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-        collate_fn=collate, generator=generator, persistent_workers=False,
+        ImageDataset(samples, transform),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        collate_fn=collate,
+        generator=generator,
+        persistent_workers=False,
     )

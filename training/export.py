@@ -17,14 +17,25 @@ from pathlib import Path
 import torch
 
 from lambda_fn.manifest import MODEL_META_FILE, ModelMeta
-from training.model import EMBEDDING_DIM, IMAGENET_MEAN, IMAGENET_STD, EmbeddingNet, ExportedModel, weights_sha256
+from training.model import (
+    EMBEDDING_DIM,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EmbeddingNet,
+    ExportedModel,
+    weights_sha256,
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint written by training.train")
-    p.add_argument("--out", type=Path, default=Path("artifacts/model.pt"),
-                   help="TorchScript file to write (default: artifacts/model.pt)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("artifacts/model.pt"),
+        help="TorchScript file to write (default: artifacts/model.pt)",
+    )
     return p
 
 
@@ -49,9 +60,14 @@ def export(net: EmbeddingNet, meta: ModelMeta, out: Path) -> torch.jit.ScriptMod
 
 def meta_for(net: EmbeddingNet, classes: list[str], train_args: dict) -> ModelMeta:
     return ModelMeta(
-        dim=EMBEDDING_DIM, resize_size=int(train_args.get("resize_size", 256)),
-        crop_size=int(train_args.get("crop_size", 224)), mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
-        class_names=classes, weights_sha256=weights_sha256(net), torch_version=torch.__version__,
+        dim=EMBEDDING_DIM,
+        resize_size=int(train_args.get("resize_size", 256)),
+        crop_size=int(train_args.get("crop_size", 224)),
+        mean=list(IMAGENET_MEAN),
+        std=list(IMAGENET_STD),
+        class_names=classes,
+        weights_sha256=weights_sha256(net),
+        torch_version=torch.__version__,
         train_args=train_args,
     )
 
@@ -69,9 +85,11 @@ def main(args: argparse.Namespace) -> int:
     meta = meta_for(net, state["classes"], state["args"])
     export(net, meta, args.out)
     err = parity(net, args.out, meta.crop_size)
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB): {meta.dim}-d embeddings, "
-          f"{len(meta.class_names)} classes, input {meta.crop_size}px; "
-          f"eager vs TorchScript max abs diff {err:.2e}")
+    print(
+        f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB): {meta.dim}-d embeddings, "
+        f"{len(meta.class_names)} classes, input {meta.crop_size}px; "
+        f"eager vs TorchScript max abs diff {err:.2e}"
+    )
     return 0
 
 

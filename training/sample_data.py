@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 ORIENTATION_TAG = 0x0112
@@ -49,9 +50,12 @@ def _salad(d: ImageDraw.ImageDraw, rng: random.Random, s: int) -> None:
 def _sushi(d: ImageDraw.ImageDraw, rng: random.Random, s: int) -> None:
     for i in range(rng.randint(2, 4)):
         y = s * (0.15 + 0.22 * i)
-        d.rounded_rectangle((s * 0.1, y, s * 0.9, y + s * 0.16), radius=s * 0.05, fill=_jitter(rng, (245, 245, 240), 10))
-        d.rounded_rectangle((s * 0.12, y - s * 0.03, s * 0.88, y + s * 0.07), radius=s * 0.04,
-                            fill=_jitter(rng, (250, 130, 110)))
+        d.rounded_rectangle(
+            (s * 0.1, y, s * 0.9, y + s * 0.16), radius=s * 0.05, fill=_jitter(rng, (245, 245, 240), 10)
+        )
+        d.rounded_rectangle(
+            (s * 0.12, y - s * 0.03, s * 0.88, y + s * 0.07), radius=s * 0.04, fill=_jitter(rng, (250, 130, 110))
+        )
         d.rectangle((s * 0.45, y - s * 0.04, s * 0.55, y + s * 0.17), fill=(20, 25, 20))
 
 
@@ -73,8 +77,10 @@ def _pasta(d: ImageDraw.ImageDraw, rng: random.Random, s: int) -> None:
 
 
 def _steak(d: ImageDraw.ImageDraw, rng: random.Random, s: int) -> None:
-    pts = [(s / 2 + s * rng.uniform(0.3, 0.45) * math.cos(a), s / 2 + s * rng.uniform(0.22, 0.35) * math.sin(a))
-           for a in (i * 2 * math.pi / 9 for i in range(9))]
+    pts = [
+        (s / 2 + s * rng.uniform(0.3, 0.45) * math.cos(a), s / 2 + s * rng.uniform(0.22, 0.35) * math.sin(a))
+        for a in (i * 2 * math.pi / 9 for i in range(9))
+    ]
     d.polygon(pts, fill=_jitter(rng, (110, 55, 30)))
     for i in range(4):
         x = s * (0.25 + 0.15 * i)
@@ -82,7 +88,12 @@ def _steak(d: ImageDraw.ImageDraw, rng: random.Random, s: int) -> None:
 
 
 DISHES: dict[str, Painter] = {
-    "pizza": _pizza, "salad": _salad, "sushi": _sushi, "soup": _soup, "pasta": _pasta, "steak": _steak,
+    "pizza": _pizza,
+    "salad": _salad,
+    "sushi": _sushi,
+    "soup": _soup,
+    "pasta": _pasta,
+    "steak": _steak,
 }
 
 
@@ -90,7 +101,9 @@ def render(dish: str, rng: random.Random, width: int, height: int) -> Image.Imag
     """One synthetic photo: a table texture, a plate, the dish rotated and scaled, then lighting."""
     table = _jitter(rng, rng.choice([(120, 90, 60), (200, 200, 200), (60, 70, 90), (150, 40, 40)]), 30)
     img = Image.new("RGB", (width, height), table)
-    noise = Image.effect_noise((width, height), rng.uniform(10, 40)).convert("RGB")
+    # numpy's generator, seeded from ours: PIL's effect_noise draws from an unseeded C rand()
+    grain = np.random.default_rng(rng.randrange(2**32)).normal(128, rng.uniform(10, 40), (height, width))
+    noise = Image.fromarray(np.clip(grain, 0, 255).astype(np.uint8)).convert("RGB")
     img = Image.blend(img, noise, 0.15)
     size = int(min(width, height) * rng.uniform(0.55, 0.9))
     cx = rng.randint(size // 2, width - size // 2)
@@ -106,8 +119,9 @@ def render(dish: str, rng: random.Random, width: int, height: int) -> Image.Imag
     return img.filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
 
 
-def write_sample_set(out: Path, *, per_class: int = 40, width: int = 320, height: int = 256,
-                     classes: int = len(DISHES), seed: int = 0) -> list[Path]:
+def write_sample_set(
+    out: Path, *, per_class: int = 40, width: int = 320, height: int = 256, classes: int = len(DISHES), seed: int = 0
+) -> list[Path]:
     """Write ``per_class`` images for each of the first ``classes`` dishes; returns the paths written."""
     if not 1 <= classes <= len(DISHES):
         raise ValueError(f"classes must be between 1 and {len(DISHES)}")
@@ -155,8 +169,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        paths = write_sample_set(args.out, per_class=args.per_class, width=args.width, height=args.height,
-                                 classes=args.classes, seed=args.seed)
+        paths = write_sample_set(
+            args.out,
+            per_class=args.per_class,
+            width=args.width,
+            height=args.height,
+            classes=args.classes,
+            seed=args.seed,
+        )
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -29,11 +29,18 @@ log = logging.getLogger("training.train")
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="class-folder dataset root, or Food-101 root")
-    p.add_argument("--layout", choices=["auto", "folder", "food101"], default="auto",
-                   help="dataset layout; auto detects Food-101's meta/classes.txt")
+    p.add_argument(
+        "--layout",
+        choices=["auto", "folder", "food101"],
+        default="auto",
+        help="dataset layout; auto detects Food-101's meta/classes.txt",
+    )
     p.add_argument("--download", action="store_true", help="download Food-101 into --data (needs internet)")
-    p.add_argument("--weights", default="imagenet",
-                   help="'imagenet' (torchvision IMAGENET1K_V1), 'none' (random init) or a path to a state dict")
+    p.add_argument(
+        "--weights",
+        default="imagenet",
+        help="'imagenet' (torchvision IMAGENET1K_V1), 'none' (random init) or a path to a state dict",
+    )
     p.add_argument("--head-epochs", type=int, default=1, help="epochs training only the new classifier head")
     p.add_argument("--epochs", type=int, default=3, help="epochs fine-tuning the whole network after the head")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch")
@@ -97,9 +104,15 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch: int, pha
         bar.set_postfix(loss=f"{totals['loss'] / totals['n']:.3f}", img_s=f"{totals['n'] / seconds:.1f}")
     seconds = time.perf_counter() - start
     n = max(totals["n"], 1)
-    return {"loss": totals["loss"] / n, "top1": totals["top1"] / n, "top3": totals["top3"] / n,
-            "images": totals["n"], "seconds": seconds, "images_per_s": totals["n"] / seconds,
-            "skipped": totals["skipped"]}
+    return {
+        "loss": totals["loss"] / n,
+        "top1": totals["top1"] / n,
+        "top3": totals["top3"] / n,
+        "images": totals["n"],
+        "seconds": seconds,
+        "images_per_s": totals["n"] / seconds,
+        "skipped": totals["skipped"],
+    }
 
 
 @torch.inference_mode()
@@ -117,8 +130,7 @@ def evaluate(model, criterion, loader, device) -> dict:
         a1, a3 = accuracy(logits, labels)
         top1, top3 = top1 + a1, top3 + a3
     n_safe = max(n, 1)
-    return {"loss": loss_sum / n_safe, "top1": top1 / n_safe, "top3": top3 / n_safe, "images": n,
-            "skipped": skipped}
+    return {"loss": loss_sum / n_safe, "top1": top1 / n_safe, "top3": top3 / n_safe, "images": n, "skipped": skipped}
 
 
 def initial_weights(model: EmbeddingNet, spec: str) -> str:
@@ -140,8 +152,11 @@ def build_optimizer(model, phase: str, args, full_epochs: int):
     params = set_phase(model, phase)
     lr = args.lr_head if phase == "head" else args.lr
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(full_epochs, 1)) \
-        if phase == "full" else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(full_epochs, 1))
+        if phase == "full"
+        else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    )
     return optimizer, scheduler
 
 
@@ -154,12 +169,17 @@ def save_checkpoint(path: Path, **state) -> None:
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.manual_seed(args.seed)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    data = load_labelled(args.data, layout=args.layout, val_fraction=args.val_fraction, seed=args.seed,
-                         download=args.download)
-    log.info("dataset %s: %d classes, %d train / %d val images", args.data, len(data.classes),
-             len(data.train), len(data.val))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
+    data = load_labelled(
+        args.data, layout=args.layout, val_fraction=args.val_fraction, seed=args.seed, download=args.download
+    )
+    log.info(
+        "dataset %s: %d classes, %d train / %d val images", args.data, len(data.classes), len(data.train), len(data.val)
+    )
     model = EmbeddingNet(len(data.classes))
     start_epoch, best_top1, history = 0, -1.0, []
     resume_state = None
@@ -176,10 +196,21 @@ def main(args: argparse.Namespace) -> int:
     model.to(device)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and not args.no_amp)
-    train_loader = make_loader(data.train, train_transform(args.crop_size), batch_size=args.batch_size,
-                               workers=args.workers, shuffle=True, seed=args.seed)
-    val_loader = make_loader(data.val, eval_transform(args.resize_size, args.crop_size),
-                             batch_size=args.batch_size, workers=args.workers, shuffle=False)
+    train_loader = make_loader(
+        data.train,
+        train_transform(args.crop_size),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        shuffle=True,
+        seed=args.seed,
+    )
+    val_loader = make_loader(
+        data.val,
+        eval_transform(args.resize_size, args.crop_size),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        shuffle=False,
+    )
     args.output_dir.mkdir(parents=True, exist_ok=True)
     if args.eval_first and not history:
         history.append({"epoch": -1, "phase": "before", "val": evaluate(model, criterion, val_loader, device)})
@@ -200,17 +231,34 @@ def main(args: argparse.Namespace) -> int:
         scheduler.step()
         val_stats = evaluate(model, criterion, val_loader, device)
         skipped = sorted(set(train_stats.pop("skipped")) | set(val_stats.pop("skipped")))
-        history.append({"epoch": epoch, "phase": phase, "train": train_stats, "val": val_stats,
-                        "skipped_files": skipped})
-        log.info("epoch %d (%s): train loss %.4f top1 %.3f | val loss %.4f top1 %.3f top3 %.3f | %.1fs, %.1f img/s",
-                 epoch, phase, train_stats["loss"], train_stats["top1"], val_stats["loss"], val_stats["top1"],
-                 val_stats["top3"], train_stats["seconds"], train_stats["images_per_s"])
+        history.append(
+            {"epoch": epoch, "phase": phase, "train": train_stats, "val": val_stats, "skipped_files": skipped}
+        )
+        log.info(
+            "epoch %d (%s): train loss %.4f top1 %.3f | val loss %.4f top1 %.3f top3 %.3f | %.1fs, %.1f img/s",
+            epoch,
+            phase,
+            train_stats["loss"],
+            train_stats["top1"],
+            val_stats["loss"],
+            val_stats["top1"],
+            val_stats["top3"],
+            train_stats["seconds"],
+            train_stats["images_per_s"],
+        )
         if skipped:
             log.warning("%d unreadable files skipped, e.g. %s", len(skipped), ", ".join(skipped[:3]))
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "epoch": epoch, "phase": phase, "classes": data.classes,
-                 "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                 "best_top1": max(best_top1, val_stats["top1"]), "history": history}
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "phase": phase,
+            "classes": data.classes,
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "best_top1": max(best_top1, val_stats["top1"]),
+            "history": history,
+        }
         save_checkpoint(args.output_dir / "checkpoint.pt", **state)
         if val_stats["top1"] > best_top1:
             best_top1 = val_stats["top1"]

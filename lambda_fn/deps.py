@@ -1,0 +1,34 @@
+"""Dependency aliases for the routes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from lambda_fn.config import Settings
+from lambda_fn.engine import Engine
+from lambda_fn.state import ServiceState
+from lambda_fn.urls import ImageLinker
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+def get_engine(state: Annotated[ServiceState, Depends(get_state)]) -> Engine:
+    return state.get()
+
+
+def get_linker(request: Request) -> ImageLinker:
+    return request.app.state.linker
+
+
+def get_settings(state: Annotated[ServiceState, Depends(get_state)]) -> Settings:
+    return state.settings
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+LinkerDep = Annotated[ImageLinker, Depends(get_linker)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,0 +1,119 @@
+"""A loaded model and index: embed images, find their nearest neighbours.
+
+The model is loaded once per container and reused; its forward is serialised by a lock because torch's
+intra-op threads already use every CPU we have, and two concurrent forwards would only thrash.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from annoy import AnnoyIndex
+
+from lambda_fn.manifest import MODEL_META_FILE, KeyEntry, Manifest, ModelMeta, read_keys
+
+
+class ArtifactError(RuntimeError):
+    """Artifacts are missing, corrupt or do not belong together."""
+
+
+def load_model(path: Path) -> tuple[torch.jit.ScriptModule, ModelMeta]:
+    """Load an exported TorchScript model and the metadata it carries."""
+    extra = {MODEL_META_FILE: ""}
+    try:
+        model = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise ArtifactError(f"model file {path} could not be loaded as TorchScript: {exc}") from exc
+    if not extra[MODEL_META_FILE]:
+        raise ArtifactError(f"model file {path} has no {MODEL_META_FILE}; export it with training.export")
+    return model.eval(), ModelMeta.model_validate_json(extra[MODEL_META_FILE])
+
+
+def load_index(path: Path, dim: int, metric: str) -> AnnoyIndex:
+    """Memory-map an Annoy index built with ``dim`` and ``metric`` (from the manifest, never hard-coded)."""
+    index = AnnoyIndex(dim, metric)
+    try:
+        index.load(str(path))
+    except OSError as exc:
+        raise ArtifactError(f"index file {path} could not be loaded: {exc}") from exc
+    return index
+
+
+@dataclass
+class Neighbour:
+    id: int
+    distance: float
+
+    @property
+    def similarity(self) -> float:
+        """Cosine similarity from Annoy's angular distance d = sqrt(2 - 2 cos)."""
+        return 1.0 - self.distance * self.distance / 2.0
+
+
+class Engine:
+    def __init__(
+        self,
+        model: torch.jit.ScriptModule,
+        meta: ModelMeta,
+        index: AnnoyIndex,
+        manifest: Manifest,
+        keys: list[KeyEntry],
+        *,
+        search_k: int | None = None,
+    ):
+        if manifest.dim != meta.dim:
+            raise ArtifactError(
+                f"index has {manifest.dim}-d vectors but the model makes {meta.dim}-d embeddings: "
+                "rebuild the index with this model (training.build_index)"
+            )
+        if index.get_n_items() != manifest.count or len(keys) != manifest.count:
+            raise ArtifactError(
+                f"manifest says {manifest.count} images, index has {index.get_n_items()}, key map {len(keys)}: "
+                "the artifacts come from different builds; upload them together"
+            )
+        self.model, self.meta, self.index, self.manifest, self.keys = model, meta, index, manifest, keys
+        self.search_k = search_k or manifest.search_k
+        self.has_head = bool(meta.class_names)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_files(
+        cls, manifest: Manifest, model_path: Path, index_path: Path, keys_path: Path, *, search_k: int | None = None
+    ) -> Engine:
+        model, meta = load_model(model_path)
+        index = load_index(index_path, manifest.dim, manifest.metric)
+        return cls(model, meta, index, manifest, read_keys(keys_path), search_k=search_k)
+
+    @torch.inference_mode()
+    def embed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """uint8 (B, H, W, 3) -> (L2-normalised float32 (B, dim), class probabilities (B, C) or None)."""
+        batch = torch.from_numpy(np.ascontiguousarray(images))
+        with self._lock:
+            if self.has_head:
+                emb, probs = self.model.embed_and_classify(batch)
+                return emb.numpy(), probs.numpy()
+            return self.model(batch).numpy(), None
+
+    def predictions(self, probs: np.ndarray, top: int = 3) -> list[tuple[str, float]]:
+        order = np.argsort(-probs)[:top]
+        return [(self.meta.class_names[i], float(probs[i])) for i in order]
+
+    def search(self, vector: np.ndarray, k: int, *, exclude: int | None = None) -> list[Neighbour]:
+        """The k nearest indexed images to ``vector``, nearest first, optionally leaving one id out."""
+        n = k + (1 if exclude is not None else 0)
+        search_k = max(self.search_k, n * self.manifest.n_trees)
+        ids, dists = self.index.get_nns_by_vector(vector.tolist(), n, search_k=search_k, include_distances=True)
+        found = [Neighbour(i, d) for i, d in zip(ids, dists, strict=True) if i != exclude]
+        return found[:k]
+
+    def vector(self, image_id: int) -> np.ndarray:
+        return np.asarray(self.index.get_item_vector(image_id), dtype=np.float32)
+
+    def warm_up(self) -> None:
+        """One forward at the real input size, so the first user request does not pay for lazy init."""
+        size = self.meta.crop_size
+        self.embed(np.zeros((1, size, size, 3), dtype=np.uint8))

@@ -1,0 +1,80 @@
+"""Run the service locally: the API, the collection images and the web page on one port.
+
+python -m lambda_fn.local --artifacts artifacts --images data/sample --port 8000
+python -m lambda_fn.local --artifacts s3://bucket/prefix/      # the same server against S3
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+
+from lambda_fn.app import create_app
+from lambda_fn.artifacts import Location
+from lambda_fn.config import Settings
+from lambda_fn.urls import LOCAL_IMAGES_ROUTE
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_local_app(settings: Settings, *, frontend: Path | None = None) -> FastAPI:
+    app = create_app(settings)
+    images = Location.parse(settings.resolved_images_uri)
+    if not images.is_s3 and not settings.images_base_url and images.path.is_dir():
+        app.mount(LOCAL_IMAGES_ROUTE, StaticFiles(directory=images.path), name="files")
+
+    @app.get("/config.json", include_in_schema=False)
+    def site_config() -> dict:
+        return {"apiBaseUrl": ""}  # the page and the API share this origin
+
+    if frontend is not None and frontend.is_dir():
+        app.mount("/", StaticFiles(directory=frontend, html=True), name="site")
+    return app
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifacts", default="artifacts", help="folder or s3://bucket/prefix/ (default: artifacts)")
+    p.add_argument(
+        "--images",
+        default=None,
+        help="collection folder or s3:// URI served as image links (default: <artifacts>/images/)",
+    )
+    p.add_argument("--frontend", type=Path, default=REPO_ROOT / "frontend", help="static site folder to serve")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--cache-dir", default=None, help="artifact cache for s3:// artifacts")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPUs)")
+    p.add_argument("--eager", action="store_true", help="load model and index before serving")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    overrides = {
+        "artifacts_uri": args.artifacts,
+        "images_uri": args.images,
+        "num_threads": args.threads,
+        "load_on_import": args.eager,
+    }
+    if args.cache_dir:
+        overrides["cache_dir"] = args.cache_dir
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        print(f"error: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    app = create_local_app(settings, frontend=args.frontend)
+    print(f"DeepFood search on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

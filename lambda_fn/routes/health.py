@@ -1,0 +1,50 @@
+"""GET /health: ready or not, and which model and index are loaded."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from lambda_fn import __version__
+from lambda_fn.deps import StateDep
+from lambda_fn.errors import NotReady
+from lambda_fn.schemas import ErrorDetail, HealthResponse, IndexInfo, ModelInfo
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+def health(state: StateDep):
+    """Load the model and index if needed and report their identity; 503 while they cannot be loaded."""
+    settings = state.settings
+    body = HealthResponse(
+        status="ready",
+        limits={
+            "default_k": settings.default_k,
+            "max_k": settings.max_k,
+            "max_upload_bytes": settings.max_upload_bytes,
+        },
+        versions={"service": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    )
+    try:
+        engine = state.get()
+    except NotReady as exc:
+        body.status = "unavailable"
+        body.error = ErrorDetail(code=exc.code, message=exc.message)
+        return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "5"})
+    m, meta = engine.manifest, engine.meta
+    body.model = ModelInfo(
+        sha256=m.model_sha256,
+        weights_sha256=meta.weights_sha256,
+        dim=meta.dim,
+        resize_size=meta.resize_size,
+        crop_size=meta.crop_size,
+        classes=len(meta.class_names),
+    )
+    body.index = IndexInfo(
+        sha256=m.index_sha256, count=m.count, dim=m.dim, metric=m.metric, n_trees=m.n_trees, search_k=engine.search_k
+    )
+    return body

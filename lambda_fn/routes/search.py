@@ -1,0 +1,54 @@
+"""POST /search: images similar to an uploaded one."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from lambda_fn.deps import EngineDep, LinkerDep, SettingsDep
+from lambda_fn.errors import ERROR_RESPONSES
+from lambda_fn.query import parse_k, read_query
+from lambda_fn.schemas import JsonSearchRequest, SearchResponse
+from lambda_fn.search import search_image
+
+router = APIRouter(tags=["search"])
+
+_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The image file, or a data:image/...;base64, URL string",
+                        },
+                        "k": {"type": "integer", "minimum": 1},
+                    },
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": JsonSearchRequest.model_json_schema()},
+        },
+    }
+}
+
+
+@router.post("/search", response_model=SearchResponse, responses=ERROR_RESPONSES, openapi_extra=_BODY_DOC)
+async def search(
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    linker: LinkerDep,
+    k: Annotated[str | None, Query(description="Number of results (also accepted in the body)")] = None,
+) -> SearchResponse:
+    """Find the indexed images most similar to the uploaded one."""
+    data, body_k = await read_query(request, settings)
+    k_value = parse_k(k if k is not None else body_k, settings)
+    return await run_in_threadpool(search_image, data, k_value, engine, settings, linker)

@@ -1,0 +1,121 @@
+"""Helpers shared by the test suites: free ports, the local server as a subprocess, sample images."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EVENTS_DIR = Path(__file__).resolve().parent / "events"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_event(name: str) -> dict:
+    """A saved API Gateway / Function URL event from tests/events/."""
+    return json.loads((EVENTS_DIR / f"{name}.json").read_text())
+
+
+def jpeg_bytes(size=(320, 240), colour=(200, 80, 40), quality=90) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def wait_for_http(url: str, timeout: float = 90.0, expect: tuple[int, ...] = (200,)) -> int:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=30) as r:
+                last = r.status
+        except urllib.error.HTTPError as exc:
+            last = exc.code
+        except OSError:
+            last = None
+        if last in expect:
+            return last
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer {expect} within {timeout}s (last: {last})")
+
+
+@contextlib.contextmanager
+def start_local_server(
+    artifacts: Path | str,
+    images: Path | str | None = None,
+    *,
+    frontend: Path | None = None,
+    env: dict | None = None,
+    expect_health: tuple[int, ...] = (200,),
+    threads: int = 1,
+):
+    """Run ``python -m lambda_fn.local`` on a free loopback port; yields its base URL."""
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "lambda_fn.local",
+        "--artifacts",
+        str(artifacts),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--threads",
+        str(threads),
+    ]
+    if images is not None:
+        cmd += ["--images", str(images)]
+    cmd += ["--frontend", str(frontend or REPO_ROOT / "frontend")]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            wait_for_http(base + "/health", expect=expect_health)
+        except TimeoutError:
+            proc.terminate()
+            out = proc.communicate(timeout=10)[0]
+            raise RuntimeError(f"local server did not come up:\n{out[-4000:]}") from None
+        yield base
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
+    """A tiny PNG whose (valid, CRC-checked) header claims width x height pixels: a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    idat = zlib.compress(b"\x00" * (width + 1) * 4, 9)  # a few rows of zeros; the rest "missing"
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
