@@ -112,12 +112,12 @@ def _wanted(manifest: Manifest) -> list[tuple[str, str, str]]:
 
 
 def _download(client, location: Location, name: str, digest: str, cache_dir: Path) -> Path:
-    final = cache_dir / digest / name
+    final = cache_dir / digest / Path(name).name
     if final.is_file():  # only ever renamed into place after verification
         log.info("artifact cache hit", extra={"artifact": name, "path": str(final)})
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    partial = final.parent / f".{name}.{uuid.uuid4().hex}.partial"
+    partial = final.parent / f".{final.name}.{uuid.uuid4().hex}.partial"
     try:
         client.download_file(location.bucket, location.prefix + name, str(partial), Config=TRANSFER)
         actual = file_sha256(partial)

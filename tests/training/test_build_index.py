@@ -1,0 +1,121 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lambda_fn.artifacts import fetch
+from lambda_fn.engine import ArtifactError, Engine, load_index, load_model
+from lambda_fn.manifest import Manifest, file_sha256, read_keys
+from tests.helpers import REPO_ROOT
+from training.build_index import get_args_parser, main
+
+
+def test_manifest_describes_the_build(artifacts_dir, model_path):
+    m = Manifest.read(artifacts_dir / "manifest.json")
+    assert (m.dim, m.metric, m.count, m.n_trees, m.seed) == (512, "angular", 60, 10, 42)
+    assert m.model_sha256 == file_sha256(model_path) == file_sha256(artifacts_dir / "model.pt")
+    assert m.index_sha256 == file_sha256(artifacts_dir / "index.ann")
+    assert m.keys_sha256 == file_sha256(artifacts_dir / "keys.json")
+    assert m.embeddings_file == "embeddings.npy" and m.search_k > 0
+    assert {"torch", "annoy", "numpy"} <= set(m.versions)
+
+
+def test_ids_are_dense_in_sorted_key_order_with_folder_labels(artifacts_dir, sample_dir):
+    keys = read_keys(artifacts_dir / "keys.json")
+    assert [k.key for k in keys] == sorted(k.key for k in keys)
+    assert all((sample_dir / k.key).is_file() for k in keys)
+    assert all(k.label == k.key.split("/")[0] for k in keys)
+
+
+def test_an_indexed_vector_finds_itself_first(artifacts_dir):
+    fetched = fetch(str(artifacts_dir), artifacts_dir)
+    engine = Engine.from_files(fetched.manifest, fetched.model, fetched.index, fetched.keys)
+    vectors = np.load(artifacts_dir / "embeddings.npy")
+    for i in (0, 17, 59):
+        assert engine.search(vectors[i], 3)[0].id == i
+        assert np.allclose(engine.vector(i), vectors[i], atol=1e-6)
+
+
+def test_rebuild_with_the_same_seed_is_identical(artifacts_dir, model_path, sample_dir, tmp_path):
+    args = get_args_parser().parse_args(
+        [
+            "--images",
+            str(sample_dir),
+            "--model",
+            str(model_path),
+            "--out",
+            str(tmp_path),
+            "--workers",
+            "0",
+            "--n-trees",
+            "10",
+        ]
+    )
+    assert main(args) == 0
+    assert file_sha256(tmp_path / "index.ann") == file_sha256(artifacts_dir / "index.ann")
+
+
+def test_unreadable_files_are_skipped_and_listed(model_path, sample_dir, tmp_path, capsys, caplog):
+    images = tmp_path / "images"
+    shutil.copytree(sample_dir / "soup", images / "soup")
+    (images / "soup" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    args = get_args_parser().parse_args(
+        [
+            "--images",
+            str(images),
+            "--model",
+            str(model_path),
+            "--out",
+            str(tmp_path / "out"),
+            "--workers",
+            "0",
+            "--n-trees",
+            "2",
+        ]
+    )
+    assert main(args) == 0
+    assert "1 skipped" in capsys.readouterr().out and "broken.jpg" in caplog.text
+    keys = [k.key for k in read_keys(tmp_path / "out" / "keys.json")]
+    assert len(keys) == 10 and "soup/broken.jpg" not in keys
+
+
+def test_a_manifest_whose_dim_differs_from_the_model_is_refused(artifacts_dir):
+    manifest = Manifest.read(artifacts_dir / "manifest.json")
+    model, meta = load_model(artifacts_dir / "model.pt")
+    index = load_index(artifacts_dir / "index.ann", 512, "angular")
+    wrong = manifest.model_copy(update={"dim": 256})
+    with pytest.raises(ArtifactError, match="256-d vectors but the model makes 512-d"):
+        Engine(model, meta, index, wrong, read_keys(artifacts_dir / "keys.json"))
+
+
+def test_a_model_that_is_not_the_manifests_is_refused(artifacts_dir, tmp_path):
+    shutil.copytree(artifacts_dir, tmp_path / "a")
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    manifest["model_sha256"] = "0" * 64
+    (tmp_path / "a" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="does not match the sha256"):
+        fetch(str(tmp_path / "a"), tmp_path / "cache")
+
+
+def test_cli_errors_are_readable(tmp_path, model_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.build_index",
+            "--images",
+            str(tmp_path / "none"),
+            "--model",
+            str(model_path),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,83 @@
+import json
+import subprocess
+import sys
+
+from lambda_fn.manifest import Manifest, read_keys
+from tests.helpers import REPO_ROOT
+from training.upload import upload
+
+
+def _objects(s3, bucket):
+    return {o["Key"]: o for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
+
+
+def test_upload_lands_everything_with_types_and_manifest_last(s3, bucket, artifacts_dir, sample_dir):
+    calls = []
+    real_put, real_upload = s3.put_object, s3.upload_file
+    s3.put_object = lambda **kw: (calls.append(kw["Key"]), real_put(**kw))[1]
+    s3.upload_file = lambda *a, **kw: (calls.append(a[2]), real_upload(*a, **kw))[1]
+    report = upload(artifacts_dir, sample_dir, bucket, "deepfood", client=s3, workers=4)
+    assert calls[-1] == "deepfood/manifest.json"  # written after every object it names
+    objects = _objects(s3, bucket)
+    keys = read_keys(artifacts_dir / "keys.json")
+    assert report.uploaded_images == len(keys) == 60
+    for entry in keys[:5]:
+        head = s3.head_object(Bucket=bucket, Key=f"deepfood/images/{entry.key}")
+        assert head["ContentType"] == ("image/png" if entry.key.endswith(".png") else "image/jpeg")
+    remote = Manifest.model_validate_json(s3.get_object(Bucket=bucket, Key="deepfood/manifest.json")["Body"].read())
+    for name in (remote.model_file, remote.index_file, remote.keys_file):
+        assert f"deepfood/{name}" in objects and name.startswith("builds/")
+    assert remote.model_sha256 == Manifest.read(artifacts_dir / "manifest.json").model_sha256
+
+
+def test_second_run_uploads_nothing_new(s3, bucket, artifacts_dir, sample_dir):
+    upload(artifacts_dir, sample_dir, bucket, "p", client=s3)
+    again = upload(artifacts_dir, sample_dir, bucket, "p", client=s3)
+    assert again.uploaded_images == 0 and again.skipped_images == 60
+    assert again.uploaded_artifacts == 0 and again.skipped_artifacts == 3
+
+
+def test_cli_honours_endpoint_url(s3_endpoint, s3, bucket, artifacts_dir):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.upload",
+            "--artifacts",
+            str(artifacts_dir),
+            "--bucket",
+            bucket,
+            "--prefix",
+            "cli",
+            "--endpoint-url",
+            s3_endpoint,
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cli/manifest.json" in _objects(s3, bucket)
+    assert json.loads(s3.get_object(Bucket=bucket, Key="cli/manifest.json")["Body"].read())["count"] == 60
+
+
+def test_cli_missing_bucket_is_readable(s3_endpoint, artifacts_dir):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.upload",
+            "--artifacts",
+            str(artifacts_dir),
+            "--bucket",
+            "no-such-bucket",
+            "--endpoint-url",
+            s3_endpoint,
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "NoSuchBucket" in proc.stderr and "Traceback" not in proc.stderr

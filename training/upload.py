@@ -1,0 +1,214 @@
+"""Upload an index build and its images to S3 (or any S3-compatible server).
+
+    python -m training.upload --artifacts artifacts/ --images data/sample --bucket B --prefix deepfood
+
+Order matters, so that a reader never sees a manifest that points at objects that are not there:
+1. the images, under ``<prefix>/images/<key>`` with their Content-Type (skipped when an object of the same
+   size and MD5/ETag is already there, so re-runs are cheap);
+2. model, index and key map under ``<prefix>/builds/<build id>/`` (content-addressed: an upload never
+   overwrites what a running service is reading);
+3. ``<prefix>/manifest.json`` last, naming those build files: this one small PUT switches readers over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import mimetypes
+import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from tqdm import tqdm
+
+from lambda_fn.manifest import MANIFEST_FILE, Manifest, file_sha256, image_object_key, read_keys
+
+TRANSFER = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=16 << 20, max_concurrency=8)
+
+
+@dataclass
+class UploadReport:
+    uploaded_images: int = 0
+    skipped_images: int = 0
+    uploaded_artifacts: int = 0
+    skipped_artifacts: int = 0
+    manifest_key: str = ""
+
+
+def build_id(manifest: Manifest) -> str:
+    """Build folder name: derived from the index and model hashes, so equal builds share it."""
+    return hashlib.sha256((manifest.index_sha256 + manifest.model_sha256 + manifest.keys_sha256).encode()).hexdigest()[
+        :16
+    ]
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _existing(client, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
+    """key -> (size, ETag) of the objects under ``prefix``."""
+    out = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            out[obj["Key"]] = (obj["Size"], obj["ETag"].strip('"'))
+    return out
+
+
+def content_type(key: str) -> str:
+    return mimetypes.guess_type(key)[0] or "application/octet-stream"
+
+
+def upload_images(
+    client, bucket: str, prefix: str, images: Path, keys: list[str], workers: int, report: UploadReport
+) -> None:
+    existing = _existing(client, bucket, image_object_key(prefix, ""))
+    todo = []
+    for key in keys:
+        path = images / key
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is in the index but not under --images {images}")
+        have = existing.get(image_object_key(prefix, key))
+        if have and have[0] == path.stat().st_size and have[1] == _md5(path):
+            report.skipped_images += 1
+        else:
+            todo.append(key)
+    with (
+        ThreadPoolExecutor(max_workers=workers) as pool,
+        tqdm(total=len(todo), desc="images", unit="img", dynamic_ncols=True) as bar,
+    ):
+        futures = [
+            pool.submit(
+                client.upload_file,
+                str(images / key),
+                bucket,
+                image_object_key(prefix, key),
+                ExtraArgs={"ContentType": content_type(key)},
+                Config=TRANSFER,
+            )
+            for key in todo
+        ]
+        for future in as_completed(futures):
+            future.result()
+            report.uploaded_images += 1
+            bar.update(1)
+
+
+def upload_artifacts(
+    client, bucket: str, prefix: str, artifacts: Path, manifest: Manifest, report: UploadReport
+) -> Manifest:
+    """Upload model, index and keys into the build folder; returns the manifest that names them there."""
+    folder = f"builds/{build_id(manifest)}/"
+    names = {"model_file": manifest.model_file, "index_file": manifest.index_file, "keys_file": manifest.keys_file}
+    existing = _existing(client, bucket, prefix + folder)
+    total = sum((artifacts / n).stat().st_size for n in names.values())
+    with tqdm(total=total, desc="artifacts", unit="B", unit_scale=True, dynamic_ncols=True) as bar:
+        for name in names.values():
+            key = prefix + folder + name
+            size = (artifacts / name).stat().st_size
+            if key in existing and existing[key][0] == size:
+                report.skipped_artifacts += 1
+                bar.update(size)
+                continue
+            client.upload_file(
+                str(artifacts / name),
+                bucket,
+                key,
+                Config=TRANSFER,
+                Callback=bar.update,
+                ExtraArgs={"ContentType": "application/octet-stream"},
+            )
+            report.uploaded_artifacts += 1
+    return manifest.model_copy(update={field: folder + name for field, name in names.items()})
+
+
+def verify_local(artifacts: Path) -> Manifest:
+    manifest_path = artifacts / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path} does not exist; build the index first (training.build_index)")
+    manifest = Manifest.read(manifest_path)
+    for name, digest in (
+        (manifest.model_file, manifest.model_sha256),
+        (manifest.index_file, manifest.index_sha256),
+        (manifest.keys_file, manifest.keys_sha256),
+    ):
+        path = artifacts / name
+        if not path.is_file() or file_sha256(path) != digest:
+            raise ValueError(f"{path} is missing or does not match {manifest_path}; rebuild before uploading")
+    return manifest
+
+
+def upload(
+    artifacts: Path, images: Path | None, bucket: str, prefix: str, *, client=None, workers: int = 8
+) -> UploadReport:
+    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    manifest = verify_local(artifacts)
+    client = client or boto3.client("s3", config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+    report = UploadReport()
+    if images is not None:
+        keys = [e.key for e in read_keys(artifacts / manifest.keys_file)]
+        upload_images(client, bucket, prefix, images, keys, workers, report)
+    remote = upload_artifacts(client, bucket, prefix, artifacts, manifest, report)
+    report.manifest_key = prefix + MANIFEST_FILE
+    client.put_object(
+        Bucket=bucket,
+        Key=report.manifest_key,
+        Body=remote.model_dump_json(indent=2).encode(),
+        ContentType="application/json",
+    )
+    return report
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="build folder (default: artifacts)")
+    p.add_argument("--images", type=Path, default=None, help="collection folder the index was built from")
+    p.add_argument("--bucket", required=True, help="S3 bucket name")
+    p.add_argument("--prefix", default="deepfood", help="key prefix in the bucket (default: deepfood)")
+    p.add_argument(
+        "--endpoint-url",
+        default=None,
+        help="S3-compatible endpoint (default: AWS, or the AWS_ENDPOINT_URL environment variable)",
+    )
+    p.add_argument("--workers", type=int, default=8, help="parallel image uploads (default: 8)")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    client = boto3.client(
+        "s3", endpoint_url=args.endpoint_url, config=Config(retries={"max_attempts": 5, "mode": "standard"})
+    )
+    report = upload(args.artifacts, args.images, args.bucket, args.prefix, client=client, workers=args.workers)
+    print(
+        f"uploaded {report.uploaded_images} images ({report.skipped_images} already there), "
+        f"{report.uploaded_artifacts} artifacts ({report.skipped_artifacts} already there); "
+        f"manifest at s3://{args.bucket}/{report.manifest_key}"
+    )
+    return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    try:
+        return main(get_args_parser().parse_args(argv))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except (ClientError, BotoCoreError) as exc:
+        print(
+            f"error: S3 upload failed: {exc}. Check the bucket name, credentials and --endpoint-url; "
+            "re-running uploads only what is missing.",
+            file=sys.stderr,
+        )
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
