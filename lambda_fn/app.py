@@ -34,6 +34,7 @@ def create_app(settings: Settings, *, s3_client=None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type"],
+            expose_headers=["Retry-After"],
             max_age=600,
         )
 

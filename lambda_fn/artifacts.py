@@ -28,7 +28,10 @@ from lambda_fn.manifest import MANIFEST_FILE, Manifest, file_sha256
 
 log = logging.getLogger(__name__)
 
-S3_CONFIG = Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"})
+# SigV4 everywhere: presigned URLs signed with the legacy scheme are refused in newer regions.
+S3_CONFIG = Config(
+    connect_timeout=5, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"}, signature_version="s3v4"
+)
 TRANSFER = TransferConfig(multipart_threshold=16 << 20, multipart_chunksize=16 << 20, max_concurrency=8)
 
 

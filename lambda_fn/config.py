@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "DEEPFOOD_"
@@ -68,6 +68,20 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
+class SettingsError(RuntimeError):
+    """The environment does not configure the service; the message names the variables to set."""
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{env_name(str(e['loc'][0])) if e['loc'] and e['loc'][0] in Settings.model_fields else e['loc']}: "
+            f"{e['msg']}"
+            for e in exc.errors()
+        )
+        raise SettingsError(
+            f"invalid service configuration: {problems}. See the README's configuration table."
+        ) from None

@@ -136,7 +136,7 @@ def prepare(img: Image.Image, resize_size: int, crop_size: int) -> np.ndarray:
         padded.paste(img, ((padded.width - img.width) // 2, (padded.height - img.height) // 2))
         img, left, top = padded, round((padded.width - crop_size) / 2.0), round((padded.height - crop_size) / 2.0)
     img = img.crop((left, top, left + crop_size, top + crop_size))
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on read-only arrays
 
 
 def load_for_model(

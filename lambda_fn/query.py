@@ -1,7 +1,7 @@
 """Reading the query image out of a request, in every shape the API accepts.
 
-- ``multipart/form-data`` with a file field ``image`` (or a string field ``image`` holding a
-  ``data:image/...;base64,`` URL, as the original DeepFood client sends);
+- ``multipart/form-data`` with a file field ``image``, or a form (multipart or url-encoded) whose string
+  field ``image`` holds a ``data:image/...;base64,`` URL, as the original DeepFood client sends;
 - a raw ``image/*`` (or ``application/octet-stream``) body;
 - JSON ``{"image": "<base64 or data: URL>", "k": 10}``.
 """
@@ -102,7 +102,7 @@ async def read_query(request: Request, settings: Settings) -> tuple[bytes, str |
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not body:
         raise ApiError(400, "empty_body", "the request has no body; send an image (see /docs)")
-    if ctype == "multipart/form-data":
+    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         data, k = await _from_form(request, settings)
     elif ctype == "application/json":
         try:

@@ -48,6 +48,7 @@ class SearchResponse(BaseModel):
     predictions: list[Prediction] = Field(description="What the model thinks the query is (empty without a head)")
     timings: Timings
     query_id: int | None = Field(None, description="Set for /images/{id}/similar: the image searched from")
+    query: Match | None = Field(None, description="Set for /images/{id}/similar: that image, with its link")
 
 
 class ModelInfo(BaseModel):

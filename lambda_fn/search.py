@@ -85,5 +85,6 @@ def search_similar(image_id: int, k: int, engine: Engine, linker: ImageLinker) -
         results=to_matches(engine, neighbours, linker),
         predictions=[],
         query_id=image_id,
+        query=to_matches(engine, [Neighbour(image_id, 0.0)], linker)[0],
         timings=Timings(decode_ms=0.0, embed_ms=0.0, search_ms=_ms(t1 - t0), total_ms=_ms(time.perf_counter() - t0)),
     )

@@ -39,7 +39,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights",
         default="imagenet",
-        help="'imagenet' (torchvision IMAGENET1K_V1), 'none' (random init) or a path to a state dict",
+        help="'imagenet' (torchvision IMAGENET1K_V1), 'auto' (imagenet when it can be had, else random init), "
+        "'none' (random init) or a path to a state dict",
     )
     p.add_argument("--head-epochs", type=int, default=1, help="epochs training only the new classifier head")
     p.add_argument("--epochs", type=int, default=3, help="epochs fine-tuning the whole network after the head")
@@ -136,8 +137,14 @@ def evaluate(model, criterion, loader, device) -> dict:
 def initial_weights(model: EmbeddingNet, spec: str) -> str:
     if spec == "none":
         return "random init"
-    if spec == "imagenet":
-        state = imagenet_state_dict()
+    if spec in ("imagenet", "auto"):
+        try:
+            state = imagenet_state_dict()
+        except WeightsUnavailable as exc:
+            if spec == "imagenet":
+                raise
+            log.warning("falling back to random init: %s", exc)
+            return "random init (ImageNet weights unavailable)"
     else:
         path = Path(spec)
         if not path.is_file():

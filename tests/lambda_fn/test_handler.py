@@ -1,0 +1,157 @@
+"""The container's entry point, invoked the way the Lambda runtime does, with saved API Gateway events."""
+
+import base64
+import importlib
+import io
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+
+from lambda_fn.manifest import read_keys
+from tests.helpers import REPO_ROOT, load_event
+
+BOUNDARY = "----deepfoodboundary"
+
+
+@dataclass
+class LambdaContext:
+    function_name: str = "deepfood-search"
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 3008
+    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:deepfood-search"
+    aws_request_id: str = "5c1a1b7e-0d8f-4a4e-9b7a-3f3cdeadbeef"
+    log_group_name: str = "/aws/lambda/deepfood-search"
+    log_stream_name: str = "2026/11/29/[$LATEST]abcdef"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+@pytest.fixture
+def lambda_context():
+    return LambdaContext()
+
+
+@pytest.fixture(scope="module")
+def handler(artifacts_dir, sample_dir, tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DEEPFOOD_ARTIFACTS_URI", str(artifacts_dir))
+    mp.setenv("DEEPFOOD_IMAGES_URI", str(sample_dir))
+    mp.setenv("DEEPFOOD_NUM_THREADS", "1")
+    mp.setenv("DEEPFOOD_CACHE_DIR", str(tmp_path_factory.mktemp("lambda-tmp")))
+    from lambda_fn.config import get_settings
+
+    get_settings.cache_clear()
+    module = importlib.reload(importlib.import_module("lambda_fn.main"))
+    yield module.handler
+    mp.undo()
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def query(artifacts_dir, sample_dir):
+    key = read_keys(artifacts_dir / "keys.json")[21].key
+    return 21, (sample_dir / key).read_bytes()
+
+
+def _multipart(data: bytes) -> bytes:
+    return (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+
+
+@pytest.fixture
+def log_lines():
+    """The JSON log lines the service writes during a test."""
+    from lambda_fn.logs import logger
+
+    handler = logger.registered_handler
+    buffer = io.StringIO()
+    previous = handler.setStream(buffer)
+    yield lambda: [json.loads(line) for line in buffer.getvalue().splitlines()]
+    handler.setStream(previous)
+
+
+def test_rest_api_multipart_base64_event(handler, lambda_context, query, log_lines):
+    image_id, data = query
+    event = load_event("apigw_rest_post_search")
+    event["body"] = base64.b64encode(_multipart(data)).decode()
+    response = handler(event, lambda_context)
+    assert response["statusCode"] == 200, response["body"]
+    body = json.loads(response["body"])
+    assert body["k"] == 5 and body["results"][0]["id"] == image_id
+    logs = log_lines()
+    request_logs = [entry for entry in logs if entry.get("message") == "request"]
+    assert request_logs and request_logs[-1]["function_request_id"] == lambda_context.aws_request_id
+    assert request_logs[-1]["status"] == 200
+    assert not any(base64.b64encode(data[:30]).decode() in json.dumps(entry) for entry in logs)
+
+
+def test_http_api_v2_raw_image_event(handler, lambda_context, query):
+    image_id, data = query
+    event = load_event("http_api_v2_post_search")
+    event["body"] = base64.b64encode(data).decode()
+    response = handler(event, lambda_context)
+    assert response["statusCode"] == 200
+    body = json.loads(response["body"])
+    assert body["k"] == 3 and body["results"][0]["id"] == image_id
+
+
+def test_function_url_health_event(handler, lambda_context):
+    response = handler(load_event("function_url_get_health"), lambda_context)
+    assert response["statusCode"] == 200 and json.loads(response["body"])["status"] == "ready"
+
+
+def test_rest_api_similar_event(handler, lambda_context):
+    response = handler(load_event("apigw_rest_get_similar"), lambda_context)
+    body = json.loads(response["body"])
+    assert response["statusCode"] == 200 and body["query_id"] == 3 and len(body["results"]) == 4
+
+
+def test_rest_api_bad_image_is_a_4xx_json_error(handler, lambda_context):
+    event = load_event("apigw_rest_post_search")
+    event["body"] = base64.b64encode(_multipart(b"not an image")).decode()
+    response = handler(event, lambda_context)
+    assert response["statusCode"] == 400
+    assert json.loads(response["body"])["error"]["code"] == "not_an_image"
+
+
+BLOCK = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torchvision", "training", "tqdm", "moto", "pytest"):
+            raise ImportError("blocked in the Lambda image: " + name)
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_handler_imports_without_torchvision_or_training(artifacts_dir):
+    script = BLOCK + "import lambda_fn.main\nprint('imported', callable(lambda_fn.main.handler))"
+    env = {"DEEPFOOD_ARTIFACTS_URI": str(artifacts_dir), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "imported True" in proc.stdout
+
+
+def test_missing_configuration_fails_cold_start_with_the_variable_name():
+    proc = subprocess.run(
+        [sys.executable, "-c", "import lambda_fn.main"],
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "DEEPFOOD_ARTIFACTS_URI" in proc.stderr and "Field required" in proc.stderr
