@@ -1,0 +1,120 @@
+"""The search service: ``lambda_fn`` in a container image (``Dockerfile.lambda``) on AWS Lambda."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aws_cdk as cdk
+from aws_cdk import aws_ecr_assets as ecr_assets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from cdk.artifacts import Artifacts
+from cdk.nag import acknowledge, flat_ref
+from lambda_fn.config import env_name
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = "Dockerfile.lambda"
+CACHE_DIR = "/tmp/deepfood"
+
+_PLATFORMS = {
+    lambda_.Architecture.X86_64.name: ecr_assets.Platform.LINUX_AMD64,
+    lambda_.Architecture.ARM_64.name: ecr_assets.Platform.LINUX_ARM64,
+}
+
+
+class SearchFunction(Construct):
+    """``DockerImageFunction`` running ``lambda_fn.main.handler`` with read access to the artifacts prefix.
+
+    Tunables:
+    - ``memory_mb``: 3008 by default. Lambda gives CPU in proportion to memory (one vCPU at 1,769 MB), and
+      a ResNet34 forward pass is CPU-bound, so memory buys latency; 3008 MB is also the largest size a new
+      account may use before asking for a quota increase.
+    - ``timeout``: 30 s; API Gateway stops waiting at 29 s anyway. A cold start downloads the model and
+      index from S3 and loads them on the first request (``load_on_import`` stays false because the init
+      phase of on-demand functions is capped at about 10 s).
+    - ``ephemeral_storage_mb``: ``/tmp`` holds the downloaded model and index (a few hundred MB for
+      Food-101) plus room for the next version while the old one is still open; 2048 MB by default.
+    - ``architecture``: x86_64 by default. ``Dockerfile.lambda`` compiles annoy with x86-64 flags, so arm64
+      also needs that file changed.
+    - ``reserved_concurrency``: an optional cap on concurrent containers (and so on cost). Accounts with the
+      default concurrency quota of 10 cannot reserve any.
+    - ``provisioned_concurrency``: optional warm containers on a ``live`` alias; then the model and index
+      load during init (``load_on_import``) because provisioned environments initialise before traffic.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        artifacts: Artifacts,
+        cors_origins: list[str],
+        memory_mb: int = 3008,
+        timeout: cdk.Duration | None = None,
+        ephemeral_storage_mb: int = 2048,
+        architecture: lambda_.Architecture = lambda_.Architecture.X86_64,
+        reserved_concurrency: int | None = None,
+        provisioned_concurrency: int | None = None,
+        presign_expires_s: int = 900,
+        log_level: str = "INFO",
+        log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.log_group = logs.LogGroup(self, "Logs", retention=log_retention, removal_policy=cdk.RemovalPolicy.DESTROY)
+        role = iam.Role(
+            self,
+            "Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description="DeepFood search function: write its own logs, read the artifacts prefix",
+        )
+        # Instead of AWSLambdaBasicExecutionRole (logs:* on every log group): this function's group only.
+        self.log_group.grant_write(role)
+        artifacts.grant_read(role)
+
+        self.function = lambda_.DockerImageFunction(
+            self,
+            "Function",
+            description="DeepFood similarity search (FastAPI + Mangum, ResNet34 embeddings, Annoy)",
+            code=lambda_.DockerImageCode.from_image_asset(
+                str(REPO_ROOT),
+                file=DOCKERFILE,
+                platform=_PLATFORMS[architecture.name],
+            ),
+            architecture=architecture,
+            memory_size=memory_mb,
+            timeout=timeout or cdk.Duration.seconds(30),
+            ephemeral_storage_size=cdk.Size.mebibytes(ephemeral_storage_mb),
+            reserved_concurrent_executions=reserved_concurrency,
+            role=role,
+            log_group=self.log_group,
+            environment={
+                env_name("artifacts_uri"): artifacts.uri,
+                env_name("cors_origins"): ",".join(cors_origins),
+                env_name("cache_dir"): CACHE_DIR,
+                env_name("presign_expires_s"): str(presign_expires_s),
+                env_name("log_level"): log_level,
+                env_name("load_on_import"): "true" if provisioned_concurrency else "false",
+            },
+        )
+        # What API Gateway invokes: the function itself, or the alias that holds the warm containers.
+        self.target: lambda_.IFunction = self.function
+        if provisioned_concurrency:
+            self.target = lambda_.Alias(
+                self,
+                "Live",
+                alias_name="live",
+                version=self.function.current_version,
+                provisioned_concurrent_executions=provisioned_concurrency,
+            )
+
+        acknowledge(
+            role,
+            {
+                f"AwsSolutions-IAM5[Resource::{flat_ref(self, artifacts.objects_arn)}]": "Read-only (s3:GetObject) "
+                "on the artifacts prefix only: the model, index and key map it loads, and the collection "
+                "images it presigns GET URLs for; their keys are not known when the stack is deployed.",
+            },
+        )

@@ -1,0 +1,73 @@
+"""The one DeepFood stack: artifacts, search function, API and site, wired together."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aws_cdk as cdk
+from constructs import Construct
+
+from cdk.access_logs import AccessLogs
+from cdk.api import SearchApi
+from cdk.artifacts import Artifacts
+from cdk.search_function import SearchFunction
+from cdk.website import SiteDeployment, Website
+
+DEFAULT_PREFIX = "deepfood"
+
+
+class DeepFoodStack(cdk.Stack):
+    """Composes the constructs; ``function_options`` and ``api_options`` pass their tunables through.
+
+    Environment-agnostic on purpose (no account lookups), so it synthesizes offline and deploys anywhere.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        artifacts_bucket_name: str | None = None,
+        artifacts_prefix: str = DEFAULT_PREFIX,
+        function_options: dict[str, Any] | None = None,
+        api_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        logs = AccessLogs(self, "AccessLogs")
+        artifacts = Artifacts(
+            self,
+            "Artifacts",
+            prefix=artifacts_prefix,
+            existing_bucket_name=artifacts_bucket_name,
+            access_logs=logs.bucket,
+        )
+        website = Website(self, "Website", access_logs=logs.bucket)
+        search = SearchFunction(
+            self, "Search", artifacts=artifacts, cors_origins=[website.origin], **(function_options or {})
+        )
+        api = SearchApi(self, "Api", handler=search.target, allowed_origin=website.origin, **(api_options or {}))
+        SiteDeployment(self, "SiteDeployment", website=website, api_base_url=api.url)
+
+        cdk.CfnOutput(self, "SiteUrl", value=website.url, description="Open this in a browser")
+        cdk.CfnOutput(self, "ApiUrl", value=api.url, description="API base URL (config.json's apiBaseUrl)")
+        cdk.CfnOutput(self, "ArtifactsBucketName", value=artifacts.bucket.bucket_name)
+        cdk.CfnOutput(
+            self,
+            "SearchFunctionName",
+            value=search.function.function_name,
+            description="Change its configuration to make new containers load newly uploaded artifacts",
+        )
+        cdk.CfnOutput(
+            self,
+            "UploadCommand",
+            description="Run next (replace <DIR> with the image collection folder) to upload model and index",
+            value=(
+                "python -m training.upload --artifacts artifacts/ --images <DIR> "
+                f"--bucket {artifacts.bucket.bucket_name} --prefix {artifacts.prefix}"
+            ),
+        )
+        self.artifacts = artifacts
+        self.search = search
+        self.api = api
+        self.website = website

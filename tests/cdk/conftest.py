@@ -1,0 +1,38 @@
+"""Fixtures for the infrastructure tests: the stack built in-process, with cdk.json's context (feature flags).
+
+Module-scoped: each stack is synthesized once per test module (synthesis takes seconds).
+"""
+
+from __future__ import annotations
+
+import pytest
+from aws_cdk.assertions import Template
+from cdk_support import TUNED_API, TUNED_FUNCTION, build_stack
+
+from cdk.stack import DeepFoodStack
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> DeepFoodStack:
+    return build_stack(tmp_path_factory.mktemp("cdk-default"))
+
+
+@pytest.fixture(scope="module")
+def template(stack) -> Template:
+    return Template.from_stack(stack)
+
+
+@pytest.fixture(scope="module")
+def tuned_template(tmp_path_factory) -> Template:
+    stack = build_stack(
+        tmp_path_factory.mktemp("cdk-tuned"),
+        artifacts_prefix="food/v2",
+        function_options=TUNED_FUNCTION,
+        api_options=TUNED_API,
+    )
+    return Template.from_stack(stack)
+
+
+@pytest.fixture(scope="module")
+def existing_bucket_stack(tmp_path_factory) -> DeepFoodStack:
+    return build_stack(tmp_path_factory.mktemp("cdk-existing"), artifacts_bucket_name="my-existing-artifacts")
