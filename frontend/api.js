@@ -1,0 +1,266 @@
+// The only module that calls fetch and knows where the search service lives.
+
+const CONFIG_URL = "config.json";
+const REQUEST_TIMEOUT_MS = 30_000;
+const DEFAULT_RETRIES = 3;
+const DEFAULT_RETRY_BASE_MS = 1_000;
+const DEFAULT_RETRY_MAX_MS = 10_000;
+
+/** Messages for statuses whose body did not say what went wrong (e.g. an API Gateway error page). */
+const FALLBACK_MESSAGES = {
+  400: "That file is not an image the service can read. Try a JPEG, PNG or WebP photo.",
+  404: "That image is no longer in the collection.",
+  413: "That photo is too large to upload.",
+  415: "That kind of file is not supported. Try a JPEG, PNG or WebP photo.",
+  422: "The service did not accept the request.",
+  429: "The service is busy. Please try again in a moment.",
+  503: "The search service is not ready yet.",
+  504: "The search service took too long to answer. Please try again.",
+};
+
+/**
+ * An error from the search service (`status` > 0) or from the network (`status` 0).
+ * `message` is meant for people: the server's own explanation where it gave one.
+ */
+export class ApiError extends Error {
+  /**
+   * @param {string} message
+   * @param {{status?: number, code?: string, retryAfterMs?: number|null}} [details]
+   */
+  constructor(message, { status = 0, code = "network", retryAfterMs = null } = {}) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+    this.code = code;
+    this.retryAfterMs = retryAfterMs;
+  }
+
+  /** True for answers worth retrying after a pause: the service is warming up or overloaded. */
+  get retryable() {
+    return this.status === 503 || this.status === 429;
+  }
+
+  /** True when no answer arrived at all (offline, DNS, CORS refusal, timeout). */
+  get isNetwork() {
+    return this.status === 0;
+  }
+}
+
+/**
+ * Reads `config.json` beside the page: `apiBaseUrl` ("" = same origin), and optionally how 503 answers
+ * are retried (`retries`, `retryBaseMs`, `retryMaxMs`). A missing or broken file means "same origin".
+ * @returns {Promise<{apiBaseUrl: string, retries: number, retryBaseMs: number, retryMaxMs: number}>}
+ */
+export async function loadConfig() {
+  let raw = {};
+  try {
+    const response = await fetch(new URL(CONFIG_URL, document.baseURI), { cache: "no-cache" });
+    if (response.ok) raw = await response.json();
+  } catch {
+    raw = {};
+  }
+  const number = (value, fallback) => (Number.isFinite(value) && value >= 0 ? value : fallback);
+  return {
+    apiBaseUrl: typeof raw.apiBaseUrl === "string" ? raw.apiBaseUrl.replace(/\/+$/, "") : "",
+    retries: number(raw.retries, DEFAULT_RETRIES),
+    retryBaseMs: number(raw.retryBaseMs, DEFAULT_RETRY_BASE_MS),
+    retryMaxMs: number(raw.retryMaxMs, DEFAULT_RETRY_MAX_MS),
+  };
+}
+
+/**
+ * Waits `ms` milliseconds, or rejects with the signal's reason when it aborts first.
+ * @param {number} ms
+ * @param {AbortSignal} [signal]
+ * @returns {Promise<void>}
+ */
+export function sleep(ms, signal) {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener(
+      "abort",
+      () => {
+        clearTimeout(timer);
+        reject(signal.reason);
+      },
+      { once: true },
+    );
+  });
+}
+
+/** True for the error a cancelled request rejects with. */
+export function isAbort(error) {
+  return error?.name === "AbortError";
+}
+
+function retryAfter(response) {
+  // Readable cross-origin only when the API exposes it (Access-Control-Expose-Headers).
+  const header = response.headers.get("Retry-After");
+  const seconds = header === null ? NaN : Number(header);
+  return Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : null;
+}
+
+async function errorFrom(response) {
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    body = null;
+  }
+  const detail = body?.error ?? {};
+  // API Gateway's own errors look like {"message": "..."}.
+  const message =
+    (typeof detail.message === "string" && detail.message) ||
+    (typeof body?.message === "string" && body.message) ||
+    FALLBACK_MESSAGES[response.status] ||
+    `The search service answered with an error (HTTP ${response.status}).`;
+  return new ApiError(message, {
+    status: response.status,
+    code: typeof detail.code === "string" ? detail.code : `http_${response.status}`,
+    retryAfterMs: retryAfter(response),
+  });
+}
+
+/**
+ * A client for the search service at `config.apiBaseUrl` ("" = this page's origin).
+ * @param {{apiBaseUrl: string, retries?: number, retryBaseMs?: number, retryMaxMs?: number}} config
+ */
+export function createApi(config) {
+  const base = config.apiBaseUrl.replace(/\/+$/, "");
+  const retries = config.retries ?? DEFAULT_RETRIES;
+  const retryBaseMs = config.retryBaseMs ?? DEFAULT_RETRY_BASE_MS;
+  const retryMaxMs = config.retryMaxMs ?? DEFAULT_RETRY_MAX_MS;
+
+  const endpoint = (path) => `${base}${path}`;
+
+  async function request(path, init = {}, { signal } = {}) {
+    if (signal?.aborted) throw signal.reason;
+    const controller = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      controller.abort();
+    }, REQUEST_TIMEOUT_MS);
+    const forward = () => controller.abort(signal.reason);
+    signal?.addEventListener("abort", forward, { once: true });
+    try {
+      let response;
+      try {
+        response = await fetch(endpoint(path), {
+          ...init,
+          signal: controller.signal,
+          headers: { Accept: "application/json" },
+        });
+      } catch {
+        throw networkError();
+      }
+      if (!response.ok) throw await errorFrom(response);
+      try {
+        return { status: response.status, body: await response.json() };
+      } catch {
+        if (signal?.aborted || timedOut) throw networkError();
+        throw new ApiError("The search service sent an answer this page cannot read.", {
+          status: response.status,
+          code: "bad_response",
+        });
+      }
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", forward);
+    }
+
+    function networkError() {
+      if (signal?.aborted) return signal.reason;
+      if (timedOut) {
+        return new ApiError("The search service took too long to answer. Please try again.", {
+          code: "timeout",
+        });
+      }
+      return new ApiError("Could not reach the search service. Check your connection and try again.", {
+        code: "network",
+      });
+    }
+  }
+
+  /**
+   * Runs `attempt` until it succeeds, retrying 503/429 answers with exponential back-off (or the server's
+   * Retry-After), each pause at most `retryMaxMs`.
+   * `onRetry({attempt, of, delayMs, error})` is told before each pause.
+   */
+  async function withRetry(attempt, { signal, onRetry } = {}) {
+    for (let n = 0; ; n += 1) {
+      try {
+        return await attempt();
+      } catch (error) {
+        if (!(error instanceof ApiError) || !error.retryable || n >= retries) throw error;
+        const delayMs = Math.min(error.retryAfterMs ?? retryBaseMs * 2 ** n, retryMaxMs);
+        onRetry?.({ attempt: n + 2, of: retries + 1, delayMs, error });
+        await sleep(delayMs, signal);
+      }
+    }
+  }
+
+  return {
+    /** The API base URL this client talks to ("" = same origin). */
+    baseUrl: base,
+
+    /**
+     * `GET /health`: the HealthResponse once the service is ready; asking also makes it load its model.
+     * A 503 ("unavailable") is retried like a search, then rejects with an ApiError carrying its message.
+     * @param {{signal?: AbortSignal, onRetry?: Function}} [options]
+     * @returns {Promise<object>}
+     */
+    async health({ signal, onRetry } = {}) {
+      return withRetry(async () => (await request("/health", { method: "GET" }, { signal })).body, {
+        signal,
+        onRetry,
+      });
+    },
+
+    /**
+     * `POST /search` with the image as multipart field `image`; retries while the service warms up.
+     * @param {Blob} image
+     * @param {number} k
+     * @param {{signal?: AbortSignal, onRetry?: Function, filename?: string}} [options]
+     * @returns {Promise<object>} the SearchResponse
+     */
+    async search(image, k, { signal, onRetry, filename = "query.jpg" } = {}) {
+      return withRetry(
+        async () => {
+          const form = new FormData();
+          form.append("image", image, filename);
+          form.append("k", String(k));
+          return (await request("/search", { method: "POST", body: form }, { signal })).body;
+        },
+        { signal, onRetry },
+      );
+    },
+
+    /**
+     * `GET /images/{id}/similar?k=`: neighbours of an image already in the collection.
+     * @param {number} id
+     * @param {number} k
+     * @param {{signal?: AbortSignal, onRetry?: Function}} [options]
+     * @returns {Promise<object>} the SearchResponse (query_id set)
+     */
+    async similar(id, k, { signal, onRetry } = {}) {
+      const path = `/images/${encodeURIComponent(id)}/similar?k=${encodeURIComponent(k)}`;
+      return withRetry(async () => (await request(path, { method: "GET" }, { signal })).body, {
+        signal,
+        onRetry,
+      });
+    },
+
+    /**
+     * Resolves a result's `url`: absolute URLs (presigned S3) are kept, relative ones are under the API base.
+     * @param {string} url
+     * @returns {string}
+     */
+    resolveUrl(url) {
+      if (/^[a-z][a-z0-9+.-]*:/i.test(url) || url.startsWith("//")) return url;
+      if (!base) return new URL(url, document.baseURI).href;
+      return url.startsWith("/") ? `${base}${url}` : `${base}/${url}`;
+    },
+  };
+}

@@ -1,0 +1,313 @@
+// Owns the DOM: finds the elements once, renders state into them, reports user actions to handlers.
+// Text from people or the service only ever goes in through textContent or attributes, never as HTML.
+
+const THUMB_SIZE = 224;
+
+function percent(value) {
+  return `${Math.round(Math.max(0, Math.min(1, value)) * 100)}%`;
+}
+
+function labelOf(match) {
+  if (match.label) return match.label;
+  const name = String(match.key ?? "").split("/").pop();
+  return name || `image ${match.id}`;
+}
+
+/** The page: elements looked up once, renderers, and event bindings. */
+export class View {
+  /** @param {Document} doc */
+  constructor(doc = document) {
+    this.doc = doc;
+    const $ = (id) => {
+      const el = doc.getElementById(id);
+      if (!el) throw new Error(`index.html lacks #${id}`);
+      return el;
+    };
+    this.fileInput = $("file");
+    this.kSelect = $("k");
+    this.dropOverlay = $("drop-overlay");
+    this.status = $("status");
+    this.statusText = $("status-text");
+    this.error = $("error");
+    this.query = $("query");
+    this.queryImage = $("query-image");
+    this.queryCaption = $("query-caption");
+    this.predictions = $("predictions");
+    this.predictionList = $("prediction-list");
+    this.resultsSection = $("results-section");
+    this.resultsHeading = $("results-heading");
+    this.resultsSummary = $("results-summary");
+    this.results = $("results");
+    this.service = $("service");
+    this.queryImage.addEventListener("error", () => {
+      this.query.hidden = true;
+    });
+  }
+
+  /**
+   * Calls `handler(file)` for a photo chosen with the picker, dropped on the page, or pasted.
+   * @param {(file: File) => void} handler
+   */
+  bindFile(handler) {
+    this.doc.getElementById("search-form")?.addEventListener("submit", (event) => event.preventDefault());
+    this.fileInput.addEventListener("change", () => {
+      const [file] = this.fileInput.files;
+      if (file) handler(file);
+      this.fileInput.value = ""; // choosing the same photo again still fires "change"
+    });
+
+    let depth = 0;
+    const hasFiles = (event) => Array.from(event.dataTransfer?.types ?? []).includes("Files");
+    this.doc.addEventListener("dragenter", (event) => {
+      if (!hasFiles(event)) return;
+      event.preventDefault();
+      depth += 1;
+      this.dropOverlay.hidden = false;
+    });
+    this.doc.addEventListener("dragover", (event) => {
+      if (!hasFiles(event)) return;
+      event.preventDefault();
+      event.dataTransfer.dropEffect = "copy";
+    });
+    this.doc.addEventListener("dragleave", (event) => {
+      if (!hasFiles(event)) return;
+      depth = Math.max(0, depth - 1);
+      if (depth === 0) this.dropOverlay.hidden = true;
+    });
+    this.doc.addEventListener("drop", (event) => {
+      depth = 0;
+      this.dropOverlay.hidden = true;
+      const file = event.dataTransfer?.files?.[0];
+      if (!file) return;
+      event.preventDefault();
+      handler(file);
+    });
+
+    this.doc.addEventListener("paste", (event) => {
+      const items = Array.from(event.clipboardData?.items ?? []);
+      const item = items.find((i) => i.kind === "file" && i.type.startsWith("image/"));
+      const file = item?.getAsFile();
+      if (!file) return;
+      event.preventDefault();
+      handler(file);
+    });
+  }
+
+  /**
+   * Calls `handler(k)` when the number of results is changed.
+   * @param {(k: number) => void} handler
+   */
+  bindK(handler) {
+    this.kSelect.addEventListener("change", () => handler(this.k));
+  }
+
+  /**
+   * Calls `handler(match)` when a result is chosen (click, Enter or Space on its button).
+   * @param {(match: {id: number, key: string, label: string|null, url: string}) => void} handler
+   */
+  bindResult(handler) {
+    this.results.addEventListener("click", (event) => {
+      const button = event.target.closest("button[data-id]");
+      if (!button || !this.results.contains(button)) return;
+      handler({
+        id: Number(button.dataset.id),
+        key: button.dataset.key,
+        label: button.dataset.label || null,
+        url: button.dataset.url,
+      });
+    });
+  }
+
+  /** The number of results chosen. */
+  get k() {
+    return Number(this.kSelect.value);
+  }
+
+  /**
+   * Offers the standard choices up to `max` plus `preferred`, and selects `preferred`, or keeps the
+   * current choice when `keepCurrent` and it is still allowed.
+   * @param {number} preferred
+   * @param {number} max
+   * @param {boolean} [keepCurrent]
+   */
+  setKOptions(preferred, max, keepCurrent = false) {
+    const current = this.k;
+    const values = new Set([6, 12, 24, 48, 96].filter((v) => v <= max));
+    if (preferred >= 1 && preferred <= max) values.add(preferred);
+    this.kSelect.replaceChildren(
+      ...[...values]
+        .sort((a, b) => a - b)
+        .map((v) => {
+          const option = this.doc.createElement("option");
+          option.value = String(v);
+          option.textContent = String(v);
+          return option;
+        }),
+    );
+    this.kSelect.value = String(keepCurrent && values.has(current) ? current : preferred);
+  }
+
+  /**
+   * Selects `k` in the selector when it is one of the choices.
+   * @param {number} k
+   */
+  selectK(k) {
+    if ([...this.kSelect.options].some((o) => Number(o.value) === k)) this.kSelect.value = String(k);
+  }
+
+  /**
+   * Shows the picture being searched from.
+   * @param {string} src an object URL or an image URL
+   * @param {string} caption
+   */
+  showQuery(src, caption) {
+    this.query.hidden = false;
+    this.queryImage.src = src;
+    this.queryImage.alt = caption;
+    this.queryCaption.textContent = caption;
+  }
+
+  /** Hides the query picture. */
+  hideQuery() {
+    this.query.hidden = true;
+    this.queryImage.removeAttribute("src");
+  }
+
+  /** Hides the query picture, the predictions and the results: the page as first opened. */
+  reset() {
+    this.query.hidden = true;
+    this.queryImage.removeAttribute("src");
+    this.predictions.hidden = true;
+    this.predictionList.replaceChildren();
+    this.results.replaceChildren();
+    this.resultsSection.hidden = true;
+    this.resultsSummary.textContent = "";
+    this.clearError();
+    this.setStatus("");
+  }
+
+  /**
+   * Shows or hides the busy indicator; `message` goes to the live status region.
+   * @param {boolean} busy
+   * @param {string} [message]
+   */
+  setBusy(busy, message) {
+    this.status.classList.toggle("busy", busy);
+    this.resultsSection.setAttribute("aria-busy", String(busy));
+    this.doc.body.classList.toggle("busy", busy);
+    if (message !== undefined) this.setStatus(message);
+  }
+
+  /**
+   * Puts `message` in the polite live region (screen readers announce it); with `visible: false` it is
+   * announced without being shown (when the page shows the same words elsewhere).
+   * @param {string} message
+   * @param {{visible?: boolean}} [options]
+   */
+  setStatus(message, { visible = true } = {}) {
+    this.statusText.textContent = message;
+    this.statusText.classList.toggle("visually-hidden", !visible);
+  }
+
+  /**
+   * Shows an error message in the alert region.
+   * @param {string} message
+   */
+  showError(message) {
+    this.error.textContent = message;
+    this.error.hidden = false;
+  }
+
+  /** Removes the error message. */
+  clearError() {
+    this.error.hidden = true;
+    this.error.textContent = "";
+  }
+
+  /**
+   * Shows the model's guesses for the query ("what we think this is"); hidden when there are none.
+   * @param {{label: string, probability: number}[]} predictions
+   */
+  renderPredictions(predictions) {
+    const top = (predictions ?? []).slice(0, 3);
+    this.predictions.hidden = top.length === 0;
+    this.predictionList.replaceChildren(
+      ...top.map((p) => {
+        const li = this.doc.createElement("li");
+        const name = this.doc.createElement("span");
+        name.className = "prediction-label";
+        name.textContent = p.label;
+        const bar = this.doc.createElement("span");
+        bar.className = "bar";
+        bar.setAttribute("aria-hidden", "true");
+        const fill = this.doc.createElement("span");
+        fill.style.width = percent(p.probability);
+        bar.append(fill);
+        const value = this.doc.createElement("span");
+        value.className = "prediction-value";
+        value.textContent = percent(p.probability);
+        li.append(name, bar, value);
+        return li;
+      }),
+    );
+  }
+
+  /**
+   * Renders the nearest images as a grid of buttons; each one searches from that image.
+   * @param {{id: number, key: string, label: string|null, similarity: number, url: string}[]} matches
+   *   with `url` already resolved
+   * @param {string} summary e.g. "12 similar dishes in 85 ms"
+   */
+  renderResults(matches, summary) {
+    this.resultsSection.hidden = false;
+    this.resultsSummary.textContent = summary;
+    this.results.replaceChildren(
+      ...matches.map((match, i) => {
+        const label = labelOf(match);
+        const similarity = percent(match.similarity);
+        const li = this.doc.createElement("li");
+        const button = this.doc.createElement("button");
+        button.type = "button";
+        button.className = "result";
+        button.dataset.id = String(match.id);
+        button.dataset.key = match.key;
+        button.dataset.label = match.label ?? "";
+        button.dataset.url = match.url;
+        button.title = `Find dishes similar to this ${label}`;
+        const img = this.doc.createElement("img");
+        img.src = match.url;
+        img.alt = `${label} — ${similarity} similar`;
+        img.width = THUMB_SIZE;
+        img.height = THUMB_SIZE;
+        img.decoding = "async";
+        img.loading = i < 8 ? "eager" : "lazy";
+        const caption = this.doc.createElement("span");
+        caption.className = "caption";
+        caption.setAttribute("aria-hidden", "true"); // the alt text already says it
+        const name = this.doc.createElement("span");
+        name.className = "label";
+        name.textContent = label;
+        const score = this.doc.createElement("span");
+        score.className = "similarity";
+        score.textContent = similarity;
+        caption.append(name, score);
+        button.append(img, caption);
+        li.append(button);
+        return li;
+      }),
+    );
+  }
+
+  /** Moves keyboard focus to the results heading (after the focused result was replaced). */
+  focusResults() {
+    this.resultsHeading.focus({ preventScroll: false });
+  }
+
+  /**
+   * Describes the service in the footer (index size, model), or clears it.
+   * @param {string} text
+   */
+  setServiceInfo(text) {
+    this.service.textContent = text;
+  }
+}
