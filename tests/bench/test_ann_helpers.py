@@ -1,0 +1,41 @@
+"""The pure helpers behind bench/ann.py: synthetic data, exact top-k, recall."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bench._synthetic import exact_one, exact_topk, make_clustered, recall_at_k
+
+
+def test_make_clustered_is_unit_float32_and_seeded():
+    a = make_clustered(500, 64, cluster_size=50, rank=4, seed=3, chunk=128)
+    b = make_clustered(500, 64, cluster_size=50, rank=4, seed=3, chunk=128)
+    assert a.shape == (500, 64) and a.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_make_clustered_neighbours_are_closer_than_strangers():
+    x = make_clustered(2000, 512, seed=0)
+    sims = x[:100] @ x[100:].T
+    top1 = sims.max(axis=1)
+    assert 0.5 < np.median(top1) < 0.97
+    assert np.median(sims) < 0.4
+
+
+def test_exact_topk_matches_full_sort_across_blocks():
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((300, 16)).astype(np.float32)
+    queries = rng.standard_normal((7, 16)).astype(np.float32)
+    # A block budget of 3 queries forces several blocks.
+    ids, sims = exact_topk(base, queries, 5, max_block_bytes=3 * 4 * len(base))
+    expected = np.argsort(-(queries @ base.T), axis=1)[:, :5]
+    np.testing.assert_array_equal(ids, expected)
+    assert np.all(np.diff(sims, axis=1) <= 0)
+    np.testing.assert_array_equal(exact_one(base, queries[2], 5), expected[2])
+
+
+def test_recall_at_k_counts_overlap_regardless_of_order():
+    exact = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    assert recall_at_k([[4, 3, 2, 1], [5, 6, 0, 0]], exact) == 0.75
+    assert recall_at_k([[9, 9, 9, 9], [8, 7, 6, 5]], exact) == 0.5
