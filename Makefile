@@ -1,0 +1,75 @@
+# DeepFood Serverless. `make demo` runs the whole pipeline locally; `make test` installs and tests everything.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA := data/sample
+CKPT := checkpoints/demo
+ART := artifacts
+PORT ?= 8000
+# The demo trains briefly at full resolution on the synthetic sample set; override for longer runs.
+DEMO_TRAIN_ARGS ?= --head-epochs 1 --epochs 2 --batch-size 32 --workers 2 --weights auto
+
+.PHONY: help install demo serve test lint format browser node bench clean
+
+help:
+	@echo "make demo   - sample data -> train -> export -> index -> local server on http://127.0.0.1:$(PORT)"
+	@echo "make test   - install everything the tests need (venv, npm CLI, Chromium) and run lint + pytest"
+	@echo "make bench  - benchmarks under bench/ (see docs/benchmarks.md)"
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+node: node_modules/.installed
+
+# Debian's Chromium drives the browser tests (playwright's own browser downloads are not used).
+browser:
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "chromium is missing: run 'sudo apt-get install -y chromium' (browser tests fail without it under CI=true)"; fi
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint Dockerfile.lambda
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: install node browser lint
+	$(VENV)/bin/python -m pytest
+
+$(DATA)/README.txt: | install
+	$(PY) -m training.sample_data $(DATA)
+
+$(CKPT)/best.pt: $(DATA)/README.txt
+	$(PY) -m training.train --data $(DATA) --output-dir $(CKPT) $(DEMO_TRAIN_ARGS)
+
+$(ART)/model.pt: $(CKPT)/best.pt
+	$(PY) -m training.export --checkpoint $(CKPT)/best.pt --out $(ART)/model.pt
+
+$(ART)/manifest.json: $(ART)/model.pt
+	$(PY) -m training.build_index --images $(DATA) --model $(ART)/model.pt --out $(ART) --save-embeddings
+	$(PY) -m training.evaluate --artifacts $(ART) --images $(DATA)
+
+demo: $(ART)/manifest.json
+	$(PY) -m lambda_fn.local --artifacts $(ART) --images $(DATA) --port $(PORT) --eager
+
+serve: install
+	$(PY) -m lambda_fn.local --artifacts $(ART) --images $(DATA) --port $(PORT)
+
+bench: install
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(ART) $(CKPT) $(DATA) cdk.out test-output
