@@ -53,38 +53,11 @@ def make_clustered(
     return out
 
 
-def exact_topk(
-    base: np.ndarray, queries: np.ndarray, k: int, max_block_bytes: int = 256 << 20
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by inner product (= cosine for unit vectors): (ids, sims), each (len(queries), k).
-
-    Queries are processed in blocks so the float32 similarity block stays under `max_block_bytes`.
-    """
-    block = max(1, max_block_bytes // (4 * len(base)))
-    ids = np.empty((len(queries), k), dtype=np.int64)
-    sims = np.empty((len(queries), k), dtype=np.float32)
-    for start in range(0, len(queries), block):
-        s = queries[start : start + block] @ base.T
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        part_sims = np.take_along_axis(s, part, axis=1)
-        order = np.argsort(-part_sims, axis=1, kind="stable")
-        ids[start : start + block] = np.take_along_axis(part, order, axis=1)
-        sims[start : start + block] = np.take_along_axis(part_sims, order, axis=1)
-    return ids, sims
-
-
 def exact_one(base: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
     """Exact top-k ids for one query: the brute-force baseline a single request would run."""
     s = base @ query
     part = np.argpartition(-s, k - 1)[:k]
     return part[np.argsort(-s[part])]
-
-
-def recall_at_k(approx: list[list[int]], exact: np.ndarray) -> float:
-    """Mean over queries of |approx ∩ exact| / k, with k = exact.shape[1]."""
-    k = exact.shape[1]
-    hits = [len(set(a[:k]).intersection(e.tolist())) for a, e in zip(approx, exact, strict=True)]
-    return float(np.mean(hits)) / k
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

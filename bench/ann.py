@@ -27,7 +27,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from annoy import AnnoyIndex  # noqa: E402
 
-from bench._synthetic import exact_one, exact_topk, make_clustered, recall_at_k  # noqa: E402
+from bench._synthetic import exact_one, make_clustered  # noqa: E402
+from training.evaluate import exact_top_k, recall_at_k  # noqa: E402
 
 METRIC = "angular"  # the vectors are unit length, so angular distance ranks like cosine similarity
 SEED = 42
@@ -119,7 +120,7 @@ def bench_size(n: int, args: argparse.Namespace, plan: dict[int, list[int]], tmp
     gen_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    truth, sims = exact_topk(base, queries, args.k)
+    truth, sims = exact_top_k(base, queries, args.k, with_similarities=True)
     truth_s = time.perf_counter() - t0
     exact_lat = []
     for q in queries[: args.exact_queries]:

@@ -20,3 +20,5 @@ def configure(level: str) -> None:
     logger.setLevel(level.upper())
     ours = {name for name in logging.root.manager.loggerDict if name.startswith("lambda_fn")}
     copy_config_to_registered_loggers(source_logger=logger, include=ours, log_level=level.upper())
+    # Mangum logs every request as plain text; our JSON access log already says the same, with the request id.
+    logging.getLogger("mangum").setLevel(logging.WARNING)

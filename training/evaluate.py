@@ -28,15 +28,34 @@ from training.build_index import embed_collection, scan_collection
 KS = (1, 5, 10)
 
 
-def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, exclude: list[int | None]) -> np.ndarray:
-    """Ids of the k most cosine-similar indexed vectors per query (brute force), leaving ``exclude`` out."""
-    sims = queries @ vectors.T
-    for q, ex in enumerate(exclude):
-        if ex is not None:
-            sims[q, ex] = -np.inf
-    top = np.argpartition(-sims, kth=min(k, sims.shape[1] - 1), axis=1)[:, :k]
-    order = np.take_along_axis(sims, top, axis=1).argsort(axis=1)[:, ::-1]
-    return np.take_along_axis(top, order, axis=1)
+def exact_top_k(
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    exclude: list[int | None] | None = None,
+    *,
+    with_similarities: bool = False,
+    max_block_bytes: int = 256 << 20,
+):
+    """Exact top-k by inner product (cosine for unit vectors), nearest first, leaving ``exclude[q]`` out.
+
+    Queries go in blocks so the float32 similarity block stays under ``max_block_bytes`` (10^6 vectors fit).
+    Returns ids ``(len(queries), k)``, and their similarities too with ``with_similarities``.
+    """
+    block = max(1, max_block_bytes // (4 * len(vectors)))
+    ids = np.empty((len(queries), k), dtype=np.int64)
+    sims = np.empty((len(queries), k), dtype=np.float32)
+    for start in range(0, len(queries), block):
+        s = queries[start : start + block] @ vectors.T
+        for row, ex in enumerate((exclude or [])[start : start + block]):
+            if ex is not None:
+                s[row, ex] = -np.inf
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        part_sims = np.take_along_axis(s, part, axis=1)
+        order = np.argsort(-part_sims, axis=1, kind="stable")
+        ids[start : start + block] = np.take_along_axis(part, order, axis=1)
+        sims[start : start + block] = np.take_along_axis(part_sims, order, axis=1)
+    return (ids, sims) if with_similarities else ids
 
 
 def precision_at_k(relevant: np.ndarray, k: int) -> float:
@@ -53,8 +72,9 @@ def average_precision_at_k(relevant: np.ndarray, n_relevant: np.ndarray, k: int)
     return float(ap.mean())
 
 
-def recall_at_k(approx: list[list[int]], exact: np.ndarray, k: int) -> float:
-    """Mean share of the exact top-k that the approximate search also returned."""
+def recall_at_k(approx: list[list[int]], exact: np.ndarray, k: int | None = None) -> float:
+    """Mean share of the exact top-k (k: all of ``exact``'s columns by default) the approximate search found."""
+    k = k or exact.shape[1]
     return float(np.mean([len(set(a[:k]) & set(e[:k].tolist())) / k for a, e in zip(approx, exact, strict=True)]))
 
 
@@ -162,7 +182,7 @@ def main(args: argparse.Namespace) -> int:
     sweep = annoy_sweep(engine, queries, exclude, exact, ladder, k_max)
     t0 = time.perf_counter()
     for q in queries[:200]:
-        exact_top_k(vectors, q[None], k_max, [None])
+        exact_top_k(vectors, q[None], k_max)
     exact_ms = (time.perf_counter() - t0) * 1000 / min(len(queries), 200)
     report = {
         "queries": len(queries),

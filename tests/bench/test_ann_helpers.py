@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench._synthetic import exact_one, exact_topk, make_clustered, recall_at_k
+from bench._synthetic import exact_one, make_clustered
+from training.evaluate import exact_top_k, recall_at_k
 
 
 def test_make_clustered_is_unit_float32_and_seeded():
@@ -28,7 +29,7 @@ def test_exact_topk_matches_full_sort_across_blocks():
     base = rng.standard_normal((300, 16)).astype(np.float32)
     queries = rng.standard_normal((7, 16)).astype(np.float32)
     # A block budget of 3 queries forces several blocks.
-    ids, sims = exact_topk(base, queries, 5, max_block_bytes=3 * 4 * len(base))
+    ids, sims = exact_top_k(base, queries, 5, with_similarities=True, max_block_bytes=3 * 4 * len(base))
     expected = np.argsort(-(queries @ base.T), axis=1)[:, :5]
     np.testing.assert_array_equal(ids, expected)
     assert np.all(np.diff(sims, axis=1) <= 0)

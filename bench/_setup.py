@@ -1,0 +1,68 @@
+"""Shared set-up for the service benchmarks: a full-size (224 px) model and index over synthetic photos.
+
+The weights are random (ImageNet weights cannot be downloaded here): speed does not depend on them.
+Everything lands in bench/.work/ (git-ignored) and is reused by later runs.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from pathlib import Path
+
+WORK = Path(__file__).resolve().parent / ".work"
+RESULTS = Path(__file__).resolve().parent / "results"
+THREADS = int(os.environ.get("BENCH_THREADS", "2"))  # a 3008 MB Lambda has 2 vCPUs
+
+
+def pin_threads(n: int = THREADS) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+    torch.set_num_interop_threads(1) if torch.get_num_interop_threads() != 1 else None
+
+
+def collection(n_per_class: int = 40) -> Path:
+    from training.sample_data import DISHES, write_sample_set
+
+    root = WORK / f"images-{n_per_class}"
+    if not (root / "README.txt").is_file():
+        write_sample_set(root, per_class=n_per_class, seed=1)
+    assert len(list(root.glob("*/*"))) == n_per_class * len(DISHES)
+    return root
+
+
+def artifacts(n_per_class: int = 40) -> Path:
+    """model.pt (random-init ResNet34 at 224 px, with a 6-class head) + index over ``collection()``."""
+    import torch
+
+    from training.build_index import get_args_parser, main
+    from training.export import export, meta_for
+    from training.model import EmbeddingNet
+
+    out = WORK / f"artifacts-{n_per_class}"
+    if (out / "manifest.json").is_file():
+        return out
+    torch.manual_seed(0)
+    net = EmbeddingNet(6).eval()
+    classes = ["pasta", "pizza", "salad", "soup", "steak", "sushi"]
+    export(net, meta_for(net, classes, {"resize_size": 256, "crop_size": 224, "weights": "none"}), out / "model.pt")
+    args = ["--images", str(collection(n_per_class)), "--model", str(out / "model.pt"), "--out", str(out)]
+    assert main(get_args_parser().parse_args([*args, "--workers", "2", "--save-embeddings"])) == 0
+    return out
+
+
+def photo_jpeg(width: int, height: int, seed: int = 0, quality: int = 90) -> bytes:
+    """A synthetic dish photo of the given size, as a camera would hand it over (JPEG)."""
+    from training.sample_data import render
+
+    buf = io.BytesIO()
+    render("pizza", random.Random(seed), width, height).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, q))

@@ -1,0 +1,138 @@
+"""Cold start: a fresh process answering its first search with artifacts on a loopback S3 server, vs the
+floor (a fresh process that only imports torch and loads the model from local disk). Interleaved runs.
+
+    python -m bench.cold_start [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench._setup import RESULTS, THREADS, artifacts, collection, photo_jpeg
+
+REPO = Path(__file__).resolve().parent.parent
+
+OURS = """
+import base64, json, resource, sys, time
+import lambda_fn.main as m
+from bench.latency import LambdaContext, event
+data = open(sys.argv[1], "rb").read()
+r = m.handler(event(data), LambdaContext())
+assert r["statusCode"] == 200, r["body"][:500]
+print("FIRST", flush=True)
+for _ in range(20):
+    m.handler(event(data), LambdaContext())
+print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+FLOOR = """
+import sys, torch
+m = torch.jit.load(sys.argv[1])
+"""
+
+
+def timed(cmd: list[str], env: dict) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return time.perf_counter() - t0, proc.stdout
+
+
+def main(args: argparse.Namespace) -> dict:
+    from moto.server import ThreadedMotoServer
+
+    from tests.helpers import free_port
+    from training.upload import upload
+
+    art = artifacts()
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    creds = {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+    os.environ.update(creds)
+    import boto3
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="bench")
+    upload(art, collection(), "bench", "cold", client=s3)
+    query = Path(tempfile.mkdtemp()) / "q.jpg"
+    query.write_bytes(photo_jpeg(640, 480))
+    # The first search of each run counts: time to answer includes interpreter start, imports, download,
+    # verification, load and warm-up; 20 warm searches follow only to measure the warm RSS.
+    ours_s, floor_s, rss = [], [], []
+    for i in range(args.runs):
+        env = {
+            **os.environ,
+            **creds,
+            "DEEPFOOD_ARTIFACTS_URI": "s3://bench/cold/",
+            "DEEPFOOD_LOG_LEVEL": "WARNING",
+            "DEEPFOOD_CACHE_DIR": tempfile.mkdtemp(prefix="coldcache"),
+            "DEEPFOOD_NUM_THREADS": str(THREADS),
+            "PYTHONPATH": str(REPO),
+        }
+        first = ["ours", "floor"] if i % 2 == 0 else ["floor", "ours"]
+        for which in first:
+            if which == "ours":
+                t0 = time.perf_counter()
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", OURS, str(query)],
+                    cwd=REPO,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                line = proc.stdout.readline()
+                ours_s.append(time.perf_counter() - t0)
+                out, err = proc.communicate(timeout=600)
+                if proc.returncode != 0 or not line.startswith("FIRST"):
+                    raise RuntimeError(err[-3000:])
+                rss.append(json.loads(out.strip().splitlines()[-1])["rss_mb"])
+            else:
+                seconds, _ = timed([sys.executable, "-c", FLOOR, str(art / "model.pt")], env)
+                floor_s.append(seconds)
+    server.stop()
+    report = {
+        "runs": args.runs,
+        "ours_s": ours_s,
+        "floor_s": floor_s,
+        "warm_rss_mb": rss,
+        "ours_median_s": statistics.median(ours_s),
+        "floor_median_s": statistics.median(floor_s),
+    }
+    report["ratio"] = report["ours_median_s"] / report["floor_median_s"]
+    print(f"cold start, {args.runs} interleaved runs, artifacts from a loopback S3 server (moto)")
+    print(f"  fresh process -> first search answered: median {report['ours_median_s']:.2f} s  {ours_s}")
+    print(f"  floor (import torch + load model.pt):    median {report['floor_median_s']:.2f} s  {floor_s}")
+    print(
+        f"  ratio {report['ratio']:.2f}; warm service peak RSS {statistics.median(rss):.0f} MB "
+        f"({art.name}: {len(list((collection()).glob('*/*')))} images)"
+    )
+    return report
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=5, help="cold starts of each kind (default: 5)")
+    p.add_argument("--out", type=Path, default=RESULTS / "cold_start.json", help="JSON results")
+    return p
+
+
+if __name__ == "__main__":
+    parsed = get_args_parser().parse_args()
+    result = main(parsed)
+    parsed.out.write_text(json.dumps(result, indent=2))

@@ -1,0 +1,196 @@
+"""Warm query latency: our Lambda handler vs the original DeepFood pipeline vs the bare model forward.
+
+Runs in one process, interleaved (ours, original, bare forward, rotating), with torch threads pinned for
+all three, so machine noise hits them alike. Queries: a 224-px upload and 3- and 12-megapixel JPEG photos.
+
+The original pipeline, re-implemented faithfully: eager torchvision ResNet34 with a forward hook on avgpool
+(the classifier head still runs), PIL decode at full size, torchvision Resize(256) + CenterCrop(224) +
+ToTensor + Normalize, Annoy with 5 trees and default search_k.
+
+    python -m bench.latency [--iterations 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench._setup import RESULTS, THREADS, artifacts, percentile, photo_jpeg, pin_threads
+
+SIZES = {"224px upload": (224, 224), "3 MP photo": (2000, 1500), "12 MP photo": (4000, 3000)}
+
+
+class LambdaContext:
+    function_name = "deepfood-bench"
+    memory_limit_in_mb = 3008
+    invoked_function_arn = "arn:aws:lambda:eu-west-1:123456789012:function:deepfood-bench"
+    aws_request_id = "bench"
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 30_000
+
+
+class OriginalPipeline:
+    """The seed's query path, on the same weights."""
+
+    def __init__(self, art: Path, embeddings):
+        import torch
+        from annoy import AnnoyIndex
+        from torchvision import models, transforms
+
+        from training.export import load_checkpoint  # noqa: F401  (keeps training importable here)
+
+        scripted = torch.jit.load(str(art / "model.pt"))
+        state = {
+            k.removeprefix("net.backbone."): v
+            for k, v in scripted.state_dict().items()
+            if k.startswith("net.backbone.")
+        }
+        self.model = models.resnet34(weights=None)
+        self.model.fc = torch.nn.Linear(512, state["fc.weight"].shape[0])
+        self.model.load_state_dict(state)
+        self.model.eval()
+        self._features = None
+        self.model.avgpool.register_forward_hook(lambda _m, _i, out: setattr(self, "_features", out))
+        self.transform = transforms.Compose(
+            [
+                transforms.Resize(256),
+                transforms.CenterCrop(224),
+                transforms.ToTensor(),
+                transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            ]
+        )
+        self.index = AnnoyIndex(512, "angular")
+        for i, v in enumerate(embeddings):
+            self.index.add_item(i, v.tolist())
+        self.index.build(5)
+
+    def query(self, data: bytes, k: int = 10) -> list[int]:
+        import io
+
+        import torch
+        from PIL import Image
+
+        img = Image.open(io.BytesIO(data)).convert("RGB")
+        with torch.no_grad():
+            self.model(self.transform(img).unsqueeze(0))
+        vec = torch.flatten(self._features, 1)[0].numpy()
+        return self.index.get_nns_by_vector(vec.tolist(), k)
+
+
+def event(data: bytes) -> dict:
+    boundary = "----bench"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return {
+        "resource": "/{proxy+}",
+        "path": "/search",
+        "httpMethod": "POST",
+        "headers": {"Content-Type": f"multipart/form-data; boundary={boundary}", "Host": "bench.example"},
+        "multiValueHeaders": {},
+        "queryStringParameters": {"k": "10"},
+        "multiValueQueryStringParameters": {"k": ["10"]},
+        "pathParameters": {"proxy": "search"},
+        "requestContext": {
+            "httpMethod": "POST",
+            "path": "/prod/search",
+            "stage": "prod",
+            "requestId": "b",
+            "identity": {"sourceIp": "127.0.0.1"},
+            "resourcePath": "/{proxy+}",
+        },
+        "body": base64.b64encode(body).decode(),
+        "isBase64Encoded": True,
+    }
+
+
+def main(args: argparse.Namespace) -> dict:
+    import numpy as np
+    import torch
+
+    art = artifacts()
+    os.environ.update(
+        {"DEEPFOOD_ARTIFACTS_URI": str(art), "DEEPFOOD_NUM_THREADS": str(THREADS), "DEEPFOOD_LOG_LEVEL": "WARNING"}
+    )
+    import lambda_fn.main as service
+
+    pin_threads()
+    original = OriginalPipeline(art, np.load(art / "embeddings.npy"))
+    bare_model = torch.jit.load(str(art / "model.pt")).eval()
+    bare_input = torch.zeros(1, 224, 224, 3, dtype=torch.uint8)
+    ctx = LambdaContext()
+
+    def ours(data: bytes) -> list[int]:
+        response = service.handler(event(data), ctx)
+        assert response["statusCode"] == 200, response["body"][:300]
+        return [r["id"] for r in json.loads(response["body"])["results"]]
+
+    def bare(_: bytes) -> None:
+        with torch.inference_mode():
+            bare_model(bare_input)
+
+    report = {"threads": THREADS, "iterations": args.iterations, "cases": {}}
+    runners = {"ours": ours, "original": original.query, "bare forward": bare}
+    for label, (w, h) in SIZES.items():
+        data = photo_jpeg(w, h, seed=w)
+        for run in runners.values():  # warm-up, also the first-request load of ours
+            run(data)
+        times = {name: [] for name in runners}
+        order = list(runners)
+        for i in range(args.iterations):
+            for name in order[i % 3 :] + order[: i % 3]:
+                t0 = time.perf_counter()
+                runners[name](data)
+                times[name].append((time.perf_counter() - t0) * 1000)
+        overlap = len(set(ours(data)) & set(original.query(data))) / 10
+        case = {name: {"p50_ms": percentile(t, 50), "p95_ms": percentile(t, 95)} for name, t in times.items()}
+        case["bytes"] = len(data)
+        case["ours/original p50"] = case["ours"]["p50_ms"] / case["original"]["p50_ms"]
+        case["ours/bare forward p50"] = case["ours"]["p50_ms"] / case["bare forward"]["p50_ms"]
+        case["top10 overlap with original"] = overlap
+        report["cases"][label] = case
+    import resource
+
+    report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"query latency, {THREADS} torch threads, {args.iterations} interleaved iterations "
+        f"(random-init ResNet34 at 224 px, {original.index.get_n_items()} images)"
+    )
+    print(
+        f"{'query':<14}{'ours p50/p95':>16}{'original p50/p95':>20}{'forward p50':>13}{'ours/orig':>11}{'ours/fwd':>10}"
+    )
+    for label, c in report["cases"].items():
+        print(
+            f"{label:<14}{c['ours']['p50_ms']:>8.1f}/{c['ours']['p95_ms']:<7.1f}"
+            f"{c['original']['p50_ms']:>11.1f}/{c['original']['p95_ms']:<8.1f}{c['bare forward']['p50_ms']:>12.1f}"
+            f"{c['ours/original p50']:>11.2f}{c['ours/bare forward p50']:>10.2f}"
+        )
+    print(f"peak RSS of this process (ours + original + bare model loaded): {report['peak_rss_mb']:.0f} MB")
+    return report
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--iterations", type=int, default=30, help="timed queries per pipeline and size (default: 30)")
+    p.add_argument("--out", type=Path, default=RESULTS / "latency.json", help="JSON results")
+    return p
+
+
+if __name__ == "__main__":
+    parsed = get_args_parser().parse_args()
+    result = main(parsed)
+    parsed.out.parent.mkdir(parents=True, exist_ok=True)
+    parsed.out.write_text(json.dumps(result, indent=2))
+    sys.exit(0)

@@ -1,0 +1,29 @@
+"""`make bench`: every benchmark, one after the other (each compares side by side within its own run)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from bench import ann, cold_start, embed, latency
+from bench._setup import RESULTS
+
+
+def main() -> int:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    # The full ANN grid (1e4-1e6, ~20 min) is `python -m bench.ann`; here only the chosen n_trees at 1e4.
+    for name, module, argv in (
+        ("latency", latency, []),
+        ("cold_start", cold_start, []),
+        ("embed", embed, []),
+        ("ann_quick", ann, ["--sizes", "10000", "--n-trees", "50"]),
+    ):
+        print(f"\n=== {name} ===", flush=True)
+        out = RESULTS / f"{name}.json"
+        result = module.main(module.get_args_parser().parse_args([*argv, "--out", str(out)]))
+        out.write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
