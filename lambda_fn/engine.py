@@ -7,6 +7,7 @@ intra-op threads already use every CPU we have, and two concurrent forwards woul
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,10 @@ import torch
 from annoy import AnnoyIndex
 
 from lambda_fn.manifest import MODEL_META_FILE, KeyEntry, Manifest, ModelMeta, read_keys
+
+# torch 2.14 marks TorchScript deprecated with a FutureWarning on every script/save/load. It still works and
+# is what this project ships (see the README), so the warning is not repeated in every log line and CLI run.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 
 
 class ArtifactError(RuntimeError):

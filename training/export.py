@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from lambda_fn.engine import load_model
 from lambda_fn.manifest import MODEL_META_FILE, ModelMeta
 from training.model import (
     EMBEDDING_DIM,
@@ -76,7 +77,7 @@ def meta_for(net: EmbeddingNet, classes: list[str], train_args: dict) -> ModelMe
 def parity(net: EmbeddingNet, scripted_path: Path, size: int, n: int = 4) -> float:
     """Max |eager - reloaded TorchScript| over ``n`` random uint8 images."""
     images = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    loaded = torch.jit.load(str(scripted_path))
+    loaded, _ = load_model(scripted_path)
     return float((net.embed(images) - loaded(images)).abs().max())
 
 

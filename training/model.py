@@ -33,8 +33,9 @@ class EmbeddingNet(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, H, W, 3) -> float (B, 3, H, W), ImageNet-normalised, channels-last in memory."""
-        x = images.permute(0, 3, 1, 2).float()
+        """uint8 (B, H, W, 3) -> float (B, 3, H, W), ImageNet-normalised."""
+        # contiguous NCHW: on this CPU build channels-last convolutions measured ~1.6x slower (50 vs 80 ms)
+        x = images.permute(0, 3, 1, 2).contiguous().float()
         return (x - self.mean) / self.std
 
     def features(self, images: torch.Tensor) -> torch.Tensor:

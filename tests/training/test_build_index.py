@@ -119,3 +119,28 @@ def test_cli_errors_are_readable(tmp_path, model_path):
         timeout=120,
     )
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_on_disk_build_gives_the_same_neighbours(artifacts_dir, model_path, sample_dir, tmp_path):
+    args = get_args_parser().parse_args(
+        [
+            "--images",
+            str(sample_dir),
+            "--model",
+            str(model_path),
+            "--out",
+            str(tmp_path),
+            "--workers",
+            "0",
+            "--n-trees",
+            "10",
+            "--on-disk-build",
+        ]
+    )
+    assert main(args) == 0
+    m = Manifest.read(tmp_path / "manifest.json")
+    disk = load_index(tmp_path / "index.ann", m.dim, m.metric)
+    memory = load_index(artifacts_dir / "index.ann", m.dim, m.metric)
+    assert disk.get_n_items() == memory.get_n_items() == 60
+    for i in (0, 30, 59):
+        assert disk.get_nns_by_item(i, 5, search_k=10_000) == memory.get_nns_by_item(i, 5, search_k=10_000)
