@@ -229,6 +229,10 @@ export class App {
       response = await this.api.similar(query.id, k, { signal, onRetry });
     }
     signal.throwIfAborted();
+    if (!query.src && response.query?.url) {
+      // a `?similar=ID` link knows only the id; the service answers with the image itself
+      query.src = this.api.resolveUrl(response.query.url);
+    }
     const state = {
       query: {
         kind: query.kind,

@@ -28,20 +28,15 @@ def create_app(settings: Settings, *, s3_client=None) -> FastAPI:
     app.state.service = ServiceState(settings, s3_client)
     app.state.linker = ImageLinker(settings, s3_client)
     errors.install(app)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Content-Type"],
-            expose_headers=["Retry-After"],
-            max_age=600,
-        )
 
     @app.middleware("http")
     async def access_log(request: Request, call_next):
         started = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:  # answered here, inside CORS, so the page can read even a 500's message
+            log.exception("unhandled error", extra={"path": request.url.path})
+            response = errors.error_response(500, "internal_error", "the server failed unexpectedly; it was logged")
         log.info(
             "request",
             extra={
@@ -52,6 +47,16 @@ def create_app(settings: Settings, *, s3_client=None) -> FastAPI:
             },
         )
         return response
+
+    if settings.cors_origins:  # added last, so outermost: every response, errors included, gets CORS headers
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type"],
+            expose_headers=["Retry-After"],
+            max_age=600,
+        )
 
     for module in (search, images, health):
         app.include_router(module.router)

@@ -82,7 +82,11 @@ def _describe_s3_error(exc: Exception, what: str) -> str:
         if code in ("NoSuchKey", "404", "NotFound"):
             return f"{what} does not exist; upload the artifacts with `python -m training.upload`"
         if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            return f"access to {what} was denied ({code}); check the function's IAM role and the bucket name"
+            return (
+                f"access to {what} was denied ({code}): it may not be uploaded yet (S3 answers 403 for a "
+                "missing object when listing is not allowed) - run `python -m training.upload` - or the "
+                "function's IAM role and the bucket name are wrong"
+            )
         if code == "NoSuchBucket":
             return f"the bucket of {what} does not exist; check DEEPFOOD_ARTIFACTS_URI"
         return f"S3 refused {what}: {code or exc}"

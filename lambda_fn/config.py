@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "DEEPFOOD_"
@@ -52,13 +52,22 @@ class Settings(BaseSettings):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
 
+    @model_validator(mode="after")
+    def _default_k_within_max(self) -> Settings:
+        if self.default_k > self.max_k:
+            raise ValueError(f"default_k ({self.default_k}) must not exceed max_k ({self.max_k})")
+        return self
+
     @property
     def resolved_images_uri(self) -> str:
         return self.images_uri or self.artifacts_uri.rstrip("/") + "/images/"
 
     @property
     def threads(self) -> int:
-        return self.num_threads or len(os.sched_getaffinity(0))
+        if self.num_threads:
+            return self.num_threads
+        # the CPUs this process may run on (Lambda: vCPUs by memory size); sched_getaffinity is Linux-only
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def env_name(field: str) -> str:

@@ -29,6 +29,10 @@ _KNOWN_UNSUPPORTED = (
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif")
 
 
+# Above this many times resize_size**2, prepare() resizes only the crop region (aspect ratios beyond ~16:1).
+_MAX_RESIZED_AREA = 16
+
+
 class ImageError(ValueError):
     """The bytes are not a usable image (corrupt, truncated, not an image)."""
 
@@ -67,7 +71,7 @@ def open_image(source: bytes | str | Path, *, max_pixels: int | None = None) -> 
         if kind:
             raise UnsupportedImage(f"{kind} files are not supported; send a JPEG, PNG, WebP or GIF") from exc
         raise ImageError("the data is not a recognisable image (expected JPEG, PNG, WebP or GIF)") from exc
-    except OSError as exc:  # e.g. a header that starts like an image and then breaks
+    except Exception as exc:
         raise ImageError(f"the image could not be read: {exc}") from exc
     if img.format not in ACCEPTED_FORMATS:
         raise UnsupportedImage(f"{img.format} images are not supported; send a JPEG, PNG, WebP or GIF")
@@ -125,10 +129,20 @@ def prepare(img: Image.Image, resize_size: int, crop_size: int) -> np.ndarray:
             img.draft("RGB", (math.ceil(img.width * scale), math.ceil(img.height * scale)))
     try:
         img.load()
-    except (OSError, SyntaxError, ValueError) as exc:
+        img = to_rgb(img)
+    except ImageError:
+        raise
+    except Exception as exc:
         raise ImageError(f"the image is truncated or corrupt: {exc}") from exc
-    img = to_rgb(img)
-    img = img.resize(resized_size(img.width, img.height, resize_size), Image.Resampling.BILINEAR)
+    size = resized_size(img.width, img.height, resize_size)
+    if size[0] * size[1] > _MAX_RESIZED_AREA * resize_size * resize_size and min(size) >= crop_size:
+        # An extreme strip (10000x1 -> 2,560,000x256) would need gigabytes at the resized size: resample only
+        # the source region that becomes the centre crop. Same geometry, bounded memory.
+        sx, sy = img.width / size[0], img.height / size[1]
+        left, top = round((size[0] - crop_size) / 2.0), round((size[1] - crop_size) / 2.0)
+        box = (left * sx, top * sy, (left + crop_size) * sx, (top + crop_size) * sy)
+        return np.array(img.resize((crop_size, crop_size), Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
+    img = img.resize(size, Image.Resampling.BILINEAR)
     left = round((img.width - crop_size) / 2.0)
     top = round((img.height - crop_size) / 2.0)
     if left < 0 or top < 0:  # only when crop > resize; pad like torchvision's CenterCrop would

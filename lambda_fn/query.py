@@ -15,6 +15,7 @@ import re
 from fastapi import Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from lambda_fn.config import Settings
@@ -66,8 +67,9 @@ def _check_size(data: bytes, settings: Settings) -> bytes:
 async def _from_form(request: Request, settings: Settings) -> tuple[bytes, str | None]:
     try:
         form = await request.form(max_files=2, max_fields=20, max_part_size=2 * settings.max_upload_bytes)
-    except MultiPartException as exc:
-        raise ApiError(400, "bad_multipart", f"the multipart body could not be parsed: {exc.message}") from exc
+    except (MultiPartException, StarletteHTTPException) as exc:  # Starlette wraps parser errors in a 400
+        detail = getattr(exc, "message", None) or getattr(exc, "detail", "")
+        raise ApiError(400, "bad_multipart", f"the multipart body could not be parsed: {detail}") from exc
     field = form.get("image")
     k = form.get("k")
     if field is None:

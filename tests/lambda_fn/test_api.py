@@ -178,3 +178,69 @@ def test_openapi_documents_the_contract(client):
     assert {"multipart/form-data", "image/*", "application/json"} <= set(content)
     assert "413" in spec["paths"]["/search"]["post"]["responses"]
     assert client.get("/docs").status_code == 200
+
+
+def _png(size, mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, 200).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("size", [(10000, 1), (1, 10000), (10000, 10), (1, 1)])
+def test_extreme_shapes_are_answered_without_huge_intermediates(client, size):
+    # 10000x1 naively resized to a 256 shorter side would be 2,560,000 x 256 pixels (~2.6 GB)
+    r = client.post("/search?k=3", content=_png(size), headers={"Content-Type": "image/png"})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("kind", [b"iCCP", b"zTXt", b"iTXt"])
+@pytest.mark.parametrize("after_idat", [False, True])
+def test_png_with_a_corrupt_compressed_chunk_is_never_a_5xx(client, kind, after_idat):
+    # Pillow inflates these chunks with zlib; garbage raises zlib.error/ValueError in some versions and
+    # is ignored in others. Either way the answer is a 200 (chunk ignored) or a 400 JSON error, never a 500.
+    import struct
+    import zlib
+
+    good = _png((8, 8))
+    payload = {b"iCCP": b"icc\x00\x00", b"zTXt": b"k\x00\x00", b"iTXt": b"k\x00\x01\x00\x00\x00"}[kind]
+    payload += b"this is not zlib data"
+    chunk = struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    at = good.index(b"IEND") - 4 if after_idat else 33
+    r = client.post("/search", content=good[:at] + chunk + good[at:], headers={"Content-Type": "image/png"})
+    assert r.status_code in (200, 400), r.text
+    if r.status_code == 400:
+        assert r.json()["error"]["code"] == "not_an_image"
+
+
+def test_malformed_multipart_is_400(client):
+    body = b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\nabc'
+    r = client.post("/search", content=body, headers={"Content-Type": "multipart/form-data"})
+    _assert_error(r, 400, "bad_multipart")
+
+
+def test_unexpected_errors_are_json_500_with_cors(artifacts_dir):
+    from fastapi.testclient import TestClient
+
+    from lambda_fn.app import create_app
+    from lambda_fn.config import Settings
+
+    app = create_app(Settings(artifacts_uri=str(artifacts_dir), cors_origins="https://site.example"))
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("secret internals")
+
+    client = TestClient(app, raise_server_exceptions=False)
+    r = client.get("/boom", headers={"Origin": "https://site.example"})
+    error = _assert_error(r, 500, "internal_error")
+    assert "secret" not in error["message"]
+    assert r.headers.get("access-control-allow-origin") == "https://site.example"
+
+
+def test_default_k_above_max_k_is_refused_at_start(artifacts_dir):
+    from pydantic import ValidationError
+
+    from lambda_fn.config import Settings
+
+    with pytest.raises(ValidationError, match="must not exceed max_k"):
+        Settings(artifacts_uri=str(artifacts_dir), default_k=20, max_k=10)
