@@ -21,7 +21,7 @@ from bench._setup import RESULTS, THREADS, artifacts, collection, photo_jpeg
 REPO = Path(__file__).resolve().parent.parent
 
 OURS = """
-import base64, json, resource, sys, time
+import json, sys
 import lambda_fn.main as m
 from bench.latency import LambdaContext, event
 data = open(sys.argv[1], "rb").read()
@@ -30,7 +30,10 @@ assert r["statusCode"] == 200, r["body"][:500]
 print("FIRST", flush=True)
 for _ in range(20):
     m.handler(event(data), LambdaContext())
-print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec, so a child would
+# report the benchmark process's own peak.
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"rss_mb": int(hwm.split()[1]) / 1024}))
 """
 FLOOR = """
 import sys, torch
