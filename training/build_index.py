@@ -35,6 +35,7 @@ from lambda_fn.manifest import (
     file_sha256,
     write_keys,
 )
+from training.cli import run
 from training.data import Sample, eval_transform, list_images, make_loader
 
 log = logging.getLogger("training.build_index")
@@ -201,11 +202,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    try:
-        return main(get_args_parser().parse_args(argv))
-    except (FileNotFoundError, ValueError, ArtifactError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run(main, get_args_parser(), argv, (FileNotFoundError, ValueError, ArtifactError))
 
 
 if __name__ == "__main__":

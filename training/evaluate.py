@@ -24,6 +24,7 @@ from lambda_fn.artifacts import fetch
 from lambda_fn.engine import ArtifactError, Engine
 from lambda_fn.manifest import EMBEDDINGS_FILE
 from training.build_index import embed_collection, scan_collection
+from training.cli import run
 
 KS = (1, 5, 10)
 
@@ -220,11 +221,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    try:
-        return main(get_args_parser().parse_args(argv))
-    except (FileNotFoundError, ValueError, ArtifactError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run(main, get_args_parser(), argv, (FileNotFoundError, ValueError, ArtifactError))
 
 
 if __name__ == "__main__":

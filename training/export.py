@@ -18,6 +18,7 @@ import torch
 
 from lambda_fn.engine import load_model
 from lambda_fn.manifest import MODEL_META_FILE, ModelMeta
+from training.cli import run
 from training.model import (
     EMBEDDING_DIM,
     IMAGENET_MEAN,
@@ -95,11 +96,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    try:
-        return main(get_args_parser().parse_args(argv))
-    except (FileNotFoundError, KeyError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run(main, get_args_parser(), argv, (FileNotFoundError, KeyError, RuntimeError))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from training.cli import run
 from training.data import eval_transform, load_labelled, make_loader, train_transform
 from training.model import EmbeddingNet, WeightsUnavailable, imagenet_state_dict, load_backbone_weights
 
@@ -276,12 +277,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        return main(args)
-    except (WeightsUnavailable, FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run(main, get_args_parser(), argv, (WeightsUnavailable, FileNotFoundError, ValueError, RuntimeError))
 
 
 if __name__ == "__main__":

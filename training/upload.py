@@ -27,6 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from tqdm import tqdm
 
 from lambda_fn.manifest import MANIFEST_FILE, Manifest, file_sha256, image_object_key, read_keys
+from training.cli import run
 
 TRANSFER = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=16 << 20, max_concurrency=8)
 
@@ -196,18 +197,17 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def cli(argv: list[str] | None = None) -> int:
-    try:
-        return main(get_args_parser().parse_args(argv))
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-    except (ClientError, BotoCoreError) as exc:
-        print(
-            f"error: S3 upload failed: {exc}. Check the bucket name, credentials and --endpoint-url; "
-            "re-running uploads only what is missing.",
-            file=sys.stderr,
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ClientError | BotoCoreError):
+        return (
+            f"S3 upload failed: {exc}. Check the bucket name, credentials and --endpoint-url; "
+            "re-running uploads only what is missing."
         )
-    return 2
+    return str(exc)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return run(main, get_args_parser(), argv, (FileNotFoundError, ValueError, ClientError, BotoCoreError), _describe)
 
 
 if __name__ == "__main__":
