@@ -16,7 +16,9 @@ def get_state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-def get_engine(state: Annotated[ServiceState, Depends(get_state)]) -> Engine:
+async def get_engine(state: Annotated[ServiceState, Depends(get_state)]) -> Engine:
+    # On the event loop's thread, like the inline forward in routes/search.py: loading, warm-up and every
+    # request's forward then share one thread and one OpenMP pool (a Lambda serves one request at a time).
     return state.get()
 
 

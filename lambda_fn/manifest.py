@@ -46,6 +46,7 @@ class ModelMeta(BaseModel):
     weights_sha256: str = Field(description="sha256 over the weights, a content hash of the model")
     torch_version: str
     arch: str = "resnet34"
+    quantization: str | None = Field(None, description="None for fp32; int8 models need an x86-64 CPU")
     train_args: dict = {}
 
 

@@ -14,11 +14,14 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lambda_fn.engine import load_model
+from lambda_fn.imaging import ImageError, load_for_model
 from lambda_fn.manifest import MODEL_META_FILE, ModelMeta
 from training.cli import run
+from training.data import list_images
 from training.model import (
     EMBEDDING_DIM,
     IMAGENET_MEAN,
@@ -27,6 +30,7 @@ from training.model import (
     ExportedModel,
     weights_sha256,
 )
+from training.quantize import BACKEND, quantize_int8, to_torchscript
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -38,6 +42,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=Path("artifacts/model.pt"),
         help="TorchScript file to write (default: artifacts/model.pt)",
     )
+    p.add_argument(
+        "--int8", action="store_true", help="static int8 quantisation (x86), ~5x faster on CPU; needs calibration"
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="calibration images for --int8 (default: the checkpoint's training --data folder)",
+    )
+    p.add_argument("--calibration-images", type=int, default=256, help="how many to use (default: 256)")
     return p
 
 
@@ -50,9 +64,12 @@ def load_checkpoint(path: Path) -> tuple[EmbeddingNet, dict]:
     return net.eval(), state
 
 
-def export(net: EmbeddingNet, meta: ModelMeta, out: Path) -> torch.jit.ScriptModule:
-    """Script ``net`` with its metadata into ``out`` (written atomically); returns the scripted module."""
-    scripted = torch.jit.script(ExportedModel(net.eval()))
+def export(net: EmbeddingNet, meta: ModelMeta, out: Path, *, calibration: list[torch.Tensor] | None = None):
+    """Script ``net`` (int8 when ``calibration`` batches are given) with its metadata into ``out``, atomically."""
+    if calibration is None:
+        scripted = torch.jit.script(ExportedModel(net.eval()))
+    else:
+        scripted = to_torchscript(quantize_int8(net, calibration), calibration[0][:1])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     torch.jit.save(scripted, str(tmp), _extra_files={MODEL_META_FILE: meta.model_dump_json()})
@@ -75,22 +92,49 @@ def meta_for(net: EmbeddingNet, classes: list[str], train_args: dict) -> ModelMe
 
 
 @torch.inference_mode()
-def parity(net: EmbeddingNet, scripted_path: Path, size: int, n: int = 4) -> float:
-    """Max |eager - reloaded TorchScript| over ``n`` random uint8 images."""
-    images = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+def parity(net: EmbeddingNet, scripted_path: Path, images: torch.Tensor) -> tuple[float, float]:
+    """(max |eager - reloaded file|, mean cosine between them) over uint8 ``images``."""
     loaded, _ = load_model(scripted_path)
-    return float((net.embed(images) - loaded(images)).abs().max())
+    eager, exported = net.embed(images), loaded(images)
+    return float((eager - exported).abs().max()), float((eager * exported).sum(dim=1).mean())
+
+
+def calibration_batches(folder: Path, resize: int, crop: int, count: int, batch: int = 32) -> list[torch.Tensor]:
+    """``count`` images spread evenly over ``folder`` (recursively), prepared exactly as for serving."""
+    paths = list_images(folder)
+    if not paths:
+        raise FileNotFoundError(f"no calibration images under {folder}; pass --calibration DIR")
+    chosen = [paths[i] for i in np.linspace(0, len(paths) - 1, min(count, len(paths))).astype(int)]
+    arrays = []
+    for p in chosen:
+        try:
+            arrays.append(load_for_model(p, resize, crop))
+        except ImageError:
+            continue
+    stacked = torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(0, crop, crop, 3, dtype=torch.uint8)
+    return list(stacked.split(batch))
 
 
 def main(args: argparse.Namespace) -> int:
     net, state = load_checkpoint(args.checkpoint)
     meta = meta_for(net, state["classes"], state["args"])
-    export(net, meta, args.out)
-    err = parity(net, args.out, meta.crop_size)
+    calibration = None
+    folder = args.calibration or Path(state["args"].get("data", ""))
+    if args.int8:
+        calibration = calibration_batches(folder, meta.resize_size, meta.crop_size, args.calibration_images)
+        count = sum(len(b) for b in calibration)
+        meta.quantization = f"int8 static ({BACKEND}), calibrated on {count} images from {folder}"
+    export(net, meta, args.out, calibration=calibration)
+    probe = torch.randint(
+        0, 256, (4, meta.crop_size, meta.crop_size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    if folder.is_dir():
+        probe = calibration_batches(folder, meta.resize_size, meta.crop_size, 16)[0]
+    err, cosine = parity(net, args.out, probe)
     print(
-        f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB): {meta.dim}-d embeddings, "
-        f"{len(meta.class_names)} classes, input {meta.crop_size}px; "
-        f"eager vs TorchScript max abs diff {err:.2e}"
+        f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB, {meta.quantization or 'fp32'}): "
+        f"{meta.dim}-d embeddings, {len(meta.class_names)} classes, input {meta.crop_size}px; eager fp32 vs file "
+        f"on {len(probe)} images: max abs diff {err:.2e}, mean cosine {cosine:.5f}"
     )
     return 0
 

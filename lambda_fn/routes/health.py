@@ -17,7 +17,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
-def health(state: StateDep):
+async def health(state: StateDep):
     """Load the model and index if needed and report their identity; 503 while they cannot be loaded."""
     settings = state.settings
     body = HealthResponse(
