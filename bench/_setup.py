@@ -33,21 +33,26 @@ def collection(n_per_class: int = 40) -> Path:
     return root
 
 
-def artifacts(n_per_class: int = 40) -> Path:
-    """model.pt (random-init ResNet34 at 224 px, with a 6-class head) + index over ``collection()``."""
+def artifacts(n_per_class: int = 40, *, int8: bool = False) -> Path:
+    """model.pt (random-init ResNet34 at 224 px, 6-class head; static int8 with ``int8``) + index over
+    ``collection()``."""
     import torch
 
     from training.build_index import get_args_parser, main
-    from training.export import export, meta_for
+    from training.export import calibration_batches, export, meta_for
     from training.model import EmbeddingNet
 
-    out = WORK / f"artifacts-{n_per_class}"
+    out = WORK / f"artifacts-{n_per_class}{'-int8' if int8 else ''}"
     if (out / "manifest.json").is_file():
         return out
     torch.manual_seed(0)
     net = EmbeddingNet(6).eval()
     classes = ["pasta", "pizza", "salad", "soup", "steak", "sushi"]
-    export(net, meta_for(net, classes, {"resize_size": 256, "crop_size": 224, "weights": "none"}), out / "model.pt")
+    meta = meta_for(net, classes, {"resize_size": 256, "crop_size": 224, "weights": "none"})
+    calibration = calibration_batches(collection(n_per_class), 256, 224, 128) if int8 else None
+    if int8:
+        meta.quantization = "int8 static (x86), calibrated on 128 sample images"
+    export(net, meta, out / "model.pt", calibration=calibration)
     args = ["--images", str(collection(n_per_class)), "--model", str(out / "model.pt"), "--out", str(out)]
     assert main(get_args_parser().parse_args([*args, "--workers", "2", "--save-embeddings"])) == 0
     return out

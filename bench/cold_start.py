@@ -55,7 +55,7 @@ def main(args: argparse.Namespace) -> dict:
     from tests.helpers import free_port
     from training.upload import upload
 
-    art = artifacts()
+    art = artifacts(int8=args.int8)
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -131,6 +131,7 @@ def main(args: argparse.Namespace) -> dict:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=5, help="cold starts of each kind (default: 5)")
+    p.add_argument("--int8", action="store_true", help="use the int8 model (floor loads the same file)")
     p.add_argument("--out", type=Path, default=RESULTS / "cold_start.json", help="JSON results")
     return p
 

@@ -124,8 +124,16 @@ def main(args: argparse.Namespace) -> dict:
     os.environ.update(
         {"DEEPFOOD_ARTIFACTS_URI": str(art), "DEEPFOOD_NUM_THREADS": str(THREADS), "DEEPFOOD_LOG_LEVEL": "WARNING"}
     )
-    import lambda_fn.main as service
+    from mangum import Mangum
 
+    import lambda_fn.main as service
+    from lambda_fn.app import create_app
+    from lambda_fn.config import Settings
+
+    int8_handler = Mangum(
+        create_app(Settings(artifacts_uri=str(artifacts(int8=True)), num_threads=THREADS, log_level="WARNING")),
+        lifespan="off",
+    )
     pin_threads()
     original = OriginalPipeline(art, np.load(art / "embeddings.npy"))
     bare_model = torch.jit.load(str(art / "model.pt")).eval()
@@ -137,12 +145,17 @@ def main(args: argparse.Namespace) -> dict:
         assert response["statusCode"] == 200, response["body"][:300]
         return [r["id"] for r in json.loads(response["body"])["results"]]
 
+    def ours_int8(data: bytes) -> list[int]:
+        response = int8_handler(event(data), ctx)
+        assert response["statusCode"] == 200, response["body"][:300]
+        return [r["id"] for r in json.loads(response["body"])["results"]]
+
     def bare(_: bytes) -> None:
         with torch.inference_mode():
             bare_model(bare_input)
 
     report = {"threads": THREADS, "iterations": args.iterations, "cases": {}}
-    runners = {"ours": ours, "original": original.query, "bare forward": bare}
+    runners = {"ours": ours, "ours int8": ours_int8, "original": original.query, "bare forward": bare}
     for label, (w, h) in SIZES.items():
         data = photo_jpeg(w, h, seed=w)
         for run in runners.values():  # warm-up, also the first-request load of ours
@@ -159,6 +172,7 @@ def main(args: argparse.Namespace) -> dict:
         case["bytes"] = len(data)
         case["ours/original p50"] = case["ours"]["p50_ms"] / case["original"]["p50_ms"]
         case["ours/bare forward p50"] = case["ours"]["p50_ms"] / case["bare forward"]["p50_ms"]
+        case["ours int8/original p50"] = case["ours int8"]["p50_ms"] / case["original"]["p50_ms"]
         case["top10 overlap with original"] = overlap
         report["cases"][label] = case
     import resource
@@ -168,16 +182,18 @@ def main(args: argparse.Namespace) -> dict:
         f"query latency, {THREADS} torch threads, {args.iterations} interleaved iterations "
         f"(random-init ResNet34 at 224 px, {original.index.get_n_items()} images)"
     )
+    columns = ["ours", "ours int8", "original", "bare forward"]
     print(
-        f"{'query':<14}{'ours p50/p95':>16}{'original p50/p95':>20}{'forward p50':>13}{'ours/orig':>11}{'ours/fwd':>10}"
+        f"{'query (p50/p95 ms)':<20}" + "".join(f"{c:>16}" for c in columns) + f"{'ours/fwd':>10}"
+        f"{'ours/orig':>11}{'int8/orig':>11}"
     )
     for label, c in report["cases"].items():
+        cells = "".join(f"{c[name]['p50_ms']:>9.1f}/{c[name]['p95_ms']:<6.1f}" for name in columns)
         print(
-            f"{label:<14}{c['ours']['p50_ms']:>8.1f}/{c['ours']['p95_ms']:<7.1f}"
-            f"{c['original']['p50_ms']:>11.1f}/{c['original']['p95_ms']:<8.1f}{c['bare forward']['p50_ms']:>12.1f}"
-            f"{c['ours/original p50']:>11.2f}{c['ours/bare forward p50']:>10.2f}"
+            f"{label:<20}{cells}{c['ours/bare forward p50']:>10.2f}{c['ours/original p50']:>11.2f}"
+            f"{c['ours int8/original p50']:>11.2f}"
         )
-    print(f"peak RSS of this process (ours + original + bare model loaded): {report['peak_rss_mb']:.0f} MB")
+    print(f"peak RSS of this process (ours, int8, original and bare model loaded): {report['peak_rss_mb']:.0f} MB")
     return report
 
 

@@ -1,0 +1,156 @@
+"""Bounded load on loopback: a fixed number of searches at a fixed concurrency against the local server.
+
+    python -m bench.load                                # 2,000 searches at concurrency 8, 224-px model
+    python -m bench.load --requests 300 --concurrency 4
+
+Starts ``python -m lambda_fn.local`` on 127.0.0.1 (never anything else), warms it up, then sends raw JPEG
+uploads from an async httpx client until the request count is reached or the time cap runs out, whichever
+comes first: it always stops by itself. Reports errors, p50/p95/p99 latency, requests/s and the server's
+resident memory (VmRSS) before and after; writes JSON to bench/results/load.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from bench._setup import RESULTS, THREADS, artifacts, collection, photo_jpeg
+
+WARMUP_REQUESTS = 10
+
+
+async def run_load(
+    base: str, payloads: list[bytes], *, requests: int, concurrency: int, time_cap_s: float, k: int = 10
+) -> dict:
+    """Send up to ``requests`` searches with ``concurrency`` in flight; stop early at ``time_cap_s``."""
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    sent = 0
+    started = time.perf_counter()
+    deadline = started + time_cap_s
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal sent
+        while sent < requests and time.perf_counter() < deadline:
+            data = payloads[sent % len(payloads)]
+            sent += 1
+            t0 = time.perf_counter()
+            try:
+                r = await client.post(f"/search?k={k}", content=data, headers={"Content-Type": "image/jpeg"})
+                ok = r.status_code == 200 and len(r.json()["results"]) == k
+                key = None if ok else f"HTTP {r.status_code}"
+            except (httpx.HTTPError, ValueError, KeyError) as exc:
+                key = type(exc).__name__
+            if key is None:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                errors[key] = errors.get(key, 0) + 1
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30.0) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    ms = np.asarray(latencies) * 1000.0 if latencies else np.zeros(1)
+    return {
+        "requests_sent": sent,
+        "ok": len(latencies),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "stopped_by_time_cap": sent < requests,
+        "concurrency": concurrency,
+        "seconds": round(elapsed, 3),
+        "requests_per_s": round(len(latencies) / elapsed, 2) if elapsed else 0.0,
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "max_ms": round(float(ms.max()), 2),
+    }
+
+
+def measure(proc_pid: int, base: str, payloads: list[bytes], **load) -> dict:
+    """Warm up, read RSS, run the load, read RSS again."""
+    from tests.helpers import rss_kib
+
+    async def warm() -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=60.0) as client:
+            for i in range(WARMUP_REQUESTS):
+                r = await client.post(
+                    "/search", content=payloads[i % len(payloads)], headers={"Content-Type": "image/jpeg"}
+                )
+                r.raise_for_status()
+
+    asyncio.run(warm())
+    rss_before = rss_kib(proc_pid)
+    result = asyncio.run(run_load(base, payloads, **load))
+    rss_after = rss_kib(proc_pid)
+    result.update(
+        rss_before_mib=round(rss_before / 1024, 1),
+        rss_after_mib=round(rss_after / 1024, 1),
+        rss_growth_mib=round((rss_after - rss_before) / 1024, 1),
+    )
+    return result
+
+
+def table(result: dict) -> str:
+    rows = [
+        ("requests ok / sent", f"{result['ok']} / {result['requests_sent']}"),
+        ("errors", f"{result['errors']} {result['error_kinds'] or ''}".strip()),
+        ("concurrency", str(result["concurrency"])),
+        ("p50 / p95 / p99 (ms)", f"{result['p50_ms']} / {result['p95_ms']} / {result['p99_ms']}"),
+        ("requests/s", str(result["requests_per_s"])),
+        ("server RSS before -> after (MiB)", f"{result['rss_before_mib']} -> {result['rss_after_mib']}"),
+        ("stopped by time cap", str(result["stopped_by_time_cap"])),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--requests", type=int, default=2000, help="searches to send (default: 2000)")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default: 8)")
+    p.add_argument("--time-cap", type=float, default=600.0, help="stop after this many seconds (default: 600)")
+    p.add_argument("--k", type=int, default=10, help="results per search (default: 10)")
+    p.add_argument("--threads", type=int, default=THREADS, help=f"server torch threads (default: {THREADS})")
+    p.add_argument("--out", type=Path, default=RESULTS / "load.json", help="JSON results (default: results/load.json)")
+    return p
+
+
+def main(args: argparse.Namespace) -> dict:
+    from tests.helpers import start_local_server_process
+
+    art, images = artifacts(), collection()
+    payloads = [photo_jpeg(640, 480, seed=s) for s in range(8)]
+    with start_local_server_process(art, images, threads=args.threads) as (base, proc):
+        result = measure(
+            proc.pid,
+            base,
+            payloads,
+            requests=args.requests,
+            concurrency=args.concurrency,
+            time_cap_s=args.time_cap,
+            k=args.k,
+        )
+    result.update(
+        what="POST /search, 640x480 JPEG, 224-px random-init ResNet34, 240-image index, local server on loopback",
+        server_threads=args.threads,
+        python=platform.python_version(),
+        machine=platform.machine(),
+    )
+    print(table(result))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main(get_args_parser().parse_args())["errors"] == 0 else 1)
