@@ -21,12 +21,12 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 def latency_plot(out: Path) -> None:
     data = json.loads((RESULTS / "latency.json").read_text())
     cases = list(data["cases"])
-    series = ["ours", "original", "bare forward"]
+    series = ["ours", "ours int8", "original", "bare forward"]
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    width = 0.26
+    width = 0.2
     for i, name in enumerate(series):
         values = [data["cases"][c][name]["p50_ms"] for c in cases]
-        bars = ax.bar([x + (i - 1) * width for x in range(len(cases))], values, width, label=name)
+        bars = ax.bar([x + (i - 1.5) * width for x in range(len(cases))], values, width, label=name)
         ax.bar_label(bars, fmt="%.0f", fontsize=8)
     ax.set_xticks(range(len(cases)), cases)
     ax.set_ylabel("p50 latency (ms)")
