@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 import sys
 
-from bench import ann, cold_start, embed, latency
+from bench import ann, cold_start, embed, latency, memory
 from bench._setup import RESULTS
 
 
 def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     # The full ANN grid (1e4-1e6, ~20 min) is `python -m bench.ann`; here only the chosen n_trees at 1e4.
+    # `python -m bench.pca` needs a trained build (make demo) and is run on its own.
     for name, module, argv in (
         ("latency", latency, []),
         ("cold_start", cold_start, []),
         ("embed", embed, []),
+        ("memory", memory, []),
         ("ann_quick", ann, ["--sizes", "10000", "--n-trees", "50"]),
     ):
         print(f"\n=== {name} ===", flush=True)
