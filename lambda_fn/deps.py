@@ -17,9 +17,7 @@ def get_state(request: Request) -> ServiceState:
 
 
 async def get_engine(state: Annotated[ServiceState, Depends(get_state)]) -> Engine:
-    # On the event loop's thread, like the inline forward in routes/search.py: loading, warm-up and every
-    # request's forward then share one thread and one OpenMP pool (a Lambda serves one request at a time).
-    return state.get()
+    return await state.run(state.get)  # loads on the torch thread the first time (see ServiceState)
 
 
 def get_linker(request: Request) -> ImageLinker:

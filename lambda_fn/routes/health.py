@@ -30,7 +30,7 @@ async def health(state: StateDep):
         versions={"service": __version__, "torch": torch.__version__, "python": platform.python_version()},
     )
     try:
-        engine = state.get()
+        engine = await state.run(state.get)
     except NotReady as exc:
         body.status = "unavailable"
         body.error = ErrorDetail(code=exc.code, message=exc.message)

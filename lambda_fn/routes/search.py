@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from lambda_fn.deps import EngineDep, LinkerDep, SettingsDep
+from lambda_fn.deps import EngineDep, LinkerDep, SettingsDep, StateDep
 from lambda_fn.errors import ERROR_RESPONSES
 from lambda_fn.query import parse_k, read_query
 from lambda_fn.schemas import JsonSearchRequest, SearchResponse
@@ -42,6 +42,7 @@ _BODY_DOC = {
 @router.post("/search", response_model=SearchResponse, responses=ERROR_RESPONSES, openapi_extra=_BODY_DOC)
 async def search(
     request: Request,
+    state: StateDep,
     engine: EngineDep,
     settings: SettingsDep,
     linker: LinkerDep,
@@ -49,8 +50,5 @@ async def search(
 ) -> SearchResponse:
     """Find the indexed images most similar to the uploaded one."""
     data, body_k = await read_query(request, settings)
-    k_value = parse_k(k if k is not None else body_k, settings)
-    # Inline, not in a worker thread: torch's OpenMP pool belongs to the calling thread, and hopping to
-    # another thread per request measured 7-12 ms slower per forward here. A Lambda container serves one
-    # request at a time, and the engine's lock serialises forwards anyway.
-    return search_image(data, k_value, engine, settings, linker)
+    k_value = parse_k(k if k else body_k, settings)  # an empty ?k= does not hide the body's k
+    return await state.run(search_image, data, k_value, engine, settings, linker)
