@@ -55,6 +55,14 @@ def load_index(path: Path, dim: int, metric: str) -> AnnoyIndex:
     return index
 
 
+def _check_dim(manifest: Manifest, meta: ModelMeta) -> None:
+    if manifest.dim != meta.dim:
+        raise ArtifactError(
+            f"index has {manifest.dim}-d vectors but the model makes {meta.dim}-d embeddings: "
+            "rebuild the index with this model (training.build_index)"
+        )
+
+
 @dataclass
 class Neighbour:
     id: int
@@ -77,11 +85,7 @@ class Engine:
         *,
         search_k: int | None = None,
     ):
-        if manifest.dim != meta.dim:
-            raise ArtifactError(
-                f"index has {manifest.dim}-d vectors but the model makes {meta.dim}-d embeddings: "
-                "rebuild the index with this model (training.build_index)"
-            )
+        _check_dim(manifest, meta)
         if index.get_n_items() != manifest.count or len(keys) != manifest.count:
             raise ArtifactError(
                 f"manifest says {manifest.count} images, index has {index.get_n_items()}, key map {len(keys)}: "
@@ -97,6 +101,7 @@ class Engine:
         cls, manifest: Manifest, model_path: Path, index_path: Path, keys_path: Path, *, search_k: int | None = None
     ) -> Engine:
         model, meta = load_model(model_path)
+        _check_dim(manifest, meta)  # before loading: Annoy's own complaint about a wrong dim is cryptic
         index = load_index(index_path, manifest.dim, manifest.metric)
         return cls(model, meta, index, manifest, read_keys(keys_path), search_k=search_k)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import json
@@ -9,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -65,6 +67,24 @@ def start_local_server(
     threads: int = 1,
 ):
     """Run ``python -m lambda_fn.local`` on a free loopback port; yields its base URL."""
+    with start_local_server_process(
+        artifacts, images, frontend=frontend, env=env, expect_health=expect_health, threads=threads
+    ) as (base, _):
+        yield base
+
+
+@contextlib.contextmanager
+def start_local_server_process(
+    artifacts: Path | str,
+    images: Path | str | None = None,
+    *,
+    frontend: Path | None = None,
+    env: dict | None = None,
+    expect_health: tuple[int, ...] = (200,),
+    threads: int = 1,
+    extra_args: tuple[str, ...] = (),
+):
+    """Like ``start_local_server``, but yields ``(base URL, Popen)`` so callers can watch the process."""
     port = free_port()
     cmd = [
         sys.executable,
@@ -81,7 +101,7 @@ def start_local_server(
     ]
     if images is not None:
         cmd += ["--images", str(images)]
-    cmd += ["--frontend", str(frontend or REPO_ROOT / "frontend")]
+    cmd += ["--frontend", str(frontend or REPO_ROOT / "frontend"), *extra_args]
     proc = subprocess.Popen(
         cmd,
         cwd=REPO_ROOT,
@@ -90,15 +110,20 @@ def start_local_server(
         stderr=subprocess.STDOUT,
         text=True,
     )
+    # Drain the server's output all along: it logs a JSON line per request, and a full pipe would block it.
+    tail: collections.deque[str] = collections.deque(maxlen=200)
+    drain = threading.Thread(target=lambda: tail.extend(proc.stdout), daemon=True)
+    drain.start()
     base = f"http://127.0.0.1:{port}"
     try:
         try:
             wait_for_http(base + "/health", expect=expect_health)
         except TimeoutError:
             proc.terminate()
-            out = proc.communicate(timeout=10)[0]
-            raise RuntimeError(f"local server did not come up:\n{out[-4000:]}") from None
-        yield base
+            proc.wait(timeout=10)
+            drain.join(timeout=5)
+            raise RuntimeError(f"local server did not come up:\n{''.join(tail)[-4000:]}") from None
+        yield base, proc
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -106,6 +131,14 @@ def start_local_server(
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a Linux process in KiB (``VmRSS`` in /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
