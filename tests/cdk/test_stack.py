@@ -265,3 +265,16 @@ def test_every_acknowledgment_carries_a_reason(stack):
     assert acknowledged
     for rule, reason in acknowledged.items():
         assert len(reason.split()) >= 8, rule
+
+
+def test_nothing_is_public_or_wildcard(template):
+    # No bucket policy lets anyone (Principal "*") in: the page is served through CloudFront's origin access
+    # control, images through short-lived presigned URLs; nobody can list or write a bucket publicly.
+    for policy in template.find_resources("AWS::S3::BucketPolicy").values():
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            if statement["Effect"] == "Allow":
+                assert statement.get("Principal") not in ("*", {"AWS": "*"}), statement
+    # No IAM statement grants every action, or every action of a service.
+    for statement in statements(template):
+        for action in as_list(statement["Action"]):
+            assert action != "*" and not action.endswith(":*"), statement
