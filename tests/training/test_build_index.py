@@ -13,6 +13,13 @@ from tests.helpers import REPO_ROOT
 from training.build_index import get_args_parser, main
 
 
+def _build(images, model, out, *extra: str) -> int:
+    """training.build_index's main() with these paths and flags."""
+    return main(
+        get_args_parser().parse_args(["--images", str(images), "--model", str(model), "--out", str(out), *extra])
+    )
+
+
 def test_manifest_describes_the_build(artifacts_dir, model_path):
     m = Manifest.read(artifacts_dir / "manifest.json")
     assert (m.dim, m.metric, m.count, m.n_trees, m.seed) == (512, "angular", 60, 10, 42)
@@ -40,21 +47,7 @@ def test_an_indexed_vector_finds_itself_first(artifacts_dir):
 
 
 def test_rebuild_with_the_same_seed_is_identical(artifacts_dir, model_path, sample_dir, tmp_path):
-    args = get_args_parser().parse_args(
-        [
-            "--images",
-            str(sample_dir),
-            "--model",
-            str(model_path),
-            "--out",
-            str(tmp_path),
-            "--workers",
-            "0",
-            "--n-trees",
-            "10",
-        ]
-    )
-    assert main(args) == 0
+    assert _build(sample_dir, model_path, tmp_path, "--workers", "0", "--n-trees", "10") == 0
     assert file_sha256(tmp_path / "index.ann") == file_sha256(artifacts_dir / "index.ann")
 
 
@@ -62,21 +55,7 @@ def test_unreadable_files_are_skipped_and_listed(model_path, sample_dir, tmp_pat
     images = tmp_path / "images"
     shutil.copytree(sample_dir / "soup", images / "soup")
     (images / "soup" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
-    args = get_args_parser().parse_args(
-        [
-            "--images",
-            str(images),
-            "--model",
-            str(model_path),
-            "--out",
-            str(tmp_path / "out"),
-            "--workers",
-            "0",
-            "--n-trees",
-            "2",
-        ]
-    )
-    assert main(args) == 0
+    assert _build(images, model_path, tmp_path / "out", "--workers", "0", "--n-trees", "2") == 0
     assert "1 skipped" in capsys.readouterr().out and "broken.jpg" in caplog.text
     keys = [k.key for k in read_keys(tmp_path / "out" / "keys.json")]
     assert len(keys) == 10 and "soup/broken.jpg" not in keys
@@ -122,22 +101,7 @@ def test_cli_errors_are_readable(tmp_path, model_path):
 
 
 def test_on_disk_build_gives_the_same_neighbours(artifacts_dir, model_path, sample_dir, tmp_path):
-    args = get_args_parser().parse_args(
-        [
-            "--images",
-            str(sample_dir),
-            "--model",
-            str(model_path),
-            "--out",
-            str(tmp_path),
-            "--workers",
-            "0",
-            "--n-trees",
-            "10",
-            "--on-disk-build",
-        ]
-    )
-    assert main(args) == 0
+    assert _build(sample_dir, model_path, tmp_path, "--workers", "0", "--n-trees", "10", "--on-disk-build") == 0
     m = Manifest.read(tmp_path / "manifest.json")
     disk = load_index(tmp_path / "index.ann", m.dim, m.metric)
     memory = load_index(artifacts_dir / "index.ann", m.dim, m.metric)
