@@ -28,6 +28,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_module(module: str, *args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m module args...`` from the repository root, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def load_event(name: str) -> dict:
     """A saved API Gateway / Function URL event from tests/events/."""
     return json.loads((EVENTS_DIR / f"{name}.json").read_text())

@@ -1,7 +1,5 @@
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -9,7 +7,7 @@ import pytest
 from lambda_fn.artifacts import fetch
 from lambda_fn.engine import ArtifactError, Engine, load_index, load_model
 from lambda_fn.manifest import Manifest, file_sha256, read_keys
-from tests.helpers import REPO_ROOT
+from tests.helpers import run_module
 from training.build_index import get_args_parser, main
 
 
@@ -80,21 +78,14 @@ def test_a_model_that_is_not_the_manifests_is_refused(artifacts_dir, tmp_path):
 
 
 def test_cli_errors_are_readable(tmp_path, model_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "training.build_index",
-            "--images",
-            str(tmp_path / "none"),
-            "--model",
-            str(model_path),
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
+    proc = run_module(
+        "training.build_index",
+        "--images",
+        str(tmp_path / "none"),
+        "--model",
+        str(model_path),
+        "--out",
+        str(tmp_path / "o"),
         timeout=120,
     )
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr

@@ -8,7 +8,7 @@ import torch
 
 from lambda_fn.engine import load_model
 from lambda_fn.imaging import load_for_model
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, run_module
 from training.data import list_images
 from training.export import load_checkpoint
 
@@ -58,19 +58,7 @@ def test_exported_model_loads_without_torchvision_or_training(model_path):
 
 
 def test_export_of_missing_checkpoint_is_a_readable_error(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "training.export",
-            "--checkpoint",
-            str(tmp_path / "nope.pt"),
-            "--out",
-            str(tmp_path / "m.pt"),
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = run_module(
+        "training.export", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "m.pt"), timeout=120
     )
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr

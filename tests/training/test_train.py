@@ -1,11 +1,9 @@
 import json
 import os
-import subprocess
-import sys
 
 import torch
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import run_module
 from training.train import accuracy, get_args_parser, main
 
 
@@ -72,26 +70,19 @@ def test_imagenet_weights_offline_fail_with_instructions(sample_dir, tmp_path):
         "https_proxy": "http://127.0.0.1:9",
         "NO_PROXY": "",
     }
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "training.train",
-            "--data",
-            str(sample_dir),
-            "--weights",
-            "imagenet",
-            "--epochs",
-            "0",
-            "--head-epochs",
-            "0",
-            "--output-dir",
-            str(tmp_path / "out"),
-        ],
-        cwd=REPO_ROOT,
+    proc = run_module(
+        "training.train",
+        "--data",
+        str(sample_dir),
+        "--weights",
+        "imagenet",
+        "--epochs",
+        "0",
+        "--head-epochs",
+        "0",
+        "--output-dir",
+        str(tmp_path / "out"),
         env=env,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     assert proc.returncode == 2
@@ -101,11 +92,5 @@ def test_imagenet_weights_offline_fail_with_instructions(sample_dir, tmp_path):
 
 
 def test_bad_dataset_path_is_a_readable_cli_error(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "training.train", "--data", str(tmp_path / "missing"), "--weights", "none"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_module("training.train", "--data", str(tmp_path / "missing"), "--weights", "none", timeout=120)
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,9 +1,7 @@
 import json
-import subprocess
-import sys
 
 from lambda_fn.manifest import Manifest, read_keys
-from tests.helpers import REPO_ROOT
+from tests.helpers import run_module
 from training.upload import upload
 
 
@@ -38,23 +36,16 @@ def test_second_run_uploads_nothing_new(s3, bucket, artifacts_dir, sample_dir):
 
 
 def test_cli_honours_endpoint_url(s3_endpoint, s3, bucket, artifacts_dir):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "training.upload",
-            "--artifacts",
-            str(artifacts_dir),
-            "--bucket",
-            bucket,
-            "--prefix",
-            "cli",
-            "--endpoint-url",
-            s3_endpoint,
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
+    proc = run_module(
+        "training.upload",
+        "--artifacts",
+        str(artifacts_dir),
+        "--bucket",
+        bucket,
+        "--prefix",
+        "cli",
+        "--endpoint-url",
+        s3_endpoint,
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -63,21 +54,14 @@ def test_cli_honours_endpoint_url(s3_endpoint, s3, bucket, artifacts_dir):
 
 
 def test_cli_missing_bucket_is_readable(s3_endpoint, artifacts_dir):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "training.upload",
-            "--artifacts",
-            str(artifacts_dir),
-            "--bucket",
-            "no-such-bucket",
-            "--endpoint-url",
-            s3_endpoint,
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
+    proc = run_module(
+        "training.upload",
+        "--artifacts",
+        str(artifacts_dir),
+        "--bucket",
+        "no-such-bucket",
+        "--endpoint-url",
+        s3_endpoint,
         timeout=120,
     )
     assert proc.returncode == 2 and "NoSuchBucket" in proc.stderr and "Traceback" not in proc.stderr
