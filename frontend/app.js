@@ -8,6 +8,11 @@ import { View } from "./view.js";
 const FALLBACK_RESIZE_SIZE = 256;
 /** How long a search waits for a pending /health (to learn the resize size) before using the fallback. */
 const HEALTH_WAIT_MS = 4_000;
+/**
+ * Results older than this are searched again when Back/Forward returns to them: their image links may be
+ * presigned S3 URLs, which expire (DEEPFOOD_PRESIGN_EXPIRES_S, 900 s by default).
+ */
+const STALE_RESULTS_MS = 10 * 60 * 1000;
 
 function delay(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -243,6 +248,7 @@ export class App {
       },
       k,
       response,
+      savedAt: Date.now(),
     };
     const url = query.kind === "similar" ? `?similar=${query.id}` : location.pathname;
     if (historyMode === "push") history.pushState(state, "", url);
@@ -267,6 +273,11 @@ export class App {
         : { ...query };
     if (query.kind === "upload" && !this.query.blob) this.query = null; // from before a reload
     this.render(state);
+    const stale = Date.now() - (state.savedAt ?? 0) > STALE_RESULTS_MS;
+    if (stale && this.query) {
+      const again = this.query;
+      this.run((signal) => this.searchQuery(again, signal, "replace"));
+    }
   }
 
   render(state) {

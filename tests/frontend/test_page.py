@@ -227,6 +227,28 @@ def test_result_click_searches_similar_and_back_restores(page: Page, site, sampl
     assert result_keys(page) == after
 
 
+def test_back_to_results_older_than_presigned_links_searches_again(page: Page, site, sample_dir):
+    # Presigned image links expire (900 s by default): Back to results saved more than 10 minutes ago must
+    # not show dead thumbnails but search again, with the photo kept in memory.
+    page.clock.install()
+    open_page(page, site)
+    page.set_input_files("#file", sample_dir / "soup" / "soup_0003.jpg")
+    wait_for_results(page)
+    before = result_keys(page)
+    with page.expect_response(lambda r: "/similar?" in r.url and r.status == 200):
+        page.locator(RESULTS).nth(1).click()
+    expect(page.locator("#results-summary")).to_contain_text("similar to")
+
+    page.clock.fast_forward("11:00")
+    with page.expect_response(lambda r: is_search(r.request) and r.status == 200):  # the photo goes up again
+        page.go_back()
+    # the fresh answer replaces the stale history entry
+    page.wait_for_function("history.state && Date.now() - history.state.savedAt < 60000")
+    wait_for_results(page)
+    expect(page.locator("#results-summary")).not_to_contain_text("similar to")
+    assert result_keys(page) == before
+
+
 def test_keyboard_only(page: Page, site, sample_dir):
     open_page(page, site)
     focus_order = []
