@@ -28,9 +28,10 @@ from training.model import (
     IMAGENET_STD,
     EmbeddingNet,
     ExportedModel,
+    to_torchscript,
     weights_sha256,
 )
-from training.quantize import BACKEND, quantize_int8, to_torchscript
+from training.quantize import BACKEND, quantize_int8
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -66,10 +67,11 @@ def load_checkpoint(path: Path) -> tuple[EmbeddingNet, dict]:
 
 def export(net: EmbeddingNet, meta: ModelMeta, out: Path, *, calibration: list[torch.Tensor] | None = None):
     """Script ``net`` (int8 when ``calibration`` batches are given) with its metadata into ``out``, atomically."""
+    example = torch.zeros(2, meta.crop_size, meta.crop_size, 3, dtype=torch.uint8)
     if calibration is None:
-        scripted = torch.jit.script(ExportedModel(net.eval()))
-    else:
-        scripted = to_torchscript(quantize_int8(net, calibration), calibration[0][:1])
+        scripted = to_torchscript(ExportedModel(net.eval()), example)
+    else:  # int8 is also frozen: the quantised weights are folded into the graph
+        scripted = to_torchscript(quantize_int8(net, calibration), example, freeze=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     torch.jit.save(scripted, str(tmp), _extra_files={MODEL_META_FILE: meta.model_dump_json()})

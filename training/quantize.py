@@ -65,10 +65,3 @@ def quantize_int8(net: EmbeddingNet, calibration: Iterable[torch.Tensor]) -> Int
     for batch in batches:
         prepared(net.normalise(batch))
     return Int8Model(net, convert_fx(prepared)).eval()
-
-
-@torch.inference_mode()
-def to_torchscript(model: Int8Model, example: torch.Tensor) -> torch.jit.ScriptModule:
-    """Trace both methods (quantised FX modules are traced, not scripted) and freeze the result."""
-    traced = torch.jit.trace_module(model, {"forward": example, "embed_and_classify": example})
-    return torch.jit.freeze(traced, preserved_attrs=["embed_and_classify"])
