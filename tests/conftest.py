@@ -7,10 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
-
-# A small but real pipeline: ResNet34 at 64 px on 60 synthetic images trains and indexes in seconds.
-TEST_RESIZE, TEST_CROP = 72, 64
+from tests.helpers import free_port, tiny_train_args
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -35,27 +32,7 @@ def checkpoint_dir(sample_dir, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("checkpoints")
     args = get_args_parser().parse_args(
-        [
-            "--data",
-            str(sample_dir),
-            "--weights",
-            "none",
-            "--head-epochs",
-            "1",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "16",
-            "--workers",
-            "0",
-            "--resize-size",
-            str(TEST_RESIZE),
-            "--crop-size",
-            str(TEST_CROP),
-            "--eval-first",
-            "--output-dir",
-            str(out),
-        ]
+        tiny_train_args(sample_dir, out, "--head-epochs", "1", "--epochs", "1", "--eval-first")
     )
     assert main(args) == 0
     return out

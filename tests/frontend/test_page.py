@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageOps
 from playwright.sync_api import Page, Request, expect
 
-from tests.conftest import TEST_RESIZE
+from tests.helpers import TEST_RESIZE
 
 pytestmark = pytest.mark.browser
 

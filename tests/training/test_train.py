@@ -3,7 +3,7 @@ import os
 
 import torch
 
-from tests.helpers import run_module
+from tests.helpers import run_module, tiny_train_args
 from training.train import accuracy, get_args_parser, main
 
 
@@ -24,28 +24,9 @@ def test_one_short_epoch_reduces_the_loss_and_checkpoints(checkpoint_dir):
 def test_resume_continues_from_the_next_epoch(checkpoint_dir, sample_dir, tmp_path):
     out = tmp_path / "resumed"
     args = get_args_parser().parse_args(
-        [
-            "--data",
-            str(sample_dir),
-            "--weights",
-            "none",
-            "--head-epochs",
-            "1",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "16",
-            "--workers",
-            "0",
-            "--resize-size",
-            "72",
-            "--crop-size",
-            "64",
-            "--resume",
-            str(checkpoint_dir / "checkpoint.pt"),
-            "--output-dir",
-            str(out),
-        ]
+        tiny_train_args(
+            sample_dir, out, "--head-epochs", "1", "--epochs", "2", "--resume", str(checkpoint_dir / "checkpoint.pt")
+        )
     )
     assert main(args) == 0
     history = json.loads((out / "history.json").read_text())
