@@ -44,8 +44,6 @@ class OriginalPipeline:
         from annoy import AnnoyIndex
         from torchvision import models, transforms
 
-        from training.export import load_checkpoint  # noqa: F401  (keeps training importable here)
-
         scripted = torch.jit.load(str(art / "model.pt"))
         state = {
             k.removeprefix("net.backbone."): v
