@@ -6,6 +6,8 @@ import aws_cdk as cdk
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from cdk.buckets import private_bucket
+
 
 class AccessLogs(Construct):
     """Private, SSL-only log bucket; logs expire after ``retention_days`` and go with the stack.
@@ -15,12 +17,9 @@ class AccessLogs(Construct):
 
     def __init__(self, scope: Construct, construct_id: str, *, retention_days: int = 90) -> None:
         super().__init__(scope, construct_id)
-        self.bucket = s3.Bucket(
+        self.bucket = private_bucket(
             self,
             "Bucket",
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            encryption=s3.BucketEncryption.S3_MANAGED,
-            enforce_ssl=True,
             # CloudFront standard logging writes with an ACL, so ACLs must stay usable on this bucket.
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_PREFERRED,
             lifecycle_rules=[s3.LifecycleRule(expiration=cdk.Duration.days(retention_days))],

@@ -7,6 +7,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from cdk.buckets import private_bucket
 from lambda_fn.manifest import IMAGES_PREFIX
 
 
@@ -35,12 +36,9 @@ class Artifacts(Construct):
         if existing_bucket_name:
             self.bucket: s3.IBucket = s3.Bucket.from_bucket_name(self, "Bucket", existing_bucket_name)
         else:
-            self.bucket = s3.Bucket(
+            self.bucket = private_bucket(
                 self,
                 "Bucket",
-                block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-                encryption=s3.BucketEncryption.S3_MANAGED,
-                enforce_ssl=True,
                 versioned=True,
                 object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
                 server_access_logs_bucket=access_logs,

@@ -11,6 +11,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_deployment as s3deploy
 from constructs import Construct
 
+from cdk.buckets import private_bucket
 from cdk.nag import acknowledge, wildcard_findings
 
 FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
@@ -33,12 +34,9 @@ class Website(Construct):
         price_class: cloudfront.PriceClass = cloudfront.PriceClass.PRICE_CLASS_100,
     ) -> None:
         super().__init__(scope, construct_id)
-        self.bucket = s3.Bucket(
+        self.bucket = private_bucket(
             self,
             "Bucket",
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            encryption=s3.BucketEncryption.S3_MANAGED,
-            enforce_ssl=True,
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
             server_access_logs_bucket=access_logs,
             server_access_logs_prefix="s3/site/" if access_logs else None,
