@@ -9,6 +9,7 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from cdk.nag import acknowledge
+from lambda_fn.config import CORS_MAX_AGE_S
 
 # Request bodies API Gateway must pass base64-encoded (intact) instead of as UTF-8 text. Listed, not "*/*":
 # with "*/*" every JSON body is base64-encoded too and the MOCK integration of the CORS preflight breaks
@@ -59,7 +60,7 @@ class SearchApi(Construct):
                 allow_origins=[allowed_origin],
                 allow_methods=["GET", "POST", "OPTIONS"],
                 allow_headers=["Content-Type"],
-                max_age=cdk.Duration.hours(1),
+                max_age=cdk.Duration.seconds(CORS_MAX_AGE_S),
             ),
             deploy_options=apigw.StageOptions(
                 stage_name=STAGE,

@@ -1,7 +1,7 @@
 """Entry point of ``npx cdk ...`` (see ``cdk.json``): builds the one stack and runs cdk-nag on it.
 
 Context (``-c key=value``): ``artifactsBucket`` uses an existing bucket by name instead of creating one;
-``artifactsPrefix`` is the key prefix the artifacts live under (default ``deepfood``).
+``artifactsPrefix`` is the key prefix the artifacts live under (default: ``lambda_fn.manifest.DEFAULT_PREFIX``).
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 import aws_cdk as cdk
 
 from cdk.nag import add_nag_checks
-from cdk.stack import DEFAULT_PREFIX, DeepFoodStack
+from cdk.stack import DeepFoodStack
+from lambda_fn.manifest import DEFAULT_PREFIX
 
 app = cdk.App()
 stack = DeepFoodStack(

@@ -13,11 +13,11 @@ from constructs import Construct
 
 from cdk.artifacts import Artifacts
 from cdk.nag import acknowledge, flat_ref
-from lambda_fn.config import env_name
+from lambda_fn.config import Settings, env_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = "Dockerfile.lambda"
-CACHE_DIR = "/tmp/deepfood"
+_DEFAULTS = {name: field.default for name, field in Settings.model_fields.items()}
 
 _PLATFORMS = {
     lambda_.Architecture.X86_64.name: ecr_assets.Platform.LINUX_AMD64,
@@ -58,8 +58,8 @@ class SearchFunction(Construct):
         architecture: lambda_.Architecture = lambda_.Architecture.X86_64,
         reserved_concurrency: int | None = None,
         provisioned_concurrency: int | None = None,
-        presign_expires_s: int = 900,
-        log_level: str = "INFO",
+        presign_expires_s: int = _DEFAULTS["presign_expires_s"],
+        log_level: str = _DEFAULTS["log_level"],
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -93,7 +93,7 @@ class SearchFunction(Construct):
             environment={
                 env_name("artifacts_uri"): artifacts.uri,
                 env_name("cors_origins"): ",".join(cors_origins),
-                env_name("cache_dir"): CACHE_DIR,
+                env_name("cache_dir"): str(_DEFAULTS["cache_dir"]),
                 env_name("presign_expires_s"): str(presign_expires_s),
                 env_name("log_level"): log_level,
                 env_name("load_on_import"): "true" if provisioned_concurrency else "false",

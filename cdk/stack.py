@@ -12,8 +12,7 @@ from cdk.api import SearchApi
 from cdk.artifacts import Artifacts
 from cdk.search_function import SearchFunction
 from cdk.website import SiteDeployment, Website
-
-DEFAULT_PREFIX = "deepfood"
+from lambda_fn.manifest import DEFAULT_PREFIX
 
 
 class DeepFoodStack(cdk.Stack):

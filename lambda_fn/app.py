@@ -9,9 +9,10 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 
 from lambda_fn import __version__, errors
-from lambda_fn.config import Settings
+from lambda_fn.config import CORS_MAX_AGE_S, Settings
 from lambda_fn.logs import configure
 from lambda_fn.routes import health, images, search
+from lambda_fn.schemas import ErrorCode
 from lambda_fn.state import ServiceState
 from lambda_fn.urls import ImageLinker
 
@@ -36,7 +37,9 @@ def create_app(settings: Settings, *, s3_client=None) -> FastAPI:
             response = await call_next(request)
         except Exception:  # answered here, inside CORS, so the page can read even a 500's message
             log.exception("unhandled error", extra={"path": request.url.path})
-            response = errors.error_response(500, "internal_error", "the server failed unexpectedly; it was logged")
+            response = errors.error_response(
+                ErrorCode.INTERNAL_ERROR, "the server failed unexpectedly; the error was logged"
+            )
         log.info(
             "request",
             extra={
@@ -54,8 +57,8 @@ def create_app(settings: Settings, *, s3_client=None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type"],
-            expose_headers=["Retry-After"],
-            max_age=600,
+            expose_headers=list(errors.RETRY_HEADERS),
+            max_age=CORS_MAX_AGE_S,
         )
 
     for module in (search, images, health):

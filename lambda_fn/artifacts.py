@@ -23,10 +23,14 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from lambda_fn.engine import ArtifactError
 from lambda_fn.manifest import MANIFEST_FILE, Manifest, file_sha256
 
 log = logging.getLogger(__name__)
+
+
+class ArtifactError(RuntimeError):
+    """Artifacts are missing, corrupt or do not belong together."""
+
 
 # SigV4 everywhere: presigned URLs signed with the legacy scheme are refused in newer regions.
 S3_CONFIG = Config(
@@ -101,7 +105,7 @@ def _read_local(location: Location) -> FetchedArtifacts:
         raise ArtifactError(f"{manifest_path} does not exist; build the index with `python -m training.build_index`")
     manifest = Manifest.read(manifest_path)
     files = {}
-    for attr, name, digest in _wanted(manifest):
+    for attr, name, digest in manifest.files():
         path = root / name
         if not path.is_file():
             raise ArtifactError(f"{path} is listed in the manifest but does not exist")
@@ -109,14 +113,6 @@ def _read_local(location: Location) -> FetchedArtifacts:
             raise ArtifactError(f"{path} does not match the sha256 in its manifest; rebuild or re-copy it")
         files[attr] = path
     return FetchedArtifacts(manifest, **files)
-
-
-def _wanted(manifest: Manifest) -> list[tuple[str, str, str]]:
-    return [
-        ("model", manifest.model_file, manifest.model_sha256),
-        ("index", manifest.index_file, manifest.index_sha256),
-        ("keys", manifest.keys_file, manifest.keys_sha256),
-    ]
 
 
 def _download(client, location: Location, name: str, digest: str, cache_dir: Path) -> Path:
@@ -159,7 +155,7 @@ def _fetch_s3(location: Location, cache_dir: Path, client) -> FetchedArtifacts:
         manifest = Manifest.model_validate_json(body)
     except ValueError as exc:
         raise ArtifactError(f"{manifest_uri} is not a valid manifest: {exc}") from exc
-    wanted = _wanted(manifest)
+    wanted = manifest.files()
     with ThreadPoolExecutor(max_workers=len(wanted)) as pool:
         futures = {
             attr: pool.submit(_download, client, location, name, digest, cache_dir) for attr, name, digest in wanted

@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 ENV_PREFIX = "DEEPFOOD_"
 # API Gateway + Lambda accept a 6 MB payload, and binary bodies arrive base64-encoded (x4/3): ~4.5 MB raw.
 DEFAULT_MAX_UPLOAD_BYTES = 4_500_000
+# How long browsers may cache a CORS preflight answer, from the app locally and from API Gateway in AWS.
+CORS_MAX_AGE_S = 3600
 
 
 class Settings(BaseSettings):

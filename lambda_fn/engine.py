@@ -1,13 +1,12 @@
 """A loaded model and index: embed images, find their nearest neighbours.
 
-The model is loaded once per container and reused; its forward is serialised by a lock because torch's
-intra-op threads already use every CPU we have, and two concurrent forwards would only thrash.
+The model is loaded once per container and reused. The service calls ``embed`` only from its one torch
+thread (``ServiceState``), so forwards never overlap; offline tools call it from their own single thread.
 """
 
 from __future__ import annotations
 
 import platform
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +15,12 @@ import numpy as np
 import torch
 from annoy import AnnoyIndex
 
+from lambda_fn.artifacts import ArtifactError
 from lambda_fn.manifest import MODEL_META_FILE, KeyEntry, Manifest, ModelMeta, read_keys
 
 # torch 2.14 marks TorchScript deprecated with a FutureWarning on every script/save/load. It still works and
 # is what this project ships (see the README), so the warning is not repeated in every log line and CLI run.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
-
-
-class ArtifactError(RuntimeError):
-    """Artifacts are missing, corrupt or do not belong together."""
 
 
 def load_model(path: Path) -> tuple[torch.jit.ScriptModule, ModelMeta]:
@@ -94,7 +90,6 @@ class Engine:
         self.model, self.meta, self.index, self.manifest, self.keys = model, meta, index, manifest, keys
         self.search_k = search_k or manifest.search_k
         self.has_head = bool(meta.class_names)
-        self._lock = threading.Lock()
 
     @classmethod
     def from_files(
@@ -109,11 +104,10 @@ class Engine:
     def embed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """uint8 (B, H, W, 3) -> (L2-normalised float32 (B, dim), class probabilities (B, C) or None)."""
         batch = torch.from_numpy(np.ascontiguousarray(images))
-        with self._lock:
-            if self.has_head:
-                emb, probs = self.model.embed_and_classify(batch)
-                return emb.numpy(), probs.numpy()
-            return self.model(batch).numpy(), None
+        if self.has_head:
+            emb, probs = self.model.embed_and_classify(batch)
+            return emb.numpy(), probs.numpy()
+        return self.model(batch).numpy(), None
 
     def predictions(self, probs: np.ndarray, top: int = 3) -> list[tuple[str, float]]:
         order = np.argsort(-probs)[:top]

@@ -1,44 +1,63 @@
-"""API errors: every failure answers ``{"error": {"code", "message"}}`` with a fitting status."""
+"""API errors: every failure answers ``{"error": {"code", "message"}}`` with the status its code belongs to."""
 
 from __future__ import annotations
-
-import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lambda_fn.schemas import ErrorDetail, ErrorResponse
+from lambda_fn.schemas import STATUS, ErrorCode, ErrorDetail, ErrorResponse
 
-log = logging.getLogger(__name__)
+# Seconds a client should wait before retrying a 503 (the model and index are loading or failed to load).
+RETRY_AFTER_S = 5
+RETRY_HEADERS = {"Retry-After": str(RETRY_AFTER_S)}
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str):
+    """An answer for the client: ``code`` fixes the HTTP status, ``message`` says what to do."""
+
+    def __init__(self, code: ErrorCode, message: str):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.code, self.message = code, message
+
+    @property
+    def status(self) -> int:
+        return self.code.status
 
 
 class NotReady(ApiError):
     def __init__(self, message: str):
-        super().__init__(503, "not_ready", message)
+        super().__init__(ErrorCode.NOT_READY, message)
 
 
-def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+def error_response(
+    code: ErrorCode, message: str, *, status: int | None = None, headers: dict | None = None
+) -> JSONResponse:
+    """The JSON error body; ``status`` defaults to the one ``code`` belongs to. 503s carry Retry-After."""
+    status = status or code.status
+    if status == 503:
+        headers = {**RETRY_HEADERS, **(headers or {})}
     body = ErrorResponse(error=ErrorDetail(code=code, message=message))
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
+
+
+_DESCRIPTIONS = {
+    400: "Not an image, corrupt image or bad base64",
+    413: "Upload or image dimensions too large",
+    415: "Unsupported content type or image format",
+    422: "Invalid parameters",
+    503: "Model or index not loaded; retry shortly",
+}
+
+
+def _codes_for(status: int) -> str:
+    return ", ".join(f"`{code.value}`" for code, s in STATUS.items() if s == status)
 
 
 ERROR_RESPONSES = {
-    status: {"model": ErrorResponse, "description": text}
-    for status, text in {
-        400: "Not an image, corrupt image or bad base64",
-        413: "Upload or image dimensions too large",
-        415: "Unsupported content type or image format",
-        422: "Invalid parameters",
-        503: "Model or index not loaded; retry shortly",
-    }.items()
+    status: {"model": ErrorResponse, "description": f"{text} (codes: {_codes_for(status)})"}
+    for status, text in _DESCRIPTIONS.items()
 }
 
 
@@ -50,23 +69,23 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+_HTTP_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}
+
+
 def install(app: FastAPI) -> None:
+    """Exception handlers for expected errors. Unexpected ones become a 500 in the app's access-log
+    middleware, which sits inside CORS so the page can read that message too."""
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError):
-        headers = {"Retry-After": "5"} if exc.status == 503 else None
-        return error_response(exc.status, exc.code, exc.message, headers)
+        return error_response(exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):
-        return error_response(422, "invalid_parameters", _validation_message(exc))
+        return error_response(ErrorCode.INVALID_PARAMETERS, _validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = _HTTP_CODES.get(exc.status_code, ErrorCode.HTTP_ERROR)
         # keep the exception's headers: a 405 must list the allowed methods in `Allow` (RFC 9110)
-        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
-        log.exception("unhandled error", extra={"path": request.url.path})
-        return error_response(500, "internal_error", "the server failed unexpectedly; the error was logged")
+        return error_response(code, str(exc.detail), status=exc.status_code, headers=getattr(exc, "headers", None))

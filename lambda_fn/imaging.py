@@ -14,6 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# The preprocessing every model of this project is trained and served with, unless its export says otherwise:
+# torchvision's classification preset (shorter side to 256, centre crop 224).
+DEFAULT_RESIZE_SIZE = 256
+DEFAULT_CROP_SIZE = 224
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 # Formats accepted from users; MPO is what many phone cameras call their JPEGs.
 ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP"})

@@ -27,6 +27,8 @@ KEYS_FILE = "keys.json"
 MANIFEST_FILE = "manifest.json"
 EMBEDDINGS_FILE = "embeddings.npy"
 IMAGES_PREFIX = "images/"
+# Key prefix a deployment keeps everything under in its bucket, unless told otherwise.
+DEFAULT_PREFIX = "deepfood"
 # Name of the TorchScript `_extra_files` entry that carries the model's metadata.
 MODEL_META_FILE = "meta.json"
 
@@ -77,6 +79,14 @@ class Manifest(BaseModel):
     built_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     versions: dict[str, str] = {}
 
+    def files(self) -> list[tuple[str, str, str]]:
+        """(role, file name, sha256) of each file the build consists of: model, index, keys."""
+        return [
+            ("model", self.model_file, self.model_sha256),
+            ("index", self.index_file, self.index_sha256),
+            ("keys", self.keys_file, self.keys_sha256),
+        ]
+
     @classmethod
     def read(cls, path: Path) -> Manifest:
         return cls.model_validate_json(Path(path).read_text())
@@ -99,9 +109,11 @@ def image_object_key(prefix: str, key: str) -> str:
     return f"{prefix}/{IMAGES_PREFIX}{key}" if prefix else f"{IMAGES_PREFIX}{key}"
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in chunks (model and index files can be hundreds of MB)."""
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, lambda: hashlib.new(algorithm, usedforsecurity=False)).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    return file_digest(path, "sha256")

@@ -2,13 +2,58 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 
+class ErrorCode(StrEnum):
+    """Every error code the API answers with; each belongs to exactly one HTTP status (``STATUS``)."""
+
+    NOT_AN_IMAGE = "not_an_image"
+    BAD_BASE64 = "bad_base64"
+    BAD_DATA_URL = "bad_data_url"
+    BAD_MULTIPART = "bad_multipart"
+    EMPTY_BODY = "empty_body"
+    EMPTY_IMAGE = "empty_image"
+    NOT_FOUND = "not_found"
+    UNKNOWN_IMAGE = "unknown_image"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_TYPE = "unsupported_type"
+    MISSING_IMAGE = "missing_image"
+    INVALID_PARAMETERS = "invalid_parameters"
+    HTTP_ERROR = "http_error"
+    INTERNAL_ERROR = "internal_error"
+    NOT_READY = "not_ready"
+
+    @property
+    def status(self) -> int:
+        return STATUS[self]
+
+
+STATUS: dict[ErrorCode, int] = {
+    ErrorCode.NOT_AN_IMAGE: 400,
+    ErrorCode.BAD_BASE64: 400,
+    ErrorCode.BAD_DATA_URL: 400,
+    ErrorCode.BAD_MULTIPART: 400,
+    ErrorCode.EMPTY_BODY: 400,
+    ErrorCode.EMPTY_IMAGE: 400,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.UNKNOWN_IMAGE: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.TOO_LARGE: 413,  # the upload's bytes or the image's pixels
+    ErrorCode.UNSUPPORTED_TYPE: 415,  # the content type or the image format
+    ErrorCode.MISSING_IMAGE: 422,
+    ErrorCode.INVALID_PARAMETERS: 422,
+    ErrorCode.INTERNAL_ERROR: 500,
+    ErrorCode.NOT_READY: 503,
+}
+
+
 class ErrorDetail(BaseModel):
-    code: str = Field(description="Stable machine-readable code, e.g. 'not_an_image', 'too_large', 'not_ready'")
+    code: ErrorCode = Field(description="Stable machine-readable code; the enum lists every one")
     message: str = Field(description="What went wrong and what to do about it")
 
 

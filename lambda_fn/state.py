@@ -16,8 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from lambda_fn import artifacts
+from lambda_fn.artifacts import ArtifactError
 from lambda_fn.config import Settings
-from lambda_fn.engine import ArtifactError, Engine
+from lambda_fn.engine import Engine
 from lambda_fn.errors import NotReady
 
 log = logging.getLogger(__name__)

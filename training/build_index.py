@@ -10,6 +10,7 @@ that cannot be read is skipped and listed, never fatal.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import shutil
 import sys
@@ -17,13 +18,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import annoy
 import numpy as np
 import torch
 from annoy import AnnoyIndex
 from tqdm import tqdm
 
-from lambda_fn.engine import ArtifactError, load_model
+from lambda_fn.artifacts import ArtifactError
+from lambda_fn.engine import load_model
 from lambda_fn.manifest import (
     EMBEDDINGS_FILE,
     INDEX_FILE,
@@ -186,7 +187,7 @@ def main(args: argparse.Namespace) -> int:
         embeddings_file=EMBEDDINGS_FILE if args.save_embeddings else None,
         versions={
             "torch": torch.__version__,
-            "annoy": getattr(annoy, "__version__", "1.17.3"),
+            "annoy": importlib.metadata.version("annoy"),
             "numpy": np.__version__,
             "model_weights_sha256": meta.weights_sha256,
         },

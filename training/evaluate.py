@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
-from lambda_fn.artifacts import fetch
-from lambda_fn.engine import ArtifactError, Engine
+from lambda_fn.artifacts import ArtifactError, fetch
+from lambda_fn.engine import Engine
 from lambda_fn.manifest import EMBEDDINGS_FILE
 from training.build_index import embed_collection, scan_collection
 from training.cli import run

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lambda_fn.engine import load_model
-from lambda_fn.imaging import ImageError, load_for_model
+from lambda_fn.imaging import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE, ImageError, load_for_model
 from lambda_fn.manifest import MODEL_META_FILE, ModelMeta
 from training.cli import run
 from training.data import list_images
@@ -66,24 +66,24 @@ def load_checkpoint(path: Path) -> tuple[EmbeddingNet, dict]:
 
 
 def export(net: EmbeddingNet, meta: ModelMeta, out: Path, *, calibration: list[torch.Tensor] | None = None):
-    """Script ``net`` (int8 when ``calibration`` batches are given) with its metadata into ``out``, atomically."""
+    """Trace ``net`` (int8 when ``calibration`` batches are given); save it with its metadata to ``out``."""
     example = torch.zeros(2, meta.crop_size, meta.crop_size, 3, dtype=torch.uint8)
     if calibration is None:
-        scripted = to_torchscript(ExportedModel(net.eval()), example)
+        traced = to_torchscript(ExportedModel(net.eval()), example)
     else:  # int8 is also frozen: the quantised weights are folded into the graph
-        scripted = to_torchscript(quantize_int8(net, calibration), example, freeze=True)
+        traced = to_torchscript(quantize_int8(net, calibration), example, freeze=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    torch.jit.save(scripted, str(tmp), _extra_files={MODEL_META_FILE: meta.model_dump_json()})
+    torch.jit.save(traced, str(tmp), _extra_files={MODEL_META_FILE: meta.model_dump_json()})
     tmp.replace(out)
-    return scripted
+    return traced
 
 
 def meta_for(net: EmbeddingNet, classes: list[str], train_args: dict) -> ModelMeta:
     return ModelMeta(
         dim=EMBEDDING_DIM,
-        resize_size=int(train_args.get("resize_size", 256)),
-        crop_size=int(train_args.get("crop_size", 224)),
+        resize_size=int(train_args.get("resize_size", DEFAULT_RESIZE_SIZE)),
+        crop_size=int(train_args.get("crop_size", DEFAULT_CROP_SIZE)),
         mean=list(IMAGENET_MEAN),
         std=list(IMAGENET_STD),
         class_names=classes,
@@ -94,9 +94,9 @@ def meta_for(net: EmbeddingNet, classes: list[str], train_args: dict) -> ModelMe
 
 
 @torch.inference_mode()
-def parity(net: EmbeddingNet, scripted_path: Path, images: torch.Tensor) -> tuple[float, float]:
+def parity(net: EmbeddingNet, exported_path: Path, images: torch.Tensor) -> tuple[float, float]:
     """(max |eager - reloaded file|, mean cosine between them) over uint8 ``images``."""
-    loaded, _ = load_model(scripted_path)
+    loaded, _ = load_model(exported_path)
     eager, exported = net.embed(images), loaded(images)
     return float((eager - exported).abs().max()), float((eager * exported).sum(dim=1).mean())
 

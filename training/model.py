@@ -22,6 +22,14 @@ class WeightsUnavailable(RuntimeError):
     """ImageNet weights could not be had (offline, no cached file)."""
 
 
+def resnet_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A torchvision ResNet from its first conv to the flattened avgpool output (normalised float input)."""
+    b = backbone
+    x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+    x = b.layer4(b.layer3(b.layer2(b.layer1(x))))
+    return torch.flatten(b.avgpool(x), 1)
+
+
 class EmbeddingNet(nn.Module):
     """ResNet34 backbone; ``features`` is the 512-d output of avgpool, ``forward`` the class logits."""
 
@@ -39,11 +47,7 @@ class EmbeddingNet(nn.Module):
         return (x - self.mean) / self.std
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        b = self.backbone
-        x = self.normalise(images)
-        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
-        x = b.layer4(b.layer3(b.layer2(b.layer1(x))))
-        return torch.flatten(b.avgpool(x), 1)
+        return resnet_features(self.backbone, self.normalise(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone.fc(self.features(images))
@@ -59,11 +63,14 @@ class ExportedModel(nn.Module):
         super().__init__()
         self.net = net
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.features(images)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net.embed(images)
+        return F.normalize(self.features(images), dim=1)
 
     def embed_and_classify(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.net.features(images)
+        feats = self.features(images)
         return F.normalize(feats, dim=1), torch.softmax(self.net.backbone.fc(feats), dim=1)
 
 

@@ -12,12 +12,11 @@ import copy
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.ao.quantization import get_default_qconfig_mapping
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-from training.model import EmbeddingNet
+from training.model import EmbeddingNet, ExportedModel, resnet_features
 
 BACKEND = "x86"
 
@@ -30,26 +29,18 @@ class _Body(nn.Module):
         self.b = backbone
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.b
-        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
-        x = b.layer4(b.layer3(b.layer2(b.layer1(x))))
-        return torch.flatten(b.avgpool(x), 1)
+        return resnet_features(self.b, x)
 
 
-class Int8Model(nn.Module):
-    """Same interface as training.model.ExportedModel, with an int8 body."""
+class Int8Model(ExportedModel):
+    """training.model.ExportedModel whose feature path runs through an int8 body."""
 
     def __init__(self, net: EmbeddingNet, body: nn.Module):
-        super().__init__()
-        self.net = net
+        super().__init__(net)
         self.body = body
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.body(self.net.normalise(images)), dim=1)
-
-    def embed_and_classify(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.body(self.net.normalise(images))
-        return F.normalize(feats, dim=1), torch.softmax(self.net.backbone.fc(feats), dim=1)
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(self.net.normalise(images))
 
 
 @torch.inference_mode()

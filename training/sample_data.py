@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
+from training.cli import run
+
 ORIENTATION_TAG = 0x0112
 Painter = Callable[[ImageDraw.ImageDraw, random.Random, int], None]
 
@@ -168,21 +170,21 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        paths = write_sample_set(
-            args.out,
-            per_class=args.per_class,
-            width=args.width,
-            height=args.height,
-            classes=args.classes,
-            seed=args.seed,
-        )
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    paths = write_sample_set(
+        args.out,
+        per_class=args.per_class,
+        width=args.width,
+        height=args.height,
+        classes=args.classes,
+        seed=args.seed,
+    )
     print(f"wrote {len(paths)} synthetic images in {args.classes} classes to {args.out}")
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    return run(main, get_args_parser(), argv, (ValueError, OSError))
+
+
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(cli())

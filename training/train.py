@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lambda_fn.imaging import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
 from training.cli import run
 from training.data import eval_transform, load_labelled, make_loader, train_transform
 from training.model import EmbeddingNet, WeightsUnavailable, imagenet_state_dict, load_backbone_weights
@@ -50,8 +51,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the full fine-tune (cosine decay)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
-    p.add_argument("--resize-size", type=int, default=256, help="eval: shorter side resized to this")
-    p.add_argument("--crop-size", type=int, default=224, help="model input size (train crop and eval centre crop)")
+    p.add_argument(
+        "--resize-size",
+        type=int,
+        default=DEFAULT_RESIZE_SIZE,
+        help=f"eval: shorter side resized to this (default: {DEFAULT_RESIZE_SIZE})",
+    )
+    p.add_argument(
+        "--crop-size",
+        type=int,
+        default=DEFAULT_CROP_SIZE,
+        help=f"model input size, train crop and eval centre crop (default: {DEFAULT_CROP_SIZE})",
+    )
     p.add_argument("--val-fraction", type=float, default=0.2, help="validation share for class-folder data")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--seed", type=int, default=0, help="seed for the split, init and shuffling")

@@ -26,7 +26,15 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from tqdm import tqdm
 
-from lambda_fn.manifest import MANIFEST_FILE, Manifest, file_sha256, image_object_key, read_keys
+from lambda_fn.manifest import (
+    DEFAULT_PREFIX,
+    MANIFEST_FILE,
+    Manifest,
+    file_digest,
+    file_sha256,
+    image_object_key,
+    read_keys,
+)
 from training.cli import run
 
 TRANSFER = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=16 << 20, max_concurrency=8)
@@ -46,14 +54,6 @@ def build_id(manifest: Manifest) -> str:
     return hashlib.sha256((manifest.index_sha256 + manifest.model_sha256 + manifest.keys_sha256).encode()).hexdigest()[
         :16
     ]
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _existing(client, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
@@ -79,7 +79,7 @@ def upload_images(
         if not path.is_file():
             raise FileNotFoundError(f"{path} is in the index but not under --images {images}")
         have = existing.get(image_object_key(prefix, key))
-        if have and have[0] == path.stat().st_size and have[1] == _md5(path):
+        if have and have[0] == path.stat().st_size and have[1] == file_digest(path, "md5"):
             report.skipped_images += 1
         else:
             todo.append(key)
@@ -109,7 +109,7 @@ def upload_artifacts(
 ) -> Manifest:
     """Upload model, index and keys into the build folder; returns the manifest that names them there."""
     folder = f"builds/{build_id(manifest)}/"
-    names = {"model_file": manifest.model_file, "index_file": manifest.index_file, "keys_file": manifest.keys_file}
+    names = {f"{role}_file": name for role, name, _ in manifest.files()}
     existing = _existing(client, bucket, prefix + folder)
     total = sum((artifacts / n).stat().st_size for n in names.values())
     with tqdm(total=total, desc="artifacts", unit="B", unit_scale=True, dynamic_ncols=True) as bar:
@@ -137,11 +137,7 @@ def verify_local(artifacts: Path) -> Manifest:
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path} does not exist; build the index first (training.build_index)")
     manifest = Manifest.read(manifest_path)
-    for name, digest in (
-        (manifest.model_file, manifest.model_sha256),
-        (manifest.index_file, manifest.index_sha256),
-        (manifest.keys_file, manifest.keys_sha256),
-    ):
+    for _, name, digest in manifest.files():
         path = artifacts / name
         if not path.is_file() or file_sha256(path) != digest:
             raise ValueError(f"{path} is missing or does not match {manifest_path}; rebuild before uploading")
@@ -174,7 +170,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="build folder (default: artifacts)")
     p.add_argument("--images", type=Path, default=None, help="collection folder the index was built from")
     p.add_argument("--bucket", required=True, help="S3 bucket name")
-    p.add_argument("--prefix", default="deepfood", help="key prefix in the bucket (default: deepfood)")
+    p.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"key prefix in the bucket (default: {DEFAULT_PREFIX})")
     p.add_argument(
         "--endpoint-url",
         default=None,

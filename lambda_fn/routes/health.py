@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from lambda_fn import __version__
 from lambda_fn.deps import StateDep
-from lambda_fn.errors import NotReady
+from lambda_fn.errors import RETRY_HEADERS, NotReady
 from lambda_fn.schemas import ErrorDetail, HealthResponse, IndexInfo, ModelInfo
 
 router = APIRouter(tags=["health"])
@@ -34,7 +34,7 @@ async def health(state: StateDep):
     except NotReady as exc:
         body.status = "unavailable"
         body.error = ErrorDetail(code=exc.code, message=exc.message)
-        return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse(body.model_dump(mode="json"), status_code=503, headers=RETRY_HEADERS)
     m, meta = engine.manifest, engine.meta
     body.model = ModelInfo(
         sha256=m.model_sha256,

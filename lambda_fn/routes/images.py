@@ -9,9 +9,9 @@ from starlette.concurrency import run_in_threadpool
 
 from lambda_fn.deps import EngineDep, LinkerDep, SettingsDep
 from lambda_fn.errors import ERROR_RESPONSES
-from lambda_fn.query import parse_k
+from lambda_fn.pipeline import search_similar
 from lambda_fn.schemas import ErrorResponse, SearchResponse
-from lambda_fn.search import search_similar
+from lambda_fn.uploads import parse_k
 
 router = APIRouter(tags=["images"])
 

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Query, Request
 
 from lambda_fn.deps import EngineDep, LinkerDep, SettingsDep, StateDep
 from lambda_fn.errors import ERROR_RESPONSES
-from lambda_fn.query import parse_k, read_query
+from lambda_fn.pipeline import search_image
 from lambda_fn.schemas import JsonSearchRequest, SearchResponse
-from lambda_fn.search import search_image
+from lambda_fn.uploads import parse_k, read_query
 
 router = APIRouter(tags=["search"])
 

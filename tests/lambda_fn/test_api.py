@@ -89,7 +89,7 @@ def test_bad_k_is_422(client, k):
         (
             {"content": b"%PDF-1.7 ...", "headers": {"Content-Type": "application/octet-stream"}},
             415,
-            "unsupported_image",
+            "unsupported_type",
         ),
         ({"content": b"hello", "headers": {"Content-Type": "text/plain"}}, 415, "unsupported_type"),
         ({"json": {"image": "!!!not base64!!!"}}, 400, "bad_base64"),
@@ -97,7 +97,7 @@ def test_bad_k_is_422(client, k):
         ({"json": {"image": 5}}, 422, "invalid_parameters"),
         ({"json": {"picture": "abc"}}, 422, "invalid_parameters"),
         ({"files": {"photo": ("q.jpg", b"123", "image/jpeg")}}, 422, "missing_image"),
-        ({"content": png_bomb(), "headers": {"Content-Type": "image/png"}}, 413, "image_too_large"),
+        ({"content": png_bomb(), "headers": {"Content-Type": "image/png"}}, 413, "too_large"),
     ],
 )
 def test_bad_input_gets_a_json_error(client, kwargs, status, code):

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from lambda_fn.config import Settings
 from lambda_fn.errors import ApiError
-from lambda_fn.query import decode_base64_image, parse_k
+from lambda_fn.uploads import decode_base64_image, parse_k
 
 DOCUMENTED = {200, 400, 404, 405, 413, 415, 422}
 PROPERTY = settings(

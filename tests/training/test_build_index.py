@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from lambda_fn.artifacts import fetch
-from lambda_fn.engine import ArtifactError, Engine, load_index, load_model
+from lambda_fn.artifacts import ArtifactError
+from lambda_fn.engine import Engine, load_index, load_model
 from lambda_fn.manifest import Manifest, file_sha256, read_keys
 from tests.helpers import run_module
 from training.build_index import get_args_parser, main

@@ -1,4 +1,4 @@
-"""Reading the query image out of a request, in every shape the API accepts.
+"""Reading the uploaded query image out of a request body, in every shape the API accepts.
 
 - ``multipart/form-data`` with a file field ``image``, or a form (multipart or url-encoded) whose string
   field ``image`` holds a ``data:image/...;base64,`` URL, as the original DeepFood client sends;
@@ -20,7 +20,7 @@ from starlette.formparsers import MultiPartException
 
 from lambda_fn.config import Settings
 from lambda_fn.errors import ApiError
-from lambda_fn.schemas import JsonSearchRequest
+from lambda_fn.schemas import ErrorCode, JsonSearchRequest
 
 _DATA_URL = re.compile(
     r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.IGNORECASE
@@ -35,32 +35,31 @@ def decode_base64_image(text: str) -> bytes:
     if text.startswith("data:"):
         match = _DATA_URL.match(text)
         if not match or not match.group("b64"):
-            raise ApiError(400, "bad_data_url", "the data: URL must look like data:image/jpeg;base64,<data>")
+            raise ApiError(ErrorCode.BAD_DATA_URL, "the data: URL must look like data:image/jpeg;base64,<data>")
         mime = (match.group("mime") or "").lower()
         if mime and not (mime.startswith("image/") or mime == "application/octet-stream"):
-            raise ApiError(415, "unsupported_type", f"data: URL of type {mime}; send an image")
+            raise ApiError(ErrorCode.UNSUPPORTED_TYPE, f"data: URL of type {mime}; send an image")
         text = text[match.end() :]
     compact = re.sub(r"\s+", "", text).translate(str.maketrans("-_", "+/"))
     compact += "=" * (-len(compact) % 4)
     try:
         data = base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ApiError(400, "bad_base64", "the image field is not valid base64") from exc
+        raise ApiError(ErrorCode.BAD_BASE64, "the image field is not valid base64") from exc
     if not data:
-        raise ApiError(400, "empty_image", "the image is empty")
+        raise ApiError(ErrorCode.EMPTY_IMAGE, "the image is empty")
     return data
 
 
 def _check_size(data: bytes, settings: Settings) -> bytes:
     if len(data) > settings.max_upload_bytes:
         raise ApiError(
-            413,
-            "too_large",
+            ErrorCode.TOO_LARGE,
             f"the image is {len(data):,} bytes; the limit is {settings.max_upload_bytes:,}. "
             "Resize it (the web page does this for you) and try again.",
         )
     if not data:
-        raise ApiError(400, "empty_image", "the request carries no image data")
+        raise ApiError(ErrorCode.EMPTY_IMAGE, "the request carries no image data")
     return data
 
 
@@ -69,12 +68,12 @@ async def _from_form(request: Request, settings: Settings) -> tuple[bytes, str |
         form = await request.form(max_files=2, max_fields=20, max_part_size=2 * settings.max_upload_bytes)
     except (MultiPartException, StarletteHTTPException) as exc:  # Starlette wraps parser errors in a 400
         detail = getattr(exc, "message", None) or getattr(exc, "detail", "")
-        raise ApiError(400, "bad_multipart", f"the multipart body could not be parsed: {detail}") from exc
+        raise ApiError(ErrorCode.BAD_MULTIPART, f"the multipart body could not be parsed: {detail}") from exc
     field = form.get("image")
     k = form.get("k")
     if field is None:
         names = ", ".join(sorted(form.keys())) or "none"
-        raise ApiError(422, "missing_image", f"the form has no 'image' field (fields sent: {names})")
+        raise ApiError(ErrorCode.MISSING_IMAGE, f"the form has no 'image' field (fields sent: {names})")
     if isinstance(field, UploadFile):
         data = await field.read()
     else:
@@ -82,28 +81,26 @@ async def _from_form(request: Request, settings: Settings) -> tuple[bytes, str |
     return data, (k if isinstance(k, str) else None)
 
 
+def _body_too_large(size: int, settings: Settings) -> ApiError:
+    return ApiError(
+        ErrorCode.TOO_LARGE,
+        f"the request body is {size:,} bytes; the image limit is {settings.max_upload_bytes:,}. "
+        "Resize it and try again.",
+    )
+
+
 async def read_query(request: Request, settings: Settings) -> tuple[bytes, str | None]:
     """The uploaded image bytes and the k the body gave (if any); raises ApiError for anything unusable."""
     declared = request.headers.get("content-length")
     ceiling = settings.max_upload_bytes * 4 // 3 + _ENVELOPE_ALLOWANCE
     if declared and declared.isdigit() and int(declared) > ceiling:
-        raise ApiError(
-            413,
-            "too_large",
-            f"the request body is {int(declared):,} bytes; the image limit is "
-            f"{settings.max_upload_bytes:,}. Resize it and try again.",
-        )
+        raise _body_too_large(int(declared), settings)  # refused before reading the body
     body = await request.body()
     if len(body) > ceiling:
-        raise ApiError(
-            413,
-            "too_large",
-            f"the request body is {len(body):,} bytes; the image limit is "
-            f"{settings.max_upload_bytes:,}. Resize it and try again.",
-        )
+        raise _body_too_large(len(body), settings)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not body:
-        raise ApiError(400, "empty_body", "the request has no body; send an image (see /docs)")
+        raise ApiError(ErrorCode.EMPTY_BODY, "the request has no body; send an image (see /docs)")
     if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         data, k = await _from_form(request, settings)
     elif ctype == "application/json":
@@ -111,8 +108,7 @@ async def read_query(request: Request, settings: Settings) -> tuple[bytes, str |
             parsed = JsonSearchRequest.model_validate_json(body)
         except ValidationError as exc:
             raise ApiError(
-                422,
-                "invalid_parameters",
+                ErrorCode.INVALID_PARAMETERS,
                 'JSON body must be {"image": "<base64>", "k": <int>}: '
                 + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()),
             ) from exc
@@ -121,8 +117,7 @@ async def read_query(request: Request, settings: Settings) -> tuple[bytes, str |
         data, k = body, None
     else:
         raise ApiError(
-            415,
-            "unsupported_type",
+            ErrorCode.UNSUPPORTED_TYPE,
             f"content type {ctype or '(none)'} is not accepted; send multipart/form-data with an "
             '\'image\' file, a raw image/* body, or JSON {"image": "<base64>"}',
         )
@@ -135,7 +130,7 @@ def parse_k(raw: str | int | None, settings: Settings) -> int:
     try:
         k = int(raw)
     except (TypeError, ValueError) as exc:
-        raise ApiError(422, "invalid_parameters", f"k must be a whole number, got {str(raw)[:40]!r}") from exc
+        raise ApiError(ErrorCode.INVALID_PARAMETERS, f"k must be a whole number, got {str(raw)[:40]!r}") from exc
     if not 1 <= k <= settings.max_k:
-        raise ApiError(422, "invalid_parameters", f"k must be between 1 and {settings.max_k}, got {k}")
+        raise ApiError(ErrorCode.INVALID_PARAMETERS, f"k must be between 1 and {settings.max_k}, got {k}")
     return k

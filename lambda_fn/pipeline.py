@@ -8,7 +8,7 @@ from lambda_fn.config import Settings
 from lambda_fn.engine import Engine, Neighbour
 from lambda_fn.errors import ApiError
 from lambda_fn.imaging import ImageError, ImageTooLarge, UnsupportedImage, load_for_model
-from lambda_fn.schemas import Match, Prediction, SearchResponse, Timings
+from lambda_fn.schemas import ErrorCode, Match, Prediction, SearchResponse, Timings
 from lambda_fn.urls import ImageLinker
 
 
@@ -21,11 +21,11 @@ def decode(data: bytes, engine: Engine, settings: Settings):
     try:
         return load_for_model(data, meta.resize_size, meta.crop_size, max_pixels=settings.max_image_pixels)
     except ImageTooLarge as exc:
-        raise ApiError(413, "image_too_large", str(exc)) from exc
+        raise ApiError(ErrorCode.TOO_LARGE, str(exc)) from exc
     except UnsupportedImage as exc:
-        raise ApiError(415, "unsupported_image", str(exc)) from exc
+        raise ApiError(ErrorCode.UNSUPPORTED_TYPE, str(exc)) from exc
     except ImageError as exc:
-        raise ApiError(400, "not_an_image", str(exc)) from exc
+        raise ApiError(ErrorCode.NOT_AN_IMAGE, str(exc)) from exc
 
 
 def to_matches(engine: Engine, neighbours: list[Neighbour], linker: ImageLinker) -> list[Match]:
@@ -75,7 +75,7 @@ def search_image(data: bytes, k: int, engine: Engine, settings: Settings, linker
 def search_similar(image_id: int, k: int, engine: Engine, linker: ImageLinker) -> SearchResponse:
     if not 0 <= image_id < engine.manifest.count:
         raise ApiError(
-            404, "unknown_image", f"no image with id {image_id}; ids run from 0 to {engine.manifest.count - 1}"
+            ErrorCode.UNKNOWN_IMAGE, f"no image with id {image_id}; ids run from 0 to {engine.manifest.count - 1}"
         )
     t0 = time.perf_counter()
     neighbours = engine.search(engine.vector(image_id), k, exclude=image_id)
