@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     search_k: int | None = Field(None, ge=1, description="Override the manifest's Annoy search_k")
     load_on_import: bool = Field(False, description="Load model and index at import (Lambda init) instead of first use")
     log_level: str = Field("INFO", description="Log level of the JSON logger")
+    manifest_check_s: float = Field(
+        60, ge=0, description="Seconds between checks for a new manifest (a new build) by a warm service; 0: never"
+    )
+    reindex_lease_s: int = Field(
+        900, ge=30, description="How long a reindex holds its lease; longer than the reindex function's timeout"
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

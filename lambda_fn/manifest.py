@@ -26,7 +26,12 @@ INDEX_FILE = "index.ann"
 KEYS_FILE = "keys.json"
 MANIFEST_FILE = "manifest.json"
 EMBEDDINGS_FILE = "embeddings.npy"
-IMAGES_PREFIX = "images/"
+# The layout under a deployment's prefix (``s3://bucket/<prefix>/`` or a local artifacts folder):
+IMAGES_PREFIX = "images/"  # the collection: <label>/<name>.jpg; written by people and training.upload
+EMBEDDINGS_PREFIX = "embeddings/"  # embeddings/<model sha256>/<shard>.npz; written by ingest, read by reindex
+BUILDS_PREFIX = "builds/"  # builds/<build id>/{model.pt,index.ann,keys.json}; content-addressed, never rewritten
+MODELS_PREFIX = "models/"  # models/current.json names the model new embeddings are made with
+LOCKS_PREFIX = "locks/"  # locks/reindex.json: the lease that keeps two reindexes from racing
 # Key prefix a deployment keeps everything under in its bucket, unless told otherwise.
 DEFAULT_PREFIX = "deepfood"
 # Name of the TorchScript `_extra_files` entry that carries the model's metadata.

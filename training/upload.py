@@ -27,6 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from tqdm import tqdm
 
 from lambda_fn.manifest import (
+    BUILDS_PREFIX,
     DEFAULT_PREFIX,
     MANIFEST_FILE,
     Manifest,
@@ -108,7 +109,7 @@ def upload_artifacts(
     client, bucket: str, prefix: str, artifacts: Path, manifest: Manifest, report: UploadReport
 ) -> Manifest:
     """Upload model, index and keys into the build folder; returns the manifest that names them there."""
-    folder = f"builds/{build_id(manifest)}/"
+    folder = f"{BUILDS_PREFIX}{build_id(manifest)}/"
     names = {f"{role}_file": name for role, name, _ in manifest.files()}
     existing = _existing(client, bucket, prefix + folder)
     total = sum((artifacts / n).stat().st_size for n in names.values())
