@@ -20,7 +20,9 @@ def pin_threads(n: int = THREADS) -> None:
     import torch
 
     torch.set_num_threads(n)
-    torch.set_num_interop_threads(1) if torch.get_num_interop_threads() != 1 else None
+    # set_num_interop_threads raises once it has been set, so only when it differs.
+    if torch.get_num_interop_threads() != 1:
+        torch.set_num_interop_threads(1)
 
 
 def collection(n_per_class: int = 40) -> Path:
@@ -38,6 +40,7 @@ def artifacts(n_per_class: int = 40, *, int8: bool = False) -> Path:
     ``collection()``."""
     import torch
 
+    from lambda_fn.imaging import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
     from training.build_index import get_args_parser, main
     from training.export import calibration_batches, export, meta_for
     from training.model import EmbeddingNet
@@ -48,8 +51,12 @@ def artifacts(n_per_class: int = 40, *, int8: bool = False) -> Path:
     torch.manual_seed(0)
     net = EmbeddingNet(6).eval()
     classes = ["pasta", "pizza", "salad", "soup", "steak", "sushi"]
-    meta = meta_for(net, classes, {"resize_size": 256, "crop_size": 224, "weights": "none"})
-    calibration = calibration_batches(collection(n_per_class), 256, 224, 128) if int8 else None
+    meta = meta_for(
+        net, classes, {"resize_size": DEFAULT_RESIZE_SIZE, "crop_size": DEFAULT_CROP_SIZE, "weights": "none"}
+    )
+    calibration = None
+    if int8:
+        calibration = calibration_batches(collection(n_per_class), DEFAULT_RESIZE_SIZE, DEFAULT_CROP_SIZE, 128)
     if int8:
         meta.quantization = "int8 static (x86), calibrated on 128 sample images"
     export(net, meta, out / "model.pt", calibration=calibration)
@@ -65,9 +72,3 @@ def photo_jpeg(width: int, height: int, seed: int = 0, quality: int = 90) -> byt
     buf = io.BytesIO()
     render("pizza", random.Random(seed), width, height).save(buf, "JPEG", quality=quality)
     return buf.getvalue()
-
-
-def percentile(values: list[float], q: float) -> float:
-    import numpy as np
-
-    return float(np.percentile(values, q))

@@ -17,7 +17,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -28,6 +27,7 @@ import numpy as np  # noqa: E402
 from annoy import AnnoyIndex  # noqa: E402
 
 from bench._synthetic import exact_one, make_clustered  # noqa: E402
+from bench.harness import percentile, write_result  # noqa: E402
 from training.evaluate import exact_top_k, recall_at_k  # noqa: E402
 
 METRIC = "angular"  # the vectors are unit length, so angular distance ranks like cosine similarity
@@ -99,10 +99,6 @@ def machine_info(args: argparse.Namespace) -> dict:
     }
 
 
-def pct(values: list[float] | np.ndarray, q: float) -> float:
-    return float(np.percentile(values, q))
-
-
 def time_queries(index: AnnoyIndex, queries: list[list[float]], k: int, search_k: int) -> tuple[list, np.ndarray]:
     """One get_nns_by_vector call per query, each timed alone; returns (results, latencies in ms)."""
     results, lat = [], np.empty(len(queries))
@@ -131,15 +127,19 @@ def bench_size(n: int, args: argparse.Namespace, plan: dict[int, list[int]], tmp
         "n": n,
         "generate_s": gen_s,
         "ground_truth_s": truth_s,
-        "nn_cosine": {f"top{r}_p{q}": pct(sims[:, r - 1], q) for r in (1, args.k) for q in (5, 50, 95)},
-        "exact": {"p50_ms": pct(exact_lat, 50), "p95_ms": pct(exact_lat, 95), "timed_queries": len(exact_lat)},
+        "nn_cosine": {f"top{r}_p{q}": percentile(sims[:, r - 1], q) for r in (1, args.k) for q in (5, 50, 95)},
+        "exact": {
+            "p50_ms": percentile(exact_lat, 50),
+            "p95_ms": percentile(exact_lat, 95),
+            "timed_queries": len(exact_lat),
+        },
         "builds": [],
     }
     print(
         f"\n== n={n:,} (synthetic) | exact single query p50 {out['exact']['p50_ms']:.2f} ms, "
         f"p95 {out['exact']['p95_ms']:.2f} ms | NN cosine top1 p5/p50/p95 "
-        f"{pct(sims[:, 0], 5):.2f}/{pct(sims[:, 0], 50):.2f}/{pct(sims[:, 0], 95):.2f}, "
-        f"top{args.k} p50 {pct(sims[:, -1], 50):.2f}",
+        f"{percentile(sims[:, 0], 5):.2f}/{percentile(sims[:, 0], 50):.2f}/{percentile(sims[:, 0], 95):.2f}, "
+        f"top{args.k} p50 {percentile(sims[:, -1], 50):.2f}",
         flush=True,
     )
     qlists = queries.tolist()  # annoy converts its argument element by element; a list is the cheap form
@@ -196,8 +196,8 @@ def bench_index(base, qlists, truth, n_trees: int, search_ks: list[int], args, t
             "search_k": search_k,
             "effective_search_k": k * n_trees if search_k == -1 else search_k,
             "recall": recall_at_k(results, truth),
-            "p50_ms": pct(lat, 50),
-            "p95_ms": pct(lat, 95),
+            "p50_ms": percentile(lat, 50),
+            "p95_ms": percentile(lat, 95),
         }
         rec["queries"].append(row)
         label = f"-1 (={row['effective_search_k']})" if search_k == -1 else str(search_k)
@@ -298,10 +298,8 @@ def main(args: argparse.Namespace) -> dict:
         "recommendation": rec,
         "wall_s": time.perf_counter() - started,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwall {report['wall_s']:.0f} s; wrote {out}")
+    print(f"\nwall {report['wall_s']:.0f} s")
+    write_result(report, args.out)
     return report
 
 

@@ -7,7 +7,6 @@ floor (a fresh process that only imports torch and loads the model from local di
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -17,33 +16,18 @@ import time
 from pathlib import Path
 
 from bench._setup import RESULTS, THREADS, artifacts, collection, photo_jpeg
+from bench.harness import REPO_ROOT, free_port, handler_child_cmd, handler_child_result, service_env, write_result
 
-REPO = Path(__file__).resolve().parent.parent
-
-OURS = """
-import json, sys
-import lambda_fn.main as m
-from bench.latency import LambdaContext, event
-data = open(sys.argv[1], "rb").read()
-r = m.handler(event(data), LambdaContext())
-assert r["statusCode"] == 200, r["body"][:500]
-print("FIRST", flush=True)
-for _ in range(20):
-    m.handler(event(data), LambdaContext())
-# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec, so a child would
-# report the benchmark process's own peak.
-hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(json.dumps({"rss_mb": int(hwm.split()[1]) / 1024}))
-"""
 FLOOR = """
 import sys, torch
 m = torch.jit.load(sys.argv[1])
 """
+INVOCATIONS = 1 + 20  # the timed first search, then warm ones so the memory reported is a warm service's
 
 
 def timed(cmd: list[str], env: dict) -> tuple[float, str]:
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     return time.perf_counter() - t0, proc.stdout
@@ -52,7 +36,6 @@ def timed(cmd: list[str], env: dict) -> tuple[float, str]:
 def main(args: argparse.Namespace) -> dict:
     from moto.server import ThreadedMotoServer
 
-    from tests.helpers import free_port
     from training.upload import upload
 
     art = artifacts(int8=args.int8)
@@ -78,22 +61,20 @@ def main(args: argparse.Namespace) -> dict:
     # verification, load and warm-up; 20 warm searches follow only to measure the warm RSS.
     ours_s, floor_s, rss = [], [], []
     for i in range(args.runs):
-        env = {
-            **os.environ,
-            **creds,
-            "DEEPFOOD_ARTIFACTS_URI": "s3://bench/cold/",
-            "DEEPFOOD_LOG_LEVEL": "WARNING",
-            "DEEPFOOD_CACHE_DIR": tempfile.mkdtemp(prefix="coldcache"),
-            "DEEPFOOD_NUM_THREADS": str(THREADS),
-            "PYTHONPATH": str(REPO),
-        }
+        settings = service_env(
+            artifacts_uri="s3://bench/cold/",
+            log_level="WARNING",
+            cache_dir=tempfile.mkdtemp(prefix="coldcache"),
+            num_threads=THREADS,
+        )
+        env = {**os.environ, **creds, **settings, "PYTHONPATH": str(REPO_ROOT)}
         first = ["ours", "floor"] if i % 2 == 0 else ["floor", "ours"]
         for which in first:
             if which == "ours":
                 t0 = time.perf_counter()
                 proc = subprocess.Popen(
-                    [sys.executable, "-c", OURS, str(query)],
-                    cwd=REPO,
+                    handler_child_cmd(query, INVOCATIONS),
+                    cwd=REPO_ROOT,
                     env=env,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
@@ -104,7 +85,7 @@ def main(args: argparse.Namespace) -> dict:
                 out, err = proc.communicate(timeout=600)
                 if proc.returncode != 0 or not line.startswith("FIRST"):
                     raise RuntimeError(err[-3000:])
-                rss.append(json.loads(out.strip().splitlines()[-1])["rss_mb"])
+                rss.append(handler_child_result(out)["VmHWM"])
             else:
                 seconds, _ = timed([sys.executable, "-c", FLOOR, str(art / "model.pt")], env)
                 floor_s.append(seconds)
@@ -125,6 +106,7 @@ def main(args: argparse.Namespace) -> dict:
         f"  ratio {report['ratio']:.2f}; warm service peak RSS {statistics.median(rss):.0f} MB "
         f"({art.name}: {len(list((collection()).glob('*/*')))} images)"
     )
+    write_result(report, args.out)
     return report
 
 
@@ -137,6 +119,4 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    parsed = get_args_parser().parse_args()
-    result = main(parsed)
-    parsed.out.write_text(json.dumps(result, indent=2))
+    main(get_args_parser().parse_args())

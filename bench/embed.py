@@ -7,11 +7,11 @@ batched forward of the same model on ready tensors, same batch size, in the same
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from bench._setup import RESULTS, THREADS, artifacts, collection, pin_threads
+from bench.harness import write_result
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -59,6 +59,7 @@ def main(args: argparse.Namespace) -> dict:
             f"-> ratio {r['ratio']:.2f}"
         )
     print(f"  best ratio {best['ratio']:.2f}")
+    write_result(report, args.out)
     return report
 
 
@@ -73,6 +74,4 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    parsed = get_args_parser().parse_args()
-    result = main(parsed)
-    parsed.out.write_text(json.dumps(result, indent=2))
+    main(get_args_parser().parse_args())

@@ -13,36 +13,32 @@ ToTensor + Normalize, Annoy with 5 trees and default search_k.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from bench._setup import RESULTS, THREADS, artifacts, percentile, photo_jpeg, pin_threads
+from bench._setup import RESULTS, THREADS, artifacts, photo_jpeg, pin_threads
+from bench.harness import LambdaContext, percentile, proc_status_kib, search_event, service_env, write_result
+from lambda_fn.imaging import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
 
-SIZES = {"224px upload": (224, 224), "3 MP photo": (2000, 1500), "12 MP photo": (4000, 3000)}
-
-
-class LambdaContext:
-    function_name = "deepfood-bench"
-    memory_limit_in_mb = 3008
-    invoked_function_arn = "arn:aws:lambda:eu-west-1:123456789012:function:deepfood-bench"
-    aws_request_id = "bench"
-
-    @staticmethod
-    def get_remaining_time_in_millis() -> int:
-        return 30_000
+SIZES = {
+    f"{DEFAULT_CROP_SIZE}px upload": (DEFAULT_CROP_SIZE, DEFAULT_CROP_SIZE),
+    "3 MP photo": (2000, 1500),
+    "12 MP photo": (4000, 3000),
+}
 
 
 class OriginalPipeline:
-    """The seed's query path, on the same weights."""
+    """The original DeepFood query path, on the same weights."""
 
     def __init__(self, art: Path, embeddings):
         import torch
         from annoy import AnnoyIndex
         from torchvision import models, transforms
+
+        from training.model import IMAGENET_MEAN, IMAGENET_STD
 
         scripted = torch.jit.load(str(art / "model.pt"))
         state = {
@@ -58,10 +54,10 @@ class OriginalPipeline:
         self.model.avgpool.register_forward_hook(lambda _m, _i, out: setattr(self, "_features", out))
         self.transform = transforms.Compose(
             [
-                transforms.Resize(256),
-                transforms.CenterCrop(224),
+                transforms.Resize(DEFAULT_RESIZE_SIZE),
+                transforms.CenterCrop(DEFAULT_CROP_SIZE),
                 transforms.ToTensor(),
-                transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+                transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
             ]
         )
         self.index = AnnoyIndex(512, "angular")
@@ -82,46 +78,12 @@ class OriginalPipeline:
         return self.index.get_nns_by_vector(vec.tolist(), k)
 
 
-def event(data: bytes) -> dict:
-    boundary = "----bench"
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return {
-        "resource": "/{proxy+}",
-        "path": "/search",
-        "httpMethod": "POST",
-        "headers": {"Content-Type": f"multipart/form-data; boundary={boundary}", "Host": "bench.example"},
-        "multiValueHeaders": {},
-        "queryStringParameters": {"k": "10"},
-        "multiValueQueryStringParameters": {"k": ["10"]},
-        "pathParameters": {"proxy": "search"},
-        "requestContext": {
-            "httpMethod": "POST",
-            "path": "/prod/search",
-            "stage": "prod",
-            "requestId": "b",
-            "identity": {"sourceIp": "127.0.0.1"},
-            "resourcePath": "/{proxy+}",
-        },
-        "body": base64.b64encode(body).decode(),
-        "isBase64Encoded": True,
-    }
-
-
 def main(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
     art = artifacts()
-    os.environ.update(
-        {"DEEPFOOD_ARTIFACTS_URI": str(art), "DEEPFOOD_NUM_THREADS": str(THREADS), "DEEPFOOD_LOG_LEVEL": "WARNING"}
-    )
+    os.environ.update(service_env(artifacts_uri=art, num_threads=THREADS, log_level="WARNING"))
     from mangum import Mangum
 
     import lambda_fn.main as service
@@ -135,16 +97,16 @@ def main(args: argparse.Namespace) -> dict:
     pin_threads()
     original = OriginalPipeline(art, np.load(art / "embeddings.npy"))
     bare_model = torch.jit.load(str(art / "model.pt")).eval()
-    bare_input = torch.zeros(1, 224, 224, 3, dtype=torch.uint8)
+    bare_input = torch.zeros(1, DEFAULT_CROP_SIZE, DEFAULT_CROP_SIZE, 3, dtype=torch.uint8)
     ctx = LambdaContext()
 
     def ours(data: bytes) -> list[int]:
-        response = service.handler(event(data), ctx)
+        response = service.handler(search_event(data), ctx)
         assert response["statusCode"] == 200, response["body"][:300]
         return [r["id"] for r in json.loads(response["body"])["results"]]
 
     def ours_int8(data: bytes) -> list[int]:
-        response = int8_handler(event(data), ctx)
+        response = int8_handler(search_event(data), ctx)
         assert response["statusCode"] == 200, response["body"][:300]
         return [r["id"] for r in json.loads(response["body"])["results"]]
 
@@ -173,12 +135,10 @@ def main(args: argparse.Namespace) -> dict:
         case["ours int8/original p50"] = case["ours int8"]["p50_ms"] / case["original"]["p50_ms"]
         case["top10 overlap with original"] = overlap
         report["cases"][label] = case
-    import resource
-
-    report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report["peak_rss_mb"] = proc_status_kib()["VmHWM"] / 1024
     print(
         f"query latency, {THREADS} torch threads, {args.iterations} interleaved iterations "
-        f"(random-init ResNet34 at 224 px, {original.index.get_n_items()} images)"
+        f"(random-init ResNet34 at {DEFAULT_CROP_SIZE} px, {original.index.get_n_items()} images)"
     )
     columns = ["ours", "ours int8", "original", "bare forward"]
     print(
@@ -192,6 +152,7 @@ def main(args: argparse.Namespace) -> dict:
             f"{c['ours int8/original p50']:>11.2f}"
         )
     print(f"peak RSS of this process (ours, int8, original and bare model loaded): {report['peak_rss_mb']:.0f} MB")
+    write_result(report, args.out)
     return report
 
 
@@ -203,8 +164,5 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    parsed = get_args_parser().parse_args()
-    result = main(parsed)
-    parsed.out.parent.mkdir(parents=True, exist_ok=True)
-    parsed.out.write_text(json.dumps(result, indent=2))
+    main(get_args_parser().parse_args())
     sys.exit(0)

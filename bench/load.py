@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import sys
 import time
@@ -23,6 +22,8 @@ import httpx
 import numpy as np
 
 from bench._setup import RESULTS, THREADS, artifacts, collection, photo_jpeg
+from bench.harness import percentile, rss_kib, start_local_server_process, write_result
+from lambda_fn.imaging import DEFAULT_CROP_SIZE
 
 WARMUP_REQUESTS = 10
 
@@ -68,16 +69,15 @@ async def run_load(
         "concurrency": concurrency,
         "seconds": round(elapsed, 3),
         "requests_per_s": round(len(latencies) / elapsed, 2) if elapsed else 0.0,
-        "p50_ms": round(float(np.percentile(ms, 50)), 2),
-        "p95_ms": round(float(np.percentile(ms, 95)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "p50_ms": round(percentile(ms, 50), 2),
+        "p95_ms": round(percentile(ms, 95), 2),
+        "p99_ms": round(percentile(ms, 99), 2),
         "max_ms": round(float(ms.max()), 2),
     }
 
 
 def measure(proc_pid: int, base: str, payloads: list[bytes], **load) -> dict:
     """Warm up, read RSS, run the load, read RSS again."""
-    from tests.helpers import rss_kib
 
     async def warm() -> None:
         async with httpx.AsyncClient(base_url=base, timeout=60.0) as client:
@@ -125,8 +125,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from tests.helpers import start_local_server_process
-
     art, images = artifacts(), collection()
     payloads = [photo_jpeg(640, 480, seed=s) for s in range(8)]
     with start_local_server_process(art, images, threads=args.threads) as (base, proc):
@@ -140,15 +138,14 @@ def main(args: argparse.Namespace) -> dict:
             k=args.k,
         )
     result.update(
-        what="POST /search, 640x480 JPEG, 224-px random-init ResNet34, 240-image index, local server on loopback",
+        what=f"POST /search, 640x480 JPEG, {DEFAULT_CROP_SIZE}-px random-init ResNet34, 240-image index, "
+        "local server on loopback",
         server_threads=args.threads,
         python=platform.python_version(),
         machine=platform.machine(),
     )
     print(table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(result, args.out)
     return result
 
 

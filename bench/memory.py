@@ -7,28 +7,15 @@ and a 10^5-vector index (SYNTHETIC vectors, real model) and answers searches, vs
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from bench._setup import RESULTS, THREADS, WORK, artifacts, photo_jpeg
+from bench.harness import REPO_ROOT, handler_child_cmd, handler_child_result, service_env, write_result
 
-REPO = Path(__file__).resolve().parent.parent
-
-SERVE = """
-import json, sys
-import lambda_fn.main as m
-from bench.latency import LambdaContext, event
-data = open(sys.argv[1], "rb").read()
-for _ in range(50):
-    r = m.handler(event(data), LambdaContext())
-    assert r["statusCode"] == 200, r["body"][:300]
-status = dict(line.split(":", 1) for line in open("/proc/self/status"))
-print(json.dumps({k: int(status[k].split()[0]) / 1024 for k in ("VmHWM", "VmRSS")}))
-"""
+SEARCHES = 50
 
 
 def large_artifacts(count: int) -> Path:
@@ -61,26 +48,31 @@ def large_artifacts(count: int) -> Path:
 
 
 def measure(art: Path, query: Path) -> dict:
-    env = {
-        **os.environ,
-        "DEEPFOOD_ARTIFACTS_URI": str(art),
-        "DEEPFOOD_LOG_LEVEL": "WARNING",
-        "DEEPFOOD_NUM_THREADS": str(THREADS),
-        "PYTHONPATH": str(REPO),
-    }
+    """Peak and current RSS (MiB) of a fresh service process over ``art`` after SEARCHES searches."""
+    settings = service_env(artifacts_uri=art, log_level="WARNING", num_threads=THREADS)
+    env = {**os.environ, **settings, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-c", SERVE, str(query)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+        handler_child_cmd(query, SEARCHES), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900
     )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return handler_child_result(proc.stdout)
+
+
+def torch_wheel() -> str:
+    """Which torch build is installed: CPU-only, or built for CUDA (the service runs on the CPU either way)."""
+    import torch
+
+    cuda = torch.version.cuda
+    return f"torch {torch.__version__}, " + (f"CUDA {cuda} wheel" if cuda else "CPU-only wheel")
 
 
 def main(args: argparse.Namespace) -> dict:
+    WORK.mkdir(parents=True, exist_ok=True)
     query = WORK / "memory-query.jpg"
     query.write_bytes(photo_jpeg(640, 480))
     small, large = artifacts(), large_artifacts(args.count)
-    report = {
+    indexes = {
         "small_index": {"count": 240, **measure(small, query)},
         "large_index": {
             "count": args.count,
@@ -88,10 +80,13 @@ def main(args: argparse.Namespace) -> dict:
             **measure(large, query),
         },
     }
-    print(f"warm service after 50 searches ({THREADS} threads; CUDA torch wheel on CPU):")
-    for name, r in report.items():
+    wheel = torch_wheel()
+    print(f"warm service after {SEARCHES} searches ({THREADS} threads; {wheel}, on CPU):")
+    for name, r in indexes.items():
         print(f"  {name:<12} {r['count']:>7} images: peak RSS {r['VmHWM']:.0f} MB, RSS now {r['VmRSS']:.0f} MB")
-    print(f"  index file {report['large_index']['index_mb']:.0f} MiB (memory-mapped; pages load as queries touch)")
+    print(f"  index file {indexes['large_index']['index_mb']:.0f} MiB (memory-mapped; pages load as queries touch)")
+    report = {**indexes, "torch": wheel}
+    write_result(report, args.out)
     return report
 
 
@@ -103,5 +98,4 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    parsed = get_args_parser().parse_args()
-    parsed.out.write_text(json.dumps(main(parsed), indent=2))
+    main(get_args_parser().parse_args())

@@ -7,7 +7,6 @@ index size and Annoy query time (SYNTHETIC 10^5 vectors generated at each dimens
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 
 from bench._setup import RESULTS
 from bench._synthetic import make_clustered
+from bench.harness import percentile, write_result
 from training.evaluate import exact_top_k, precision_at_k, recall_at_k
 
 
@@ -54,7 +54,7 @@ def annoy_at(dim: int, n: int, queries: int, search_k: int, n_trees: int = 50) -
     return {
         "dim": dim,
         "recall@10": recall_at_k(found, truth),
-        "p50_ms": float(np.percentile(times, 50)),
+        "p50_ms": percentile(times, 50),
         "bytes_per_vector": size / n,
     }
 
@@ -79,6 +79,7 @@ def main(args: argparse.Namespace) -> dict:
             f"  {row['dim']:>3}-d: recall@10 {row['recall@10']:.3f}, p50 {row['p50_ms']:.2f} ms, "
             f"{row['bytes_per_vector']:.0f} B/vector"
         )
+    write_result(report, args.out)
     return report
 
 
@@ -93,5 +94,4 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    parsed = get_args_parser().parse_args()
-    parsed.out.write_text(json.dumps(main(parsed), indent=2))
+    main(get_args_parser().parse_args())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 from bench import ann, cold_start, embed, latency, memory
@@ -21,9 +20,7 @@ def main() -> int:
         ("ann_quick", ann, ["--sizes", "10000", "--n-trees", "50"]),
     ):
         print(f"\n=== {name} ===", flush=True)
-        out = RESULTS / f"{name}.json"
-        result = module.main(module.get_args_parser().parse_args([*argv, "--out", str(out)]))
-        out.write_text(json.dumps(result, indent=2, default=str))
+        module.main(module.get_args_parser().parse_args([*argv, "--out", str(RESULTS / f"{name}.json")]))
     return 0
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, tiny_train_args
+from bench.harness import free_port
+from tests.helpers import tiny_train_args
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,31 +1,20 @@
-"""Helpers shared by the test suites: free ports, the local server as a subprocess, sample images."""
+"""Helpers shared by the test suites: saved events, sample images, the tiny training run, ``python -m``.
+
+Free ports, the local server as a subprocess and the Lambda context are in ``bench.harness``.
+"""
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import io
 import json
-import os
-import socket
 import subprocess
 import sys
-import threading
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EVENTS_DIR = Path(__file__).resolve().parent / "events"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # A small but real pipeline: ResNet34 at 64 px on 60 synthetic images trains and indexes in seconds.
@@ -74,108 +63,6 @@ def jpeg_bytes(size=(320, 240), colour=(200, 80, 40), quality=90) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, colour).save(buf, "JPEG", quality=quality)
     return buf.getvalue()
-
-
-def wait_for_http(url: str, timeout: float = 90.0, expect: tuple[int, ...] = (200,)) -> int:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=30) as r:
-                last = r.status
-        except urllib.error.HTTPError as exc:
-            last = exc.code
-        except OSError:
-            last = None
-        if last in expect:
-            return last
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer {expect} within {timeout}s (last: {last})")
-
-
-@contextlib.contextmanager
-def start_local_server(
-    artifacts: Path | str,
-    images: Path | str | None = None,
-    *,
-    frontend: Path | None = None,
-    env: dict | None = None,
-    expect_health: tuple[int, ...] = (200,),
-    threads: int = 1,
-):
-    """Run ``python -m lambda_fn.local`` on a free loopback port; yields its base URL."""
-    with start_local_server_process(
-        artifacts, images, frontend=frontend, env=env, expect_health=expect_health, threads=threads
-    ) as (base, _):
-        yield base
-
-
-@contextlib.contextmanager
-def start_local_server_process(
-    artifacts: Path | str,
-    images: Path | str | None = None,
-    *,
-    frontend: Path | None = None,
-    env: dict | None = None,
-    expect_health: tuple[int, ...] = (200,),
-    threads: int = 1,
-    extra_args: tuple[str, ...] = (),
-):
-    """Like ``start_local_server``, but yields ``(base URL, Popen)`` so callers can watch the process."""
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "lambda_fn.local",
-        "--artifacts",
-        str(artifacts),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--threads",
-        str(threads),
-    ]
-    if images is not None:
-        cmd += ["--images", str(images)]
-    cmd += ["--frontend", str(frontend or REPO_ROOT / "frontend"), *extra_args]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO_ROOT,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    # Drain the server's output all along: it logs a JSON line per request, and a full pipe would block it.
-    tail: collections.deque[str] = collections.deque(maxlen=200)
-    drain = threading.Thread(target=lambda: tail.extend(proc.stdout), daemon=True)
-    drain.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_for_http(base + "/health", expect=expect_health)
-        except TimeoutError:
-            proc.terminate()
-            proc.wait(timeout=10)
-            drain.join(timeout=5)
-            raise RuntimeError(f"local server did not come up:\n{''.join(tail)[-4000:]}") from None
-        yield base, proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set size of a Linux process in KiB (``VmRSS`` in /proc/<pid>/status)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def png_bomb(width: int = 30000, height: int = 30000) -> bytes:

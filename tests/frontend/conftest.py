@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO_ROOT, start_local_server
+from bench.harness import start_local_server
+from tests.helpers import REPO_ROOT
 
 CHROMIUM = Path(os.environ.get("DEEPFOOD_CHROMIUM", "/usr/bin/chromium"))
 OUTPUT_DIR = REPO_ROOT / "test-output" / "frontend"

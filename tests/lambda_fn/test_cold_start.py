@@ -3,10 +3,11 @@
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.harness import free_port
 from lambda_fn.app import create_app
 from lambda_fn.config import Settings
 from lambda_fn.manifest import Manifest
-from tests.helpers import free_port, jpeg_bytes
+from tests.helpers import jpeg_bytes
 from training.upload import upload
 
 

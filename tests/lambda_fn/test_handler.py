@@ -6,28 +6,14 @@ import io
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
 
 import pytest
 
+from bench.harness import LambdaContext, multipart_image
 from lambda_fn.manifest import read_keys
 from tests.helpers import REPO_ROOT, load_event
 
 BOUNDARY = "----deepfoodboundary"
-
-
-@dataclass
-class LambdaContext:
-    function_name: str = "deepfood-search"
-    function_version: str = "$LATEST"
-    memory_limit_in_mb: int = 3008
-    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:deepfood-search"
-    aws_request_id: str = "5c1a1b7e-0d8f-4a4e-9b7a-3f3cdeadbeef"
-    log_group_name: str = "/aws/lambda/deepfood-search"
-    log_stream_name: str = "2026/11/29/[$LATEST]abcdef"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000
 
 
 @pytest.fixture
@@ -57,17 +43,6 @@ def query(artifacts_dir, sample_dir):
     return 21, (sample_dir / key).read_bytes()
 
 
-def _multipart(data: bytes) -> bytes:
-    return (
-        (
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{BOUNDARY}--\r\n".encode()
-    )
-
-
 @pytest.fixture
 def log_lines():
     """The JSON log lines the service writes during a test."""
@@ -83,7 +58,7 @@ def log_lines():
 def test_rest_api_multipart_base64_event(handler, lambda_context, query, log_lines):
     image_id, data = query
     event = load_event("apigw_rest_post_search")
-    event["body"] = base64.b64encode(_multipart(data)).decode()
+    event["body"] = base64.b64encode(multipart_image(data, BOUNDARY)).decode()
     response = handler(event, lambda_context)
     assert response["statusCode"] == 200, response["body"]
     body = json.loads(response["body"])
@@ -118,7 +93,7 @@ def test_rest_api_similar_event(handler, lambda_context):
 
 def test_rest_api_bad_image_is_a_4xx_json_error(handler, lambda_context):
     event = load_event("apigw_rest_post_search")
-    event["body"] = base64.b64encode(_multipart(b"not an image")).decode()
+    event["body"] = base64.b64encode(multipart_image(b"not an image", BOUNDARY)).decode()
     response = handler(event, lambda_context)
     assert response["statusCode"] == 400
     assert json.loads(response["body"])["error"]["code"] == "not_an_image"

@@ -21,12 +21,13 @@ import pytest
 from botocore.config import Config
 from fastapi.testclient import TestClient
 
+from bench.harness import free_port
 from lambda_fn import artifacts as artifacts_module
 from lambda_fn.app import create_app
 from lambda_fn.artifacts import S3_CONFIG
 from lambda_fn.config import Settings
 from lambda_fn.manifest import Manifest, file_sha256
-from tests.helpers import REPO_ROOT, free_port, jpeg_bytes
+from tests.helpers import REPO_ROOT, jpeg_bytes
 from training.upload import upload
 
 PREFIX = "svc"
