@@ -4,8 +4,7 @@ import shutil
 import numpy as np
 import pytest
 
-from lambda_fn.artifacts import fetch
-from lambda_fn.artifacts import ArtifactError
+from lambda_fn.artifacts import ArtifactError, fetch
 from lambda_fn.engine import Engine, load_index, load_model
 from lambda_fn.manifest import Manifest, file_sha256, read_keys
 from tests.helpers import run_module
