@@ -13,9 +13,9 @@ from constructs import Construct
 
 from cdk.buckets import private_bucket
 from cdk.nag import acknowledge, wildcard_findings
+from lambda_fn.site_config import CONFIG_FILE, site_config
 
 FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
-CONFIG_FILE = "config.json"
 
 
 class Website(Construct):
@@ -84,7 +84,7 @@ class Website(Construct):
 
 
 class SiteDeployment(Construct):
-    """Copies ``frontend/`` and a generated ``config.json`` (the API base URL) into the site, then
+    """Copies ``frontend/`` and a generated ``config.json`` (the API base URL, ``site_config()``) into the site, then
     invalidates CloudFront. Everything is served ``no-cache``: the page's ES modules have no content hashes,
     so browsers revalidate (cheap 304s) instead of running stale code after a deploy."""
 
@@ -103,7 +103,7 @@ class SiteDeployment(Construct):
             "Deployment",
             sources=[
                 s3deploy.Source.asset(str(source_dir)),
-                s3deploy.Source.json_data(CONFIG_FILE, {"apiBaseUrl": api_base_url}),
+                s3deploy.Source.json_data(CONFIG_FILE, site_config(api_base_url=api_base_url)),
             ],
             destination_bucket=website.bucket,
             distribution=website.distribution,

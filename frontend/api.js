@@ -1,38 +1,30 @@
 // The only module that calls fetch and knows where the search service lives.
 
+import { NO_ANSWER, fallbackMessage } from "./messages.js";
+
 const CONFIG_URL = "config.json";
 const REQUEST_TIMEOUT_MS = 30_000;
 const DEFAULT_RETRIES = 3;
 const DEFAULT_RETRY_BASE_MS = 1_000;
 const DEFAULT_RETRY_MAX_MS = 10_000;
 
-/** Messages for statuses whose body did not say what went wrong (e.g. an API Gateway error page). */
-const FALLBACK_MESSAGES = {
-  400: "That file is not an image the service can read. Try a JPEG, PNG or WebP photo.",
-  404: "That image is no longer in the collection.",
-  413: "That photo is too large to upload.",
-  415: "That kind of file is not supported. Try a JPEG, PNG or WebP photo.",
-  422: "The service did not accept the request.",
-  429: "The service is busy. Please try again in a moment.",
-  503: "The search service is not ready yet.",
-  504: "The search service took too long to answer. Please try again.",
-};
-
 /**
  * An error from the search service (`status` > 0) or from the network (`status` 0).
- * `message` is meant for people: the server's own explanation where it gave one.
+ * `message` is meant for people: the server's own explanation where it gave one. `body` is the answer's JSON
+ * body, if it had one (a 503 from /health still carries the service's limits).
  */
 export class ApiError extends Error {
   /**
    * @param {string} message
-   * @param {{status?: number, code?: string, retryAfterMs?: number|null}} [details]
+   * @param {{status?: number, code?: string, retryAfterMs?: number|null, body?: object|null}} [details]
    */
-  constructor(message, { status = 0, code = "network", retryAfterMs = null } = {}) {
+  constructor(message, { status = 0, code = "network", retryAfterMs = null, body = null } = {}) {
     super(message);
     this.name = "ApiError";
     this.status = status;
     this.code = code;
     this.retryAfterMs = retryAfterMs;
+    this.body = body;
   }
 
   /** True for answers worth retrying after a pause: the service is warming up or overloaded. */
@@ -47,9 +39,11 @@ export class ApiError extends Error {
 }
 
 /**
- * Reads `config.json` beside the page: `apiBaseUrl` ("" = same origin), and optionally how 503 answers
+ * Reads `config.json` beside the page: `apiBaseUrl` ("" = same origin), `defaultResizeSize` (the shorter side
+ * uploads are shrunk to until /health names the model's; null when absent), and optionally how 503 answers
  * are retried (`retries`, `retryBaseMs`, `retryMaxMs`). A missing or broken file means "same origin".
- * @returns {Promise<{apiBaseUrl: string, retries: number, retryBaseMs: number, retryMaxMs: number}>}
+ * @returns {Promise<{apiBaseUrl: string, defaultResizeSize: number|null, retries: number, retryBaseMs: number,
+ *   retryMaxMs: number}>}
  */
 export async function loadConfig() {
   let raw = {};
@@ -62,6 +56,8 @@ export async function loadConfig() {
   const number = (value, fallback) => (Number.isFinite(value) && value >= 0 ? value : fallback);
   return {
     apiBaseUrl: typeof raw.apiBaseUrl === "string" ? raw.apiBaseUrl.replace(/\/+$/, "") : "",
+    defaultResizeSize:
+      Number.isInteger(raw.defaultResizeSize) && raw.defaultResizeSize > 0 ? raw.defaultResizeSize : null,
     retries: number(raw.retries, DEFAULT_RETRIES),
     retryBaseMs: number(raw.retryBaseMs, DEFAULT_RETRY_BASE_MS),
     retryMaxMs: number(raw.retryMaxMs, DEFAULT_RETRY_MAX_MS),
@@ -113,12 +109,12 @@ async function errorFrom(response) {
   const message =
     (typeof detail.message === "string" && detail.message) ||
     (typeof body?.message === "string" && body.message) ||
-    FALLBACK_MESSAGES[response.status] ||
-    `The search service answered with an error (HTTP ${response.status}).`;
+    fallbackMessage(response.status);
   return new ApiError(message, {
     status: response.status,
     code: typeof detail.code === "string" ? detail.code : `http_${response.status}`,
     retryAfterMs: retryAfter(response),
+    body: body !== null && typeof body === "object" ? body : null,
   });
 }
 
@@ -160,7 +156,7 @@ export function createApi(config) {
         return { status: response.status, body: await response.json() };
       } catch {
         if (signal?.aborted || timedOut) throw networkError();
-        throw new ApiError("The search service sent an answer this page cannot read.", {
+        throw new ApiError(NO_ANSWER.bad_response, {
           status: response.status,
           code: "bad_response",
         });
@@ -172,14 +168,8 @@ export function createApi(config) {
 
     function networkError() {
       if (signal?.aborted) return signal.reason;
-      if (timedOut) {
-        return new ApiError("The search service took too long to answer. Please try again.", {
-          code: "timeout",
-        });
-      }
-      return new ApiError("Could not reach the search service. Check your connection and try again.", {
-        code: "network",
-      });
+      const code = timedOut ? "timeout" : "network";
+      return new ApiError(NO_ANSWER[code], { code });
     }
   }
 
@@ -221,7 +211,7 @@ export function createApi(config) {
     /**
      * `POST /search` with the image as multipart field `image`; retries while the service warms up.
      * @param {Blob} image
-     * @param {number} k
+     * @param {number|null} k null: the service's default
      * @param {{signal?: AbortSignal, onRetry?: Function, filename?: string}} [options]
      * @returns {Promise<object>} the SearchResponse
      */
@@ -230,7 +220,7 @@ export function createApi(config) {
         async () => {
           const form = new FormData();
           form.append("image", image, filename);
-          form.append("k", String(k));
+          if (k !== null) form.append("k", String(k));
           return (await request("/search", { method: "POST", body: form }, { signal })).body;
         },
         { signal, onRetry },
@@ -240,12 +230,13 @@ export function createApi(config) {
     /**
      * `GET /images/{id}/similar?k=`: neighbours of an image already in the collection.
      * @param {number} id
-     * @param {number} k
+     * @param {number|null} k null: the service's default
      * @param {{signal?: AbortSignal, onRetry?: Function}} [options]
      * @returns {Promise<object>} the SearchResponse (query_id set)
      */
     async similar(id, k, { signal, onRetry } = {}) {
-      const path = `/images/${encodeURIComponent(id)}/similar?k=${encodeURIComponent(k)}`;
+      const query = k === null ? "" : `?k=${encodeURIComponent(k)}`;
+      const path = `/images/${encodeURIComponent(id)}/similar${query}`;
       return withRetry(async () => (await request(path, { method: "GET" }, { signal })).body, {
         signal,
         onRetry,

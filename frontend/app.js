@@ -1,12 +1,11 @@
 // Wiring: user actions from the view become API calls; answers become view updates and history entries.
 
 import { ApiError, createApi, isAbort, loadConfig } from "./api.js";
+import { explain, sentence, withStop } from "./messages.js";
 import { NotDecodableError, resizeForUpload } from "./resize.js";
 import { View } from "./view.js";
 
-/** Shorter side of uploads until /health says what the model uses. */
-const FALLBACK_RESIZE_SIZE = 256;
-/** How long a search waits for a pending /health (to learn the resize size) before using the fallback. */
+/** How long an upload waits for a pending /health (to learn the resize size) before using config.json's. */
 const HEALTH_WAIT_MS = 4_000;
 /**
  * Results older than this are searched again when Back/Forward returns to them: their image links may be
@@ -26,33 +25,9 @@ function seconds(ms) {
   return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
 }
 
-function withStop(text) {
-  const trimmed = String(text).trim();
-  return /[.!?…]$/.test(trimmed) ? trimmed : `${trimmed}.`;
-}
-
-function sentence(text) {
-  const stopped = withStop(text);
-  return stopped.charAt(0).toUpperCase() + stopped.slice(1);
-}
-
 /** What to tell a person about an error, in words. */
 function describe(error) {
-  if (error instanceof ApiError) {
-    switch (error.status) {
-      case 503:
-        return (
-          "The search service is still warming up and did not become ready. " +
-          `${sentence(error.message)} Please try again in a minute.`
-        );
-      case 400:
-      case 413:
-      case 415:
-        return `That file could not be searched: ${withStop(error.message)}`;
-      default:
-        return sentence(error.message);
-    }
-  }
+  if (error instanceof ApiError) return explain(error.status, error.message);
   if (error instanceof NotDecodableError) return sentence(error.message);
   return `Something went wrong in this page: ${error?.message ?? error}`;
 }
@@ -62,19 +37,23 @@ export class App {
   /**
    * @param {View} view
    * @param {ReturnType<typeof createApi>} api
+   * @param {{defaultResizeSize?: number|null}} [options] the shorter side of uploads until /health names the
+   *   model's (config.json's `defaultResizeSize`); without either, photos go up at their own size
    */
-  constructor(view, api) {
+  constructor(view, api, { defaultResizeSize = null } = {}) {
     this.view = view;
     this.api = api;
-    this.resizeSize = FALLBACK_RESIZE_SIZE;
+    this.resizeSize = defaultResizeSize ?? Infinity;
     this.maxUploadBytes = null;
+    /** True once /health has told the service's k limits (also in a 503 answer). */
+    this.knowsLimits = false;
+    this.pendingHealth = null;
     this.userChoseK = false;
     this.inflight = null;
     this.query = null;
     this.previewUrl = null;
     /** Resized uploads by their object URL, so history entries can be searched again with another k. */
     this.uploads = new Map();
-    this.ready = Promise.resolve();
   }
 
   /** Binds the view and starts the health check; restores the history entry after a reload. */
@@ -86,7 +65,8 @@ export class App {
       this.rerun();
     });
     window.addEventListener("popstate", (event) => this.restore(event.state));
-    this.ready = this.checkHealth();
+    window.addEventListener("online", () => this.recheckHealth());
+    this.checkHealth();
 
     const state = history.state;
     const similarId = new URLSearchParams(location.search).get("similar");
@@ -97,34 +77,58 @@ export class App {
     }
   }
 
-  async checkHealth() {
+  /**
+   * Asks /health (unless a request is already out) for the limits and the model's resize size.
+   * @returns {Promise<void>} settles when the service has answered or could not be reached
+   */
+  checkHealth() {
+    this.pendingHealth ??= this.askHealth().finally(() => {
+      this.pendingHealth = null;
+    });
+    return this.pendingHealth;
+  }
+
+  /** Asks /health again if it has never told the limits (unreachable so far, or answered by a gateway). */
+  recheckHealth() {
+    if (!this.knowsLimits) this.checkHealth();
+  }
+
+  async askHealth() {
     this.view.setServiceInfo("Connecting to the search service…");
     try {
       const health = await this.api.health({
-        onRetry: ({ delayMs }) =>
-          this.view.setServiceInfo(`The search service is warming up; checking again in ${seconds(delayMs)}…`),
+        onRetry: ({ delayMs, error }) => {
+          this.applyLimits(error.body?.limits);
+          this.view.setServiceInfo(`The search service is warming up; checking again in ${seconds(delayMs)}…`);
+        },
       });
       this.applyHealth(health);
     } catch (error) {
-      this.view.setServiceInfo(`The search service is not available: ${error.message}`);
+      if (error instanceof ApiError) this.applyLimits(error.body?.limits);
+      const again = this.knowsLimits ? "" : " This page asks again when you search.";
+      this.view.setServiceInfo(`The search service is not available: ${withStop(error.message)}${again}`);
     }
   }
 
   applyHealth(health) {
     const resize = health.model?.resize_size;
     if (Number.isInteger(resize) && resize > 0) this.resizeSize = resize;
-    const limits = health.limits ?? {};
-    if (limits.max_upload_bytes > 0) this.maxUploadBytes = limits.max_upload_bytes;
-    if (limits.max_k > 0) {
-      const preferred = Math.min(limits.default_k > 0 ? limits.default_k : 12, limits.max_k);
-      this.view.setKOptions(preferred, limits.max_k, this.userChoseK);
-    }
+    this.applyLimits(health.limits);
     const count = health.index?.count;
     this.view.setServiceInfo(
       Number.isInteger(count)
         ? `Ready: ${count.toLocaleString()} photos in the collection.`
         : "The search service is ready.",
     );
+  }
+
+  /** Takes `max_upload_bytes` and the k choices from /health's `limits`, when they are there. */
+  applyLimits(limits) {
+    const { default_k: defaultK, max_k: maxK, max_upload_bytes: maxUploadBytes } = limits ?? {};
+    if (Number.isInteger(maxUploadBytes) && maxUploadBytes > 0) this.maxUploadBytes = maxUploadBytes;
+    if (!(Number.isInteger(maxK) && maxK > 0 && Number.isInteger(defaultK) && defaultK > 0)) return;
+    this.view.setKOptions(Math.min(defaultK, maxK), maxK, this.userChoseK || this.knowsLimits);
+    this.knowsLimits = true;
   }
 
   /** Runs `task(signal)` as the one current search, cancelling the previous one; shows its errors. */
@@ -171,7 +175,8 @@ export class App {
 
     return this.run(async (signal) => {
       this.view.setBusy(true, "Preparing your photo…");
-      await Promise.race([this.ready, delay(HEALTH_WAIT_MS)]);
+      this.recheckHealth();
+      await Promise.race([this.pendingHealth, delay(HEALTH_WAIT_MS)]);
       signal.throwIfAborted();
       const query = { kind: "upload", caption, src: null };
       let upload;
@@ -208,6 +213,7 @@ export class App {
     const query = { kind: "similar", id: match.id, name, caption, src: match.url ?? null };
     if (query.src) this.view.showQuery(query.src, query.caption);
     this.view.renderPredictions([]);
+    this.recheckHealth();
     return this.run(async (signal) => {
       this.query = query;
       await this.searchQuery(query, signal, replace ? "replace" : "push");
@@ -300,4 +306,4 @@ export class App {
 
 const view = new View(document);
 const config = await loadConfig();
-new App(view, createApi(config)).start();
+new App(view, createApi(config), { defaultResizeSize: config.defaultResizeSize }).start();

@@ -73,11 +73,12 @@ function toJpeg(canvas, quality) {
 /**
  * Decodes `file` (EXIF orientation honoured), scales its shorter side down to `shortSide` and encodes a JPEG.
  * @param {Blob} file
- * @param {{shortSide?: number, quality?: number}} [options]
+ * @param {{shortSide?: number, quality?: number}} [options] `shortSide` is normally the model's resize size;
+ *   without it the photo keeps its size and is only re-encoded
  * @returns {Promise<{blob: Blob, width: number, height: number, originalWidth: number, originalHeight: number}>}
  * @throws {NotDecodableError} when the browser cannot decode the file
  */
-export async function resizeForUpload(file, { shortSide = 256, quality = JPEG_QUALITY } = {}) {
+export async function resizeForUpload(file, { shortSide = Infinity, quality = JPEG_QUALITY } = {}) {
   const source = await decode(file);
   const originalWidth = source.naturalWidth ?? source.width;
   const originalHeight = source.naturalHeight ?? source.height;

@@ -7,6 +7,21 @@ function percent(value) {
   return `${Math.round(Math.max(0, Math.min(1, value)) * 100)}%`;
 }
 
+/**
+ * The numbers of results offered for the service's limits: `defaultK`, half of it, and its doublings up to
+ * `maxK`, which is always the last choice. A doubling less than √2 below `maxK` gives way to it, so that
+ * neighbouring choices are at least √2 apart (5 and 30 give 3, 5, 10, 20, 30).
+ * @param {number} defaultK at least 1, at most `maxK`
+ * @param {number} maxK
+ * @returns {number[]} ascending
+ */
+export function kChoices(defaultK, maxK) {
+  const choices = new Set([Math.max(1, Math.round(defaultK / 2)), defaultK]);
+  for (let k = defaultK * 2; k * Math.SQRT2 <= maxK; k *= 2) choices.add(k);
+  choices.add(maxK);
+  return [...choices].filter((k) => k <= maxK).sort((a, b) => a - b);
+}
+
 function labelOf(match) {
   if (match.label) return match.label;
   const name = String(match.key ?? "").split("/").pop();
@@ -118,33 +133,32 @@ export class View {
     });
   }
 
-  /** The number of results chosen. */
+  /** The number of results chosen; null until the service's limits are known (it then uses its default). */
   get k() {
-    return Number(this.kSelect.value);
+    const k = Number(this.kSelect.value);
+    return Number.isInteger(k) && k > 0 ? k : null;
   }
 
   /**
-   * Offers the standard choices up to `max` plus `preferred`, and selects `preferred`, or keeps the
-   * current choice when `keepCurrent` and it is still allowed.
-   * @param {number} preferred
-   * @param {number} max
+   * Enables the selector with `kChoices(defaultK, maxK)` and selects `defaultK`, or keeps the current choice
+   * when `keepCurrent` and it is still offered.
+   * @param {number} defaultK
+   * @param {number} maxK
    * @param {boolean} [keepCurrent]
    */
-  setKOptions(preferred, max, keepCurrent = false) {
+  setKOptions(defaultK, maxK, keepCurrent = false) {
     const current = this.k;
-    const values = new Set([6, 12, 24, 48, 96].filter((v) => v <= max));
-    if (preferred >= 1 && preferred <= max) values.add(preferred);
+    const choices = kChoices(defaultK, maxK);
     this.kSelect.replaceChildren(
-      ...[...values]
-        .sort((a, b) => a - b)
-        .map((v) => {
-          const option = this.doc.createElement("option");
-          option.value = String(v);
-          option.textContent = String(v);
-          return option;
-        }),
+      ...choices.map((k) => {
+        const option = this.doc.createElement("option");
+        option.value = String(k);
+        option.textContent = String(k);
+        return option;
+      }),
     );
-    this.kSelect.value = String(keepCurrent && values.has(current) ? current : preferred);
+    this.kSelect.value = String(keepCurrent && choices.includes(current) ? current : defaultK);
+    this.kSelect.disabled = false;
   }
 
   /**

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from lambda_fn.app import create_app
 from lambda_fn.artifacts import Location
 from lambda_fn.config import Settings
+from lambda_fn.site_config import CONFIG_FILE, site_config
 from lambda_fn.urls import LOCAL_IMAGES_ROUTE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -28,9 +29,9 @@ def create_local_app(settings: Settings, *, frontend: Path | None = None) -> Fas
     if not images.is_s3 and not settings.images_base_url and images.path.is_dir():
         app.mount(LOCAL_IMAGES_ROUTE, StaticFiles(directory=images.path), name="files")
 
-    @app.get("/config.json", include_in_schema=False)
-    def site_config() -> dict:
-        return {"apiBaseUrl": ""}  # the page and the API share this origin
+    @app.get(f"/{CONFIG_FILE}", include_in_schema=False)
+    def config_json() -> dict:
+        return site_config(api_base_url="")  # the page and the API share this origin
 
     if frontend is not None and frontend.is_dir():
         app.mount("/", StaticFiles(directory=frontend, html=True), name="site")

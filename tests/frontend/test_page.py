@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
-from playwright.sync_api import Page, Request, expect
+from playwright.sync_api import Page, Request, Route, expect
 
+from lambda_fn.imaging import DEFAULT_RESIZE_SIZE
+from lambda_fn.site_config import site_config
 from tests.helpers import TEST_RESIZE
 
 pytestmark = pytest.mark.browser
@@ -87,6 +89,25 @@ def photo_like(size: tuple[int, int], source: Path, seed: int = 0) -> bytes:
     buf = io.BytesIO()
     Image.blend(dish, texture.resize(size, Image.Resampling.BILINEAR), 0.35).save(buf, "JPEG", quality=92)
     return buf.getvalue()
+
+
+def health_with_limits(page: Page, **limits: int) -> list[int]:
+    """Serves the real /health answer (200 or 503) with `limits` changed; returns the statuses it served."""
+    served: list[int] = []
+
+    def handle(route: Route) -> None:
+        response = route.fetch()
+        body = response.json()
+        body["limits"].update(limits)
+        served.append(response.status)
+        route.fulfill(response=response, json=body)
+
+    page.route("**/health", handle)
+    return served
+
+
+def k_options(page: Page) -> list[str]:
+    return page.locator("#k option").evaluate_all("els => els.map(e => e.value)")
 
 
 def drop_file(page: Page, data: bytes, name: str, mime: str, event: str = "drop") -> None:
@@ -172,26 +193,51 @@ def test_upload_is_resized_in_the_browser(page: Page, site, sample_dir):
 
 
 def test_twelve_megapixel_photo_uploads_under_100_kb(page: Page, site, sample_dir):
-    """The production model resizes to 256: the page's resize of a 4000x3000 photo to that size, measured."""
+    """The production model's resize size (256): the page's resize of a 4000x3000 photo to it, measured."""
     open_page(page, site)
     original = photo_like((4000, 3000), sample_dir / "pasta" / "pasta_0001.jpg", seed=1)
     page.route("**/twelve-mp.jpg", lambda route: route.fulfill(body=original, content_type="image/jpeg"))
     result = page.evaluate(
-        """async () => {
+        """async (shortSide) => {
             const { resizeForUpload } = await import("./resize.js");
             const file = await (await fetch("twelve-mp.jpg")).blob();
             const started = performance.now();
-            const out = await resizeForUpload(file, { shortSide: 256 });
+            const out = await resizeForUpload(file, { shortSide });
             return { bytes: out.blob.size, width: out.width, height: out.height,
                      ms: performance.now() - started };
-        }"""
+        }""",
+        DEFAULT_RESIZE_SIZE,
     )
     print(
         f"\n12-MP photo (4000x3000, {len(original) / 1e6:.1f} MB) -> {result['width']}x{result['height']} JPEG "
         f"of {result['bytes'] / 1000:.1f} kB in {result['ms']:.0f} ms"
     )
-    assert (result["width"], result["height"]) == (341, 256)
+    assert (result["width"], result["height"]) == (round(4000 * DEFAULT_RESIZE_SIZE / 3000), DEFAULT_RESIZE_SIZE)
     assert result["bytes"] < 100_000
+
+
+@pytest.mark.parametrize("routed_size", [None, 100], ids=["local-server-config", "config-json-value"])
+def test_before_the_model_is_loaded_uploads_use_the_resize_size_from_config_json(
+    page: Page, unready_site, sample_dir, routed_size
+):
+    """/health names the model's resize size only once it is loaded; until then config.json's is used."""
+    served = page.request.get(unready_site + "/config.json").json()
+    assert served == site_config(api_base_url="")
+    assert served["defaultResizeSize"] == DEFAULT_RESIZE_SIZE
+    config = {**served, **FAST_RETRY_CONFIG}
+    if routed_size is not None:
+        config["defaultResizeSize"] = routed_size
+    page.route("**/config.json", lambda route: route.fulfill(json=config))
+    tap = SearchTap(page)
+    page.goto(unready_site + "/")
+    expect(page.locator("#service")).to_contain_text("not available")
+
+    photo = photo_like((600, 400), sample_dir / "steak" / "steak_0001.jpg")
+    page.set_input_files("#file", files=[{"name": "steak.jpg", "mimeType": "image/jpeg", "buffer": photo}])
+    expect(page.locator("#error")).to_contain_text("warming up")
+    sent = Image.open(io.BytesIO(tap.last(0)[1]))
+    size = config["defaultResizeSize"]
+    assert sent.size == (round(600 * size / 400), size)
 
 
 def test_result_click_searches_similar_and_back_restores(page: Page, site, sample_dir):
@@ -276,6 +322,108 @@ def test_changing_k_searches_again(page: Page, site, sample_dir):
     assert len(tap.bodies) == 2
     assert tap.last()[2]["k"] == "6"
     assert tap.last()[1] == tap.last(0)[1], "the photo resized for the first search is sent again"
+
+
+def test_k_choices_and_default_come_from_the_service_limits(page: Page, site, sample_dir):
+    health_with_limits(page, default_k=5, max_k=30)
+    tap = SearchTap(page)
+    open_page(page, site)
+    expect(page.locator("#k")).to_be_enabled()
+    assert k_options(page) == ["3", "5", "10", "20", "30"]
+    expect(page.locator("#k")).to_have_value("5")
+
+    page.set_input_files("#file", sample_dir / "sushi" / "sushi_0002.jpg")
+    wait_for_results(page)
+    expect(page.locator(RESULTS)).to_have_count(5)
+    assert tap.last()[2]["k"] == "5"
+
+
+def test_k_choices_come_from_the_limits_of_a_503_health(page: Page, unready_site):
+    page.route("**/config.json", lambda route: route.fulfill(json=FAST_RETRY_CONFIG))
+    served = health_with_limits(page, default_k=7, max_k=40)
+    page.goto(unready_site + "/")
+    expect(page.locator("#service")).to_contain_text("not available")
+    assert set(served) == {503}
+    expect(page.locator("#k")).to_be_enabled()
+    assert k_options(page) == ["4", "7", "14", "28", "40"]
+    expect(page.locator("#k")).to_have_value("7")
+    expect(page.locator("#service")).not_to_contain_text("asks again")
+
+
+def test_k_ladder(page: Page, page_host):
+    page.goto(page_host + "/")
+    ladders = page.evaluate(
+        """async () => {
+            const { kChoices } = await import("./view.js");
+            return [[12, 100], [5, 30], [7, 40], [10, 100], [100, 100], [1, 1], [1, 3]]
+                .map(([d, m]) => kChoices(d, m));
+        }"""
+    )
+    assert ladders == [
+        [6, 12, 24, 48, 100],
+        [3, 5, 10, 20, 30],
+        [4, 7, 14, 28, 40],
+        [5, 10, 20, 40, 100],
+        [50, 100],
+        [1],
+        [1, 2, 3],
+    ]
+
+
+def test_unreachable_health_says_so_and_is_asked_again_with_the_next_search(page: Page, site, sample_dir):
+    asked: list[str] = []
+
+    def refuse_first(route: Route) -> None:
+        asked.append(route.request.url)
+        if len(asked) == 1:
+            route.abort("connectionrefused")
+        else:
+            route.continue_()
+
+    page.route("**/health", refuse_first)
+    tap = SearchTap(page)
+    page.goto(site + "/")
+    service = page.locator("#service")
+    expect(service).to_contain_text("not available: Could not reach the search service")
+    expect(service).to_contain_text("asks again when you search")
+    expect(page.locator("#k")).to_be_disabled()
+
+    page.set_input_files("#file", sample_dir / "pizza" / "pizza_0002.jpg")
+    wait_for_results(page)
+    assert len(asked) == 2
+    expect(service).to_contain_text("Ready")
+    expect(page.locator("#k")).to_be_enabled()
+    k = page.locator("#k").input_value()
+    assert tap.last()[2]["k"] == k
+    expect(page.locator(RESULTS)).to_have_count(int(k))
+
+
+def test_without_limits_a_search_leaves_k_to_the_service(page: Page, site):
+    page.route("**/health", lambda route: route.abort("connectionrefused"))
+    with page.expect_request(lambda r: "/similar" in r.url) as similar:
+        page.goto(site + "/?similar=4")
+    assert "k=" not in similar.value.url
+    expect(page.locator("#results-summary")).to_contain_text("similar to photo #4")
+    expect(page.locator("#k")).to_be_disabled()
+
+
+@pytest.mark.parametrize(
+    ("status", "shown"),
+    [
+        (413, "That file could not be searched: That photo is too large to upload."),
+        (422, "The service did not accept the request."),
+        (502, "The search service answered with an error (HTTP 502)."),
+    ],
+)
+def test_error_pages_without_a_message_get_the_status_message(page: Page, site, sample_dir, status, shown):
+    """A gateway's HTML error page says nothing the page can show: the status table does."""
+    page.route(
+        "**/search",
+        lambda route: route.fulfill(status=status, body="<html><body>Error</body></html>", content_type="text/html"),
+    )
+    open_page(page, site)
+    page.set_input_files("#file", sample_dir / "soup" / "soup_0001.jpg")
+    expect(page.locator("#error")).to_have_text(shown)
 
 
 def test_non_image_file_gets_a_readable_message(page: Page, site):
