@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -22,28 +21,15 @@ def large_artifacts(count: int) -> Path:
     """The real model with an index of ``count`` synthetic unit vectors (keys are placeholders)."""
 
     from bench._synthetic import make_clustered
-    from lambda_fn.manifest import INDEX_FILE, KEYS_FILE, MODEL_FILE, KeyEntry, Manifest, file_sha256, write_keys
-    from training.build_index import DEFAULT_N_TREES, DEFAULT_SEARCH_K, METRIC, build_annoy
+    from lambda_fn.indexing import DEFAULT_SEED, write_build
+    from lambda_fn.manifest import MODEL_FILE, KeyEntry
 
     out = WORK / f"artifacts-synthetic-{count}"
     if (out / "manifest.json").is_file():
         return out
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(artifacts() / MODEL_FILE, out / MODEL_FILE)
     vectors = make_clustered(count, 512, seed=0)
-    build_annoy(vectors, out / INDEX_FILE, n_trees=DEFAULT_N_TREES, seed=42, n_jobs=-1, on_disk=False)
-    write_keys(out / KEYS_FILE, [KeyEntry(key=f"synthetic/{i:07d}.jpg", label=None) for i in range(count)])
-    Manifest(
-        dim=512,
-        metric=METRIC,
-        n_trees=DEFAULT_N_TREES,
-        search_k=DEFAULT_SEARCH_K,
-        seed=42,
-        count=count,
-        model_sha256=file_sha256(out / MODEL_FILE),
-        index_sha256=file_sha256(out / INDEX_FILE),
-        keys_sha256=file_sha256(out / KEYS_FILE),
-    ).write(out / "manifest.json")
+    entries = [KeyEntry(key=f"synthetic/{i:07d}.jpg", label=None) for i in range(count)]
+    write_build(out, entries, vectors, model=artifacts() / MODEL_FILE, seed=DEFAULT_SEED)
     return out
 
 

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     max_k: int = Field(100, ge=1, description="Largest k a request may ask for")
     max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, ge=1024, description="Largest image accepted (bytes)")
     max_image_pixels: int = Field(64_000_000, ge=1, description="Largest width x height decoded (bomb guard)")
+    max_ingest_bytes: int = Field(
+        50_000_000, ge=1024, description="Largest collection image the ingest function embeds; larger ones are skipped"
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS; empty: none"
     )

@@ -26,6 +26,7 @@ INDEX_FILE = "index.ann"
 KEYS_FILE = "keys.json"
 MANIFEST_FILE = "manifest.json"
 EMBEDDINGS_FILE = "embeddings.npy"
+COLLECTION_FILE = "collection.npz"  # the build's merged embedding shard (lambda_fn.shards), for the next reindex
 # The layout under a deployment's prefix (``s3://bucket/<prefix>/`` or a local artifacts folder):
 IMAGES_PREFIX = "images/"  # the collection: <label>/<name>.jpg; written by people and training.upload
 EMBEDDINGS_PREFIX = "embeddings/"  # embeddings/<model sha256>/<shard>.npz; written by ingest, read by reindex
@@ -81,16 +82,29 @@ class Manifest(BaseModel):
     keys_file: str = KEYS_FILE
     keys_sha256: str
     embeddings_file: str | None = None
+    collection_file: str | None = Field(None, description="Merged embedding shard this build was made from")
+    collection_sha256: str | None = None
+    shards_digest: str | None = Field(None, description="Digest of the embedding shards merged into this build")
     built_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     versions: dict[str, str] = {}
 
-    def files(self) -> list[tuple[str, str, str]]:
-        """(role, file name, sha256) of each file the build consists of: model, index, keys."""
-        return [
+    def files(self, *, with_collection: bool = False) -> list[tuple[str, str, str]]:
+        """(role, file name, sha256) of the files the service loads: model, index, keys; and the collection
+        shard (which only publishing and reindexing need) when asked for and present."""
+        files = [
             ("model", self.model_file, self.model_sha256),
             ("index", self.index_file, self.index_sha256),
             ("keys", self.keys_file, self.keys_sha256),
         ]
+        if with_collection and self.collection_file and self.collection_sha256:
+            files.append(("collection", self.collection_file, self.collection_sha256))
+        return files
+
+    @property
+    def build_id(self) -> str:
+        """Content address of the build: equal files give the same id (its folder name under builds/)."""
+        parts = self.index_sha256 + self.model_sha256 + self.keys_sha256 + (self.collection_sha256 or "")
+        return hashlib.sha256(parts.encode()).hexdigest()[:16]
 
     @classmethod
     def read(cls, path: Path) -> Manifest:

@@ -2,17 +2,17 @@
 
     python -m training.build_index --images data/sample --model artifacts/model.pt --out artifacts/
 
-Writes ``index.ann``, ``keys.json`` (id -> key, label), optionally ``embeddings.npy``, copies the model in
-when it is elsewhere, and writes ``manifest.json`` last. Ids are dense 0..n-1 in sorted key order; a file
-that cannot be read is skipped and listed, never fatal.
+Writes ``index.ann``, ``keys.json`` (id -> key, label), ``collection.npz`` (the embeddings with each file's
+MD5 and time, which a reindex in AWS merges new photos into), optionally ``embeddings.npy``, copies the model
+in when it is elsewhere, and writes ``manifest.json`` last (``lambda_fn.indexing.write_build``, which the
+reindex function builds with too). Ids are dense 0..n-1 in sorted key order; a file that cannot be read is
+skipped and listed, never fatal.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import logging
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -20,32 +20,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from annoy import AnnoyIndex
 from tqdm import tqdm
 
 from lambda_fn.artifacts import ArtifactError
 from lambda_fn.engine import load_model
-from lambda_fn.manifest import (
-    EMBEDDINGS_FILE,
-    INDEX_FILE,
-    KEYS_FILE,
-    MANIFEST_FILE,
-    MODEL_FILE,
-    KeyEntry,
-    Manifest,
-    file_sha256,
-    write_keys,
-)
+from lambda_fn.indexing import DEFAULT_N_TREES, DEFAULT_SEARCH_K, DEFAULT_SEED, write_build
+from lambda_fn.manifest import EMBEDDINGS_FILE, INDEX_FILE, MODEL_FILE, KeyEntry, file_digest
+from lambda_fn.shards import Added, EventOrder, Shard
 from training.cli import run
 from training.data import Sample, eval_transform, list_images, make_loader
 
 log = logging.getLogger("training.build_index")
-
-# Chosen from the recall table in docs/benchmarks.md (bench/ann.py): the cheapest setting with
-# recall@10 >= 0.98 against exact search at 10^5 synthetic clustered 512-d vectors.
-DEFAULT_N_TREES = 50
-DEFAULT_SEARCH_K = 20_000
-METRIC = "angular"  # on L2-normalised vectors: d = sqrt(2 - 2 cos), so ranking equals cosine ranking
 
 
 @dataclass
@@ -91,17 +76,15 @@ def embed_collection(
     return (np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)), kept, skipped
 
 
-def build_annoy(vectors: np.ndarray, path: Path, *, n_trees: int, seed: int, n_jobs: int, on_disk: bool) -> None:
-    index = AnnoyIndex(vectors.shape[1], METRIC)
-    index.set_seed(seed)
-    if on_disk:  # builds straight into the file, for collections larger than memory
-        index.on_disk_build(str(path))
-    for i, v in enumerate(tqdm(vectors, desc="indexing", unit="vec", dynamic_ncols=True, leave=False)):
-        index.add_item(i, v.tolist())
-    index.build(n_trees, n_jobs=n_jobs)
-    if not on_disk:
-        index.save(str(path))
-    index.unload()
+def collection_shard(collection: Collection, kept: list[int], vectors: np.ndarray) -> Shard:
+    """The build's collection as an embedding shard: each file's MD5 (its S3 ETag once uploaded) and
+    modification time, so a later reindex in AWS merges new uploads into it by the same rules."""
+    added = []
+    for i in kept:
+        path, entry = collection.paths[i], collection.entries[i]
+        order = EventOrder.at(path.stat().st_mtime)
+        added.append(Added(entry.key, entry.label, file_digest(path, "md5"), order))
+    return Shard(added=added, vectors=vectors)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -126,7 +109,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=DEFAULT_SEARCH_K,
         help=f"default search_k stored in the manifest (default: {DEFAULT_SEARCH_K})",
     )
-    p.add_argument("--seed", type=int, default=42, help="Annoy seed, for reproducible builds (default: 42)")
+    p.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help=f"Annoy seed, for reproducible builds (default: {DEFAULT_SEED})"
+    )
     p.add_argument("--n-jobs", type=int, default=-1, help="threads building the trees; -1 = all (default: -1)")
     p.add_argument("--on-disk-build", action="store_true", help="build the index in its file, not in memory")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward (default: 32)")
@@ -156,43 +141,25 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"none of the {len(collection.paths)} images under {args.images} could be read")
     entries = [collection.entries[i] for i in kept]
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / MANIFEST_FILE).unlink(missing_ok=True)  # no manifest may describe a half-written build
-    model_dst = args.out / MODEL_FILE
-    if args.model.resolve() != model_dst.resolve():
-        shutil.copyfile(args.model, model_dst)
+    shard = collection_shard(collection, kept, vectors)
     start = time.perf_counter()
-    build_annoy(
-        vectors,
-        args.out / INDEX_FILE,
-        n_trees=args.n_trees,
-        seed=args.seed,
-        n_jobs=args.n_jobs,
-        on_disk=args.on_disk_build,
-    )
+    with tqdm(total=len(entries), desc="indexing", unit="vec", dynamic_ncols=True, leave=False) as bar:
+        write_build(
+            args.out,
+            entries,
+            vectors,
+            model=args.model,
+            n_trees=args.n_trees,
+            search_k=args.search_k,
+            seed=args.seed,
+            n_jobs=args.n_jobs,
+            on_disk=args.on_disk_build,
+            collection=shard,
+            save_embeddings=args.save_embeddings,
+            versions={"torch": torch.__version__, "model_weights_sha256": meta.weights_sha256},
+            progress=bar.update,
+        )
     build_s = time.perf_counter() - start
-    write_keys(args.out / KEYS_FILE, entries)
-    if args.save_embeddings:
-        np.save(args.out / EMBEDDINGS_FILE, vectors)
-    manifest = Manifest(
-        dim=vectors.shape[1],
-        metric=METRIC,
-        n_trees=args.n_trees,
-        search_k=args.search_k,
-        seed=args.seed,
-        count=len(entries),
-        model_sha256=file_sha256(model_dst),
-        index_sha256=file_sha256(args.out / INDEX_FILE),
-        keys_sha256=file_sha256(args.out / KEYS_FILE),
-        embeddings_file=EMBEDDINGS_FILE if args.save_embeddings else None,
-        versions={
-            "torch": torch.__version__,
-            "annoy": importlib.metadata.version("annoy"),
-            "numpy": np.__version__,
-            "model_weights_sha256": meta.weights_sha256,
-        },
-    )
-    manifest.write(args.out / MANIFEST_FILE)
     size = (args.out / INDEX_FILE).stat().st_size
     print(
         f"indexed {len(entries)} images ({len(skipped)} skipped) into {args.out}: embedding "

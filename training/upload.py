@@ -13,7 +13,6 @@ Order matters, so that a reader never sees a manifest that points at objects tha
 from __future__ import annotations
 
 import argparse
-import hashlib
 import mimetypes
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -27,7 +26,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 from tqdm import tqdm
 
 from lambda_fn.manifest import (
-    BUILDS_PREFIX,
     DEFAULT_PREFIX,
     MANIFEST_FILE,
     Manifest,
@@ -36,6 +34,8 @@ from lambda_fn.manifest import (
     image_object_key,
     read_keys,
 )
+from lambda_fn.publish import publish_build
+from lambda_fn.store import S3Store
 from training.cli import run
 
 TRANSFER = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=16 << 20, max_concurrency=8)
@@ -48,13 +48,6 @@ class UploadReport:
     uploaded_artifacts: int = 0
     skipped_artifacts: int = 0
     manifest_key: str = ""
-
-
-def build_id(manifest: Manifest) -> str:
-    """Build folder name: derived from the index and model hashes, so equal builds share it."""
-    return hashlib.sha256((manifest.index_sha256 + manifest.model_sha256 + manifest.keys_sha256).encode()).hexdigest()[
-        :16
-    ]
 
 
 def _existing(client, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
@@ -105,40 +98,12 @@ def upload_images(
             bar.update(1)
 
 
-def upload_artifacts(
-    client, bucket: str, prefix: str, artifacts: Path, manifest: Manifest, report: UploadReport
-) -> Manifest:
-    """Upload model, index and keys into the build folder; returns the manifest that names them there."""
-    folder = f"{BUILDS_PREFIX}{build_id(manifest)}/"
-    names = {f"{role}_file": name for role, name, _ in manifest.files()}
-    existing = _existing(client, bucket, prefix + folder)
-    total = sum((artifacts / n).stat().st_size for n in names.values())
-    with tqdm(total=total, desc="artifacts", unit="B", unit_scale=True, dynamic_ncols=True) as bar:
-        for name in names.values():
-            key = prefix + folder + name
-            size = (artifacts / name).stat().st_size
-            if key in existing and existing[key][0] == size:
-                report.skipped_artifacts += 1
-                bar.update(size)
-                continue
-            client.upload_file(
-                str(artifacts / name),
-                bucket,
-                key,
-                Config=TRANSFER,
-                Callback=bar.update,
-                ExtraArgs={"ContentType": "application/octet-stream"},
-            )
-            report.uploaded_artifacts += 1
-    return manifest.model_copy(update={field: folder + name for field, name in names.items()})
-
-
 def verify_local(artifacts: Path) -> Manifest:
     manifest_path = artifacts / MANIFEST_FILE
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path} does not exist; build the index first (training.build_index)")
     manifest = Manifest.read(manifest_path)
-    for _, name, digest in manifest.files():
+    for _, name, digest in manifest.files(with_collection=True):
         path = artifacts / name
         if not path.is_file() or file_sha256(path) != digest:
             raise ValueError(f"{path} is missing or does not match {manifest_path}; rebuild before uploading")
@@ -155,14 +120,11 @@ def upload(
     if images is not None:
         keys = [e.key for e in read_keys(artifacts / manifest.keys_file)]
         upload_images(client, bucket, prefix, images, keys, workers, report)
-    remote = upload_artifacts(client, bucket, prefix, artifacts, manifest, report)
+    total = sum((artifacts / name).stat().st_size for _, name, _ in manifest.files(with_collection=True))
+    with tqdm(total=total, desc="artifacts", unit="B", unit_scale=True, dynamic_ncols=True) as bar:
+        _, published = publish_build(S3Store(bucket, prefix, client), artifacts, manifest, progress=bar.update)
+    report.uploaded_artifacts, report.skipped_artifacts = published.uploaded, published.skipped
     report.manifest_key = prefix + MANIFEST_FILE
-    client.put_object(
-        Bucket=bucket,
-        Key=report.manifest_key,
-        Body=remote.model_dump_json(indent=2).encode(),
-        ContentType="application/json",
-    )
     return report
 
 

@@ -32,7 +32,9 @@ def test_second_run_uploads_nothing_new(s3, bucket, artifacts_dir, sample_dir):
     upload(artifacts_dir, sample_dir, bucket, "p", client=s3)
     again = upload(artifacts_dir, sample_dir, bucket, "p", client=s3)
     assert again.uploaded_images == 0 and again.skipped_images == 60
-    assert again.uploaded_artifacts == 0 and again.skipped_artifacts == 3
+    build_files = Manifest.read(artifacts_dir / "manifest.json").files(with_collection=True)
+    assert len(build_files) == 4  # model, index, keys, collection
+    assert again.uploaded_artifacts == 0 and again.skipped_artifacts == len(build_files)
 
 
 def test_cli_honours_endpoint_url(s3_endpoint, s3, bucket, artifacts_dir):

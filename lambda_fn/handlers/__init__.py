@@ -1,0 +1,1 @@
+"""Lambda entry points of the event-driven functions; each is thin: parse the event, call the work, answer."""

@@ -1,0 +1,194 @@
+"""Embed new collection images and record removed ones, as embedding shards.
+
+``ingest(changes, ...)`` is the work behind the ingest function (S3 events via SQS, and Step Functions
+Distributed Map batches) and the local ``training.collection`` tool. It knows nothing of Lambda.
+
+- Each image is decoded with the same ``prepare()`` as queries and indexing, and embedded with the live
+  model, and also with the model named in ``models/current.json`` when a new one is waiting to go live.
+- A batch whose shard already exists (same events, same model) is recognised and not embedded again, so
+  at-least-once delivery and re-run backfills add nothing twice.
+- A corrupt, unsupported or oversized image is *skipped* with its reason, recorded in the shard, and never
+  retried; a transient failure (S3 throttling, a timeout) is reported per change so only that change is
+  delivered again; one bad image never fails its batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from botocore.exceptions import BotoCoreError, ClientError
+
+from lambda_fn.imaging import ImageError, load_for_model
+from lambda_fn.models import LoadedModel
+from lambda_fn.shards import Added, EventOrder, Removed, Shard, Skipped, events_digest, shard_key
+from lambda_fn.store import NotFound, Store
+
+log = logging.getLogger(__name__)
+
+# Images per forward: large enough to use the CPU well, small enough for 3 GB of memory with two models.
+EMBED_BATCH = 32
+DOWNLOAD_THREADS = 8
+
+
+@dataclass(frozen=True)
+class Change:
+    """One event in the collection. ``item_id`` is what a failure is reported under (an SQS message id,
+    or a batch position); ``key`` is relative to the images prefix."""
+
+    item_id: str
+    kind: Literal["created", "removed"]
+    key: str
+    etag: str = ""
+    size: int | None = None
+    order: EventOrder = field(default_factory=EventOrder)
+    label: str | None = None
+
+
+@dataclass
+class IngestReport:
+    embedded: int = 0
+    removed: int = 0
+    reused: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # item_id -> reason
+    shards: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "embedded": self.embedded,
+            "removed": self.removed,
+            "reused": self.reused,
+            "skipped": [{"key": s.key, "reason": s.reason} for s in self.skipped],
+            "failed": [{"item": item, "reason": reason} for item, reason in sorted(self.failed.items())],
+            "shards": self.shards,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def label_of(key: str) -> str | None:
+    """The collection's label convention: the top folder of the key (``pizza/123.jpg`` -> ``pizza``)."""
+    parts = key.split("/")
+    return parts[0] if len(parts) > 1 and parts[0] else None
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        return status >= 500 or status == 429 or code in ("SlowDown", "Throttling", "RequestTimeout")
+    return isinstance(exc, BotoCoreError | OSError | TimeoutError)
+
+
+def _download(images: Store, change: Change, max_bytes: int) -> bytes | Skipped | Exception:
+    """The image's bytes, a Skipped (permanent problem) or the transient exception."""
+    if change.size is not None and change.size > max_bytes:
+        return Skipped(change.key, change.etag, f"the image is {change.size:,} bytes; the limit is {max_bytes:,}")
+    try:
+        data, etag = images.get(change.key)
+    except NotFound:
+        return Skipped(change.key, change.etag, "the object no longer exists (a removal event follows)")
+    except Exception as exc:
+        if _is_transient(exc):
+            return exc
+        return Skipped(change.key, change.etag, f"the object cannot be read: {exc}")
+    if change.etag and etag != change.etag:
+        return Skipped(change.key, change.etag, "the object was replaced since this event (a newer event follows)")
+    if len(data) > max_bytes:
+        return Skipped(change.key, change.etag, f"the image is {len(data):,} bytes; the limit is {max_bytes:,}")
+    return data
+
+
+@torch.inference_mode()
+def _embed(model: LoadedModel, arrays: list[np.ndarray]) -> np.ndarray:
+    chunks = []
+    for start in range(0, len(arrays), EMBED_BATCH):
+        batch = torch.from_numpy(np.stack(arrays[start : start + EMBED_BATCH]))
+        chunks.append(model.module(batch).numpy().astype(np.float32, copy=False))
+    return np.concatenate(chunks) if chunks else np.zeros((0, model.meta.dim), np.float32)
+
+
+def ingest(
+    changes: Iterable[Change],
+    *,
+    images: Store,
+    artifacts: Store,
+    models: list[LoadedModel],
+    max_bytes: int,
+    max_pixels: int,
+) -> IngestReport:
+    """Embed the created images and record the removed ones, one shard per model; see the module doc."""
+    started = time.perf_counter()
+    changes = list(changes)
+    report = IngestReport()
+    if not models:
+        log.warning("no model is published yet: changes are not embedded", extra={"changes": len(changes)})
+        report.skipped = [Skipped(c.key, c.etag, "no model is published yet") for c in changes]
+        return report
+    created = [c for c in changes if c.kind == "created"]
+    removed = [c for c in changes if c.kind == "removed"]
+    complete = events_digest(
+        [(c.key, c.etag, c.order) for c in created], [(c.key, c.order) for c in removed]
+    )  # the name this batch's shard has when every change in it was handled
+    todo = [m for m in models if artifacts.head(shard_key(m.sha256, complete)) is None]
+    report.reused = len(models) - len(todo)
+    if not todo:
+        log.info("batch already ingested", extra={"shard": complete, "changes": len(changes)})
+        report.seconds = time.perf_counter() - started
+        return report
+
+    with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
+        fetched = list(pool.map(lambda c: _download(images, c, max_bytes), created))
+    good: list[tuple[Change, bytes]] = []
+    skipped: list[Skipped] = []
+    for change, result in zip(created, fetched, strict=True):
+        if isinstance(result, Skipped):
+            skipped.append(Skipped(result.key, result.etag, result.reason, change.order))
+        elif isinstance(result, Exception):
+            report.failed[change.item_id] = f"{type(result).__name__}: {result}"
+            log.warning("transient failure", extra={"key": change.key, "error": str(result)})
+        else:
+            good.append((change, result))
+
+    for model in todo:
+        arrays, kept, model_skipped = [], [], list(skipped)
+        for change, data in good:
+            try:
+                arrays.append(load_for_model(data, model.meta.resize_size, model.meta.crop_size, max_pixels=max_pixels))
+                kept.append(change)
+            except ImageError as exc:
+                model_skipped.append(Skipped(change.key, change.etag, str(exc), change.order))
+        vectors = _embed(model, arrays)
+        shard = Shard(
+            added=[Added(c.key, c.label or label_of(c.key), c.etag, c.order) for c in kept],
+            vectors=vectors,
+            removed=[Removed(c.key, c.order) for c in removed],
+            skipped=model_skipped,
+        )
+        if shard.empty:
+            continue
+        key = shard_key(model.sha256, shard.digest())
+        artifacts.put(key, shard.to_bytes())
+        report.shards.append(key)
+        if model is todo[0]:
+            report.embedded, report.removed, report.skipped = len(kept), len(removed), model_skipped
+    report.seconds = time.perf_counter() - started
+    log.info(
+        "ingested",
+        extra={
+            "embedded": report.embedded,
+            "removed": report.removed,
+            "skipped": len(report.skipped),
+            "failed": len(report.failed),
+            "shards": report.shards,
+            "seconds": round(report.seconds, 3),
+        },
+    )
+    return report

@@ -1,0 +1,110 @@
+"""Which models new embeddings are made with, loaded once per container.
+
+The live model is the one the live manifest names. A new model is uploaded under ``models/<sha256>/`` and
+announced by ``models/current.json`` (``ModelPointer``); it starts a new embeddings namespace. Until the
+collection is re-embedded with it (a backfill) and a reindex publishes a build for it, the live build keeps
+serving, and ingest embeds new photos with both models so neither namespace misses them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, Field, ValidationError
+
+from lambda_fn.artifacts import ArtifactError
+from lambda_fn.engine import load_model
+from lambda_fn.manifest import MANIFEST_FILE, MODELS_PREFIX, Manifest, ModelMeta, file_sha256
+from lambda_fn.store import NotFound, Store
+
+log = logging.getLogger(__name__)
+
+POINTER_FILE = f"{MODELS_PREFIX}current.json"
+
+
+class ModelPointer(BaseModel):
+    """``models/current.json``: the model new embeddings are made with."""
+
+    model_file: str = Field(description="Key of the TorchScript file, relative to the deployment's prefix")
+    model_sha256: str
+    uploaded_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+def model_key(sha256: str) -> str:
+    return f"{MODELS_PREFIX}{sha256}/model.pt"
+
+
+@dataclass
+class LoadedModel:
+    sha256: str
+    key: str
+    module: torch.jit.ScriptModule
+    meta: ModelMeta
+
+
+_loaded: dict[str, LoadedModel] = {}
+
+
+def read_manifest(store: Store) -> tuple[Manifest | None, str | None]:
+    """The live manifest and its ETag, or (None, None) when nothing is published yet."""
+    try:
+        body, etag = store.get(MANIFEST_FILE)
+    except NotFound:
+        return None, None
+    try:
+        return Manifest.model_validate_json(body), etag
+    except ValidationError as exc:
+        raise ArtifactError(f"{store.describe(MANIFEST_FILE)} is not a valid manifest: {exc}") from exc
+
+
+def read_pointer(store: Store) -> ModelPointer | None:
+    try:
+        body, _ = store.get(POINTER_FILE)
+    except NotFound:
+        return None
+    try:
+        return ModelPointer.model_validate_json(body)
+    except ValidationError as exc:
+        raise ArtifactError(f"{store.describe(POINTER_FILE)} is not a valid model pointer: {exc}") from exc
+
+
+def load_verified(store: Store, key: str, sha256: str, cache_dir: Path) -> LoadedModel:
+    """Download ``key`` into ``cache_dir/<sha256>/`` (verified before it is renamed into place) and load it;
+    loaded models are kept for the container's life."""
+    if sha256 in _loaded:
+        return _loaded[sha256]
+    final = Path(cache_dir) / sha256 / "model.pt"
+    if not final.is_file():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        partial = final.with_name(f".model.pt.{uuid.uuid4().hex}.partial")
+        try:
+            store.download_file(key, partial)
+            if file_sha256(partial) != sha256:
+                raise ArtifactError(f"{store.describe(key)} does not match its sha256 {sha256[:12]}…; upload it again")
+            os.replace(partial, final)
+        except NotFound as exc:
+            raise ArtifactError(f"{store.describe(key)} does not exist") from exc
+        finally:
+            partial.unlink(missing_ok=True)
+    module, meta = load_model(final)
+    _loaded[sha256] = LoadedModel(sha256, key, module, meta)
+    log.info("model loaded", extra={"model_sha256": sha256, "key": key})
+    return _loaded[sha256]
+
+
+def target_models(store: Store, cache_dir: Path) -> list[LoadedModel]:
+    """The live model, then the announced new one when it differs: what ingest embeds with."""
+    manifest, _ = read_manifest(store)
+    pointer = read_pointer(store)
+    wanted: dict[str, str] = {}
+    if manifest is not None:
+        wanted[manifest.model_sha256] = manifest.model_file
+    if pointer is not None:
+        wanted.setdefault(pointer.model_sha256, pointer.model_file)
+    return [load_verified(store, key, sha, cache_dir) for sha, key in wanted.items()]
