@@ -1,1 +1,2 @@
-"""AWS CDK app for DeepFood: artifacts bucket, Docker-image search Lambda, REST API and the static site."""
+"""AWS CDK app for DeepFood: artifacts bucket, Docker-image search, ingest and reindex Lambdas, REST API and
+the static site."""

@@ -1,4 +1,8 @@
-"""Where the model, index, key map, manifest and collection images live (``<prefix>/`` in one bucket)."""
+"""Where the model, builds, embeddings, manifest and collection images live (``<prefix>/`` in one bucket).
+
+The layout under the prefix is ``lambda_fn.manifest``'s; each function gets a grant naming exactly the
+parts of it that it reads and writes.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,15 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from cdk.buckets import private_bucket
-from lambda_fn.manifest import IMAGES_PREFIX
+from cdk.nag import acknowledge, flat_ref
+from lambda_fn.manifest import (
+    BUILDS_PREFIX,
+    EMBEDDINGS_PREFIX,
+    IMAGES_PREFIX,
+    LOCKS_PREFIX,
+    MANIFEST_FILE,
+    MODELS_PREFIX,
+)
 
 
 class Artifacts(Construct):
@@ -60,25 +72,91 @@ class Artifacts(Construct):
     @property
     def objects_arn(self) -> str:
         """ARN pattern of every object under the prefix: ``arn:...:s3:::<bucket>/<prefix>/*``."""
-        return self.bucket.arn_for_objects(f"{self.prefix}/*")
+        return self.key_arn("*")
 
     @property
     def images_prefix(self) -> str:
         return f"{self.prefix}/{IMAGES_PREFIX}"
 
-    def grant_read(self, grantee: iam.IGrantable) -> None:
-        """Read-only on ``<prefix>/*`` (artifacts, and images it presigns GETs for); list only inside it."""
-        grantee.grant_principal.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["s3:GetObject"],
-                resources=[self.objects_arn],
-            )
+    def key_arn(self, key: str) -> str:
+        """ARN of ``<prefix>/<key>`` (``key`` may end in ``*``): ``arn:...:s3:::<bucket>/<prefix>/<key>``."""
+        return self.bucket.arn_for_objects(f"{self.prefix}/{key}")
+
+    def grant_read(self, role: iam.Role) -> None:
+        """Search: read-only on ``<prefix>/*`` (builds, manifest, and the images it presigns GETs for).
+
+        Nothing to write: the search function only loads what reindex publishes.
+        """
+        self._grant(
+            role,
+            {"s3:GetObject": ["*"]},
+            reason="Read-only (s3:GetObject) on the artifacts prefix only: the manifest, model, index and key "
+            "map it loads, and the collection images it presigns GET URLs for; their keys are not known when "
+            "the stack is deployed.",
         )
+
+    def grant_ingest(self, role: iam.Role) -> None:
+        """Ingest: reads images, the current model and build; writes embedding shards only.
+
+        GetObject on ``embeddings/`` too: a HEAD of a shard that exists needs it (S3 answers 403 otherwise),
+        and a redelivered or duplicate event finds its shard already there.
+        """
+        self._grant(
+            role,
+            {
+                "s3:GetObject": [
+                    f"{IMAGES_PREFIX}*",
+                    f"{MODELS_PREFIX}*",
+                    f"{BUILDS_PREFIX}*",
+                    f"{EMBEDDINGS_PREFIX}*",
+                    MANIFEST_FILE,
+                ],
+                "s3:PutObject": [f"{EMBEDDINGS_PREFIX}*"],
+            },
+            reason="Ingest reads the uploaded images, the current model and build, and writes embedding "
+            "shards under embeddings/ only; image keys and shard names are known only at run time.",
+        )
+
+    def grant_reindex(self, role: iam.Role) -> None:
+        """Reindex: reads shards, model and builds; publishes a build and the manifest; holds its lease.
+
+        ``locks/`` is where the lease lives (an S3 conditional write), so it may write and delete there.
+        """
+        self._grant(
+            role,
+            {
+                "s3:GetObject": [
+                    f"{EMBEDDINGS_PREFIX}*",
+                    f"{BUILDS_PREFIX}*",
+                    f"{MODELS_PREFIX}*",
+                    f"{LOCKS_PREFIX}*",
+                    MANIFEST_FILE,
+                ],
+                "s3:PutObject": [f"{BUILDS_PREFIX}*", f"{LOCKS_PREFIX}*", MANIFEST_FILE],
+                "s3:DeleteObject": [f"{LOCKS_PREFIX}*"],
+            },
+            reason="Reindex merges the embedding shards, writes a new content-addressed build under builds/, "
+            "publishes manifest.json last, and takes and releases its lease under locks/; build ids and shard "
+            "names are known only at run time.",
+        )
+
+    def _grant(self, role: iam.Role, keys_by_action: dict[str, list[str]], *, reason: str) -> None:
+        """Allow each action on ``<prefix>/<key>`` for its keys, ListBucket inside the prefix, and acknowledge
+        cdk-nag's IAM5 for the wildcard keys with ``reason``."""
+        for action, keys in keys_by_action.items():
+            role.add_to_principal_policy(
+                iam.PolicyStatement(actions=[action], resources=[self.key_arn(k) for k in keys])
+            )
         # Without ListBucket a missing key reads as 403 instead of 404; the condition keeps it in the prefix.
-        grantee.grant_principal.add_to_principal_policy(
+        role.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=["s3:ListBucket"],
                 resources=[self.bucket.bucket_arn],
                 conditions={"StringLike": {"s3:prefix": [f"{self.prefix}/*"]}},
             )
+        )
+        wildcards = {key for keys in keys_by_action.values() for key in keys if key.endswith("*")}
+        acknowledge(
+            role,
+            {f"AwsSolutions-IAM5[Resource::{flat_ref(self, self.key_arn(key))}]": reason for key in sorted(wildcards)},
         )

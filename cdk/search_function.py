@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import aws_cdk as cdk
-from aws_cdk import aws_ecr_assets as ecr_assets
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from cdk.artifacts import Artifacts
-from cdk.nag import acknowledge, flat_ref
-from lambda_fn.config import Settings, env_name
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DOCKERFILE = "Dockerfile.lambda"
-_DEFAULTS = {name: field.default for name, field in Settings.model_fields.items()}
-
-_PLATFORMS = {
-    lambda_.Architecture.X86_64.name: ecr_assets.Platform.LINUX_AMD64,
-    lambda_.Architecture.ARM_64.name: ecr_assets.Platform.LINUX_ARM64,
-}
+from cdk.image import SEARCH_HANDLER, SETTINGS_DEFAULTS, execution_role, image_code
+from lambda_fn.config import env_name
 
 
 class SearchFunction(Construct):
@@ -43,6 +30,10 @@ class SearchFunction(Construct):
       default concurrency quota of 10 cannot reserve any.
     - ``provisioned_concurrency``: optional warm containers on a ``live`` alias; then the model and index
       load during init (``load_on_import``) because provisioned environments initialise before traffic.
+    - ``manifest_check_s``: how often a warm container looks for a new manifest, i.e. a build reindex
+      published, and swaps to it; no configuration change or new container is needed.
+
+    It may only read: reindex publishes builds, this function loads them.
     """
 
     def __init__(
@@ -58,31 +49,25 @@ class SearchFunction(Construct):
         architecture: lambda_.Architecture = lambda_.Architecture.X86_64,
         reserved_concurrency: int | None = None,
         provisioned_concurrency: int | None = None,
-        presign_expires_s: int = _DEFAULTS["presign_expires_s"],
-        log_level: str = _DEFAULTS["log_level"],
+        presign_expires_s: int = SETTINGS_DEFAULTS["presign_expires_s"],
+        manifest_check_s: float = SETTINGS_DEFAULTS["manifest_check_s"],
+        log_level: str = SETTINGS_DEFAULTS["log_level"],
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
     ) -> None:
         super().__init__(scope, construct_id)
-        self.log_group = logs.LogGroup(self, "Logs", retention=log_retention, removal_policy=cdk.RemovalPolicy.DESTROY)
-        role = iam.Role(
+        self.manifest_check_s = manifest_check_s
+        role, self.log_group = execution_role(
             self,
-            "Role",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
             description="DeepFood search function: write its own logs, read the artifacts prefix",
+            log_retention=log_retention,
         )
-        # Instead of AWSLambdaBasicExecutionRole (logs:* on every log group): this function's group only.
-        self.log_group.grant_write(role)
         artifacts.grant_read(role)
 
         self.function = lambda_.DockerImageFunction(
             self,
             "Function",
             description="DeepFood similarity search (FastAPI + Mangum, ResNet34 embeddings, Annoy)",
-            code=lambda_.DockerImageCode.from_image_asset(
-                str(REPO_ROOT),
-                file=DOCKERFILE,
-                platform=_PLATFORMS[architecture.name],
-            ),
+            code=image_code(SEARCH_HANDLER, architecture),
             architecture=architecture,
             memory_size=memory_mb,
             timeout=timeout or cdk.Duration.seconds(30),
@@ -93,8 +78,9 @@ class SearchFunction(Construct):
             environment={
                 env_name("artifacts_uri"): artifacts.uri,
                 env_name("cors_origins"): ",".join(cors_origins),
-                env_name("cache_dir"): str(_DEFAULTS["cache_dir"]),
+                env_name("cache_dir"): str(SETTINGS_DEFAULTS["cache_dir"]),
                 env_name("presign_expires_s"): str(presign_expires_s),
+                env_name("manifest_check_s"): str(manifest_check_s),
                 env_name("log_level"): log_level,
                 env_name("load_on_import"): "true" if provisioned_concurrency else "false",
             },
@@ -109,12 +95,3 @@ class SearchFunction(Construct):
                 version=self.function.current_version,
                 provisioned_concurrent_executions=provisioned_concurrency,
             )
-
-        acknowledge(
-            role,
-            {
-                f"AwsSolutions-IAM5[Resource::{flat_ref(self, artifacts.objects_arn)}]": "Read-only (s3:GetObject) "
-                "on the artifacts prefix only: the model, index and key map it loads, and the collection "
-                "images it presigns GET URLs for; their keys are not known when the stack is deployed.",
-            },
-        )

@@ -1,4 +1,4 @@
-"""The one DeepFood stack: artifacts, search function, API and site, wired together."""
+"""The one DeepFood stack: artifacts, search, ingest and reindex functions, API and site, wired together."""
 
 from __future__ import annotations
 
@@ -10,13 +10,20 @@ from constructs import Construct
 from cdk.access_logs import AccessLogs
 from cdk.api import SearchApi
 from cdk.artifacts import Artifacts
+from cdk.ingest import Ingest
+from cdk.reindex import Reindex
 from cdk.search_function import SearchFunction
 from cdk.website import SiteDeployment, Website
+from lambda_fn.config import env_name
 from lambda_fn.manifest import DEFAULT_PREFIX
 
 
 class DeepFoodStack(cdk.Stack):
-    """Composes the constructs; ``function_options`` and ``api_options`` pass their tunables through.
+    """Composes the constructs; ``function_options`` (search), ``ingest_options``, ``reindex_options`` and
+    ``api_options`` pass their tunables through.
+
+    Photos put under ``<prefix>/images/`` are embedded by ingest, merged into a new build by reindex, and
+    picked up by the search function's warm containers.
 
     Environment-agnostic on purpose (no account lookups), so it synthesizes offline and deploys anywhere.
     """
@@ -29,6 +36,8 @@ class DeepFoodStack(cdk.Stack):
         artifacts_bucket_name: str | None = None,
         artifacts_prefix: str = DEFAULT_PREFIX,
         function_options: dict[str, Any] | None = None,
+        ingest_options: dict[str, Any] | None = None,
+        reindex_options: dict[str, Any] | None = None,
         api_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -45,6 +54,8 @@ class DeepFoodStack(cdk.Stack):
         search = SearchFunction(
             self, "Search", artifacts=artifacts, cors_origins=[website.origin], **(function_options or {})
         )
+        ingest = Ingest(self, "Ingest", artifacts=artifacts, **(ingest_options or {}))
+        reindex = Reindex(self, "Reindex", artifacts=artifacts, **(reindex_options or {}))
         api = SearchApi(self, "Api", handler=search.target, allowed_origin=website.origin, **(api_options or {}))
         SiteDeployment(self, "SiteDeployment", website=website, api_base_url=api.url)
 
@@ -55,7 +66,23 @@ class DeepFoodStack(cdk.Stack):
             self,
             "SearchFunctionName",
             value=search.function.function_name,
-            description="Change its configuration to make new containers load newly uploaded artifacts",
+            description=f"Its warm containers pick up each new build within {search.manifest_check_s} s "
+            f"({env_name('manifest_check_s')}); no configuration change needed",
+        )
+        cdk.CfnOutput(
+            self, "IngestQueueUrl", value=ingest.queue.queue_url, description="S3 events of new and removed images"
+        )
+        cdk.CfnOutput(
+            self,
+            "DeadLetterQueueUrl",
+            value=ingest.dead_letter_queue.queue_url,
+            description="Images ingest gave up on (kept 14 days); its alarm goes off when any arrive",
+        )
+        cdk.CfnOutput(
+            self,
+            "ReindexFunctionName",
+            value=reindex.function.function_name,
+            description="Runs on a schedule; invoke it to publish newly ingested images at once",
         )
         cdk.CfnOutput(
             self,
@@ -68,5 +95,7 @@ class DeepFoodStack(cdk.Stack):
         )
         self.artifacts = artifacts
         self.search = search
+        self.ingest = ingest
+        self.reindex = reindex
         self.api = api
         self.website = website

@@ -1,4 +1,4 @@
-"""The synthesized template says what issue 6 asks: image function, settings' env names, API, buckets, nag."""
+"""The synthesized template: search function, settings' env names, API, buckets, outputs, cdk-nag."""
 
 from __future__ import annotations
 
@@ -6,31 +6,29 @@ import aws_cdk as cdk
 import pytest
 from aws_cdk.assertions import Annotations, Match, Template
 from cdk_nag import AwsSolutionsChecks
-from cdk_support import TUNED_API, TUNED_FUNCTION
+from cdk_support import (
+    TUNED_API,
+    TUNED_FUNCTION,
+    as_list,
+    grants,
+    image_function,
+    own_logs,
+    statements,
+)
 
 from cdk.artifacts import Artifacts
+from cdk.image import INGEST_HANDLER, REINDEX_HANDLER, SEARCH_HANDLER
 from cdk.stack import DEFAULT_PREFIX
 from lambda_fn.config import ENV_PREFIX, Settings, env_name
 
 
-def image_function(template: Template) -> dict:
-    functions = template.find_resources("AWS::Lambda::Function", {"Properties": {"PackageType": "Image"}})
-    assert len(functions) == 1
-    return next(iter(functions.values()))["Properties"]
+def search_function(template: Template) -> dict:
+    return image_function(template, SEARCH_HANDLER)
 
 
 def site_domain(template: Template) -> dict:
     (distribution_id,) = template.find_resources("AWS::CloudFront::Distribution")
     return {"Fn::GetAtt": [distribution_id, "DomainName"]}
-
-
-def statements(template: Template) -> list[dict]:
-    policies = template.find_resources("AWS::IAM::Policy").values()
-    return [s for p in policies for s in p["Properties"]["PolicyDocument"]["Statement"]]
-
-
-def as_list(value) -> list:
-    return value if isinstance(value, list) else [value]
 
 
 def test_function_is_a_container_image_with_default_sizes(template):
@@ -48,7 +46,7 @@ def test_function_is_a_container_image_with_default_sizes(template):
 
 
 def test_function_tunables_reach_the_template(tuned_template):
-    function = image_function(tuned_template)
+    function = search_function(tuned_template)
     assert function["MemorySize"] == TUNED_FUNCTION["memory_mb"]
     assert function["Timeout"] == TUNED_FUNCTION["timeout"].to_seconds()
     assert function["EphemeralStorage"] == {"Size": TUNED_FUNCTION["ephemeral_storage_mb"]}
@@ -62,7 +60,7 @@ def test_provisioned_concurrency_puts_the_api_on_a_warm_alias(tuned_template):
         {"Name": "live", "ProvisionedConcurrencyConfig": {"ProvisionedConcurrentExecutions": 2}},
     )
     # Warm containers initialise before traffic, so they load the model during init.
-    assert image_function(tuned_template)["Environment"]["Variables"][env_name("load_on_import")] == "true"
+    assert search_function(tuned_template)["Environment"]["Variables"][env_name("load_on_import")] == "true"
     (alias_id,) = tuned_template.find_resources("AWS::Lambda::Alias")
     methods = tuned_template.find_resources("AWS::ApiGateway::Method", {"Properties": {"HttpMethod": "ANY"}})
     assert len(methods) == 2
@@ -71,13 +69,22 @@ def test_provisioned_concurrency_puts_the_api_on_a_warm_alias(tuned_template):
 
 
 def test_environment_uses_the_settings_names(template):
-    variables = image_function(template)["Environment"]["Variables"]
-    fields = ["artifacts_uri", "cors_origins", "cache_dir", "presign_expires_s", "log_level", "load_on_import"]
+    variables = search_function(template)["Environment"]["Variables"]
+    fields = [
+        "artifacts_uri",
+        "cors_origins",
+        "cache_dir",
+        "presign_expires_s",
+        "manifest_check_s",
+        "log_level",
+        "load_on_import",
+    ]
     assert set(variables) == {env_name(f) for f in fields}
     assert all(name.removeprefix(ENV_PREFIX).lower() in Settings.model_fields for name in variables)
     assert variables[env_name("cache_dir")] == "/tmp/deepfood"
     assert variables[env_name("load_on_import")] == "false"
     assert variables[env_name("presign_expires_s")] == "900"
+    assert float(variables[env_name("manifest_check_s")]) == Settings.model_fields["manifest_check_s"].default
     (bucket_id,) = template.find_resources("AWS::S3::Bucket", {"Properties": {"VersioningConfiguration": {}}})
     assert variables[env_name("artifacts_uri")] == {
         "Fn::Join": ["", ["s3://", {"Ref": bucket_id}, f"/{DEFAULT_PREFIX}/"]]
@@ -86,7 +93,7 @@ def test_environment_uses_the_settings_names(template):
 
 def test_cors_allows_only_the_site_origin(template):
     origin = {"Fn::Join": ["", ["https://", site_domain(template)]]}
-    assert image_function(template)["Environment"]["Variables"][env_name("cors_origins")] == origin
+    assert search_function(template)["Environment"]["Variables"][env_name("cors_origins")] == origin
     quoted = {"Fn::Join": ["", ["'https://", site_domain(template), "'"]]}
     preflights = template.find_resources("AWS::ApiGateway::Method", {"Properties": {"HttpMethod": "OPTIONS"}})
     assert len(preflights) == 2  # "/" and "/{proxy+}"
@@ -162,21 +169,16 @@ def test_buckets_are_private_and_ssl_only(template):
     )
 
 
-def test_function_reads_only_its_prefix(template):
-    s3_statements = [s for s in statements(template) if any(a.startswith("s3:") for a in as_list(s["Action"]))]
-    for statement in s3_statements:
-        assert "s3:*" not in as_list(statement["Action"])
-        assert "*" not in as_list(statement["Resource"])
-    role_id = image_function(template)["Role"]["Fn::GetAtt"][0]
-    (policy,) = template.find_resources("AWS::IAM::Policy", {"Properties": {"Roles": [{"Ref": role_id}]}}).values()
-    granted = {
-        action: statement
-        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
-        for action in as_list(statement["Action"])
+def test_search_may_only_read_its_prefix(template):
+    (bucket_id,) = template.find_resources("AWS::S3::Bucket", {"Properties": {"VersioningConfiguration": {}}})
+    granted = grants(template, SEARCH_HANDLER)
+    assert granted == {
+        "s3:GetObject": {f"<{bucket_id}.Arn>/{DEFAULT_PREFIX}/*"},
+        "s3:ListBucket": {f"<{bucket_id}.Arn>"},
+        **own_logs(search_function(template)),
     }
-    assert {a for a in granted if a.startswith("s3:")} == {"s3:GetObject", "s3:ListBucket"}
-    assert granted["s3:GetObject"]["Resource"]["Fn::Join"][1][-1] == f"/{DEFAULT_PREFIX}/*"
-    assert granted["s3:ListBucket"]["Condition"] == {"StringLike": {"s3:prefix": [f"{DEFAULT_PREFIX}/*"]}}
+    # Reindex publishes builds, search only loads them: nothing it may write or delete, anywhere.
+    assert not [a for a in granted if a.startswith(("s3:Put", "s3:Delete", "s3:Abort", "s3:Restore"))]
 
 
 def test_site_is_private_behind_cloudfront(template):
@@ -210,6 +212,8 @@ def test_deployment_writes_config_json_with_the_api_url(template):
 def test_outputs(template):
     for name in ("SiteUrl", "ApiUrl", "ArtifactsBucketName", "UploadCommand", "SearchFunctionName"):
         assert template.find_outputs(name), name
+    (search_name,) = template.find_outputs("SearchFunctionName").values()
+    assert env_name("manifest_check_s") in search_name["Description"]
     (api_url,) = template.find_outputs("ApiUrl").values()
     assert api_url["Value"]["Fn::Join"][1][-1] != "/"  # the page appends "/search"
     (upload,) = template.find_outputs("UploadCommand").values()
@@ -218,15 +222,22 @@ def test_outputs(template):
     assert parts[-1] == f" --prefix {DEFAULT_PREFIX}"
 
 
-def test_existing_artifacts_bucket_is_used_not_created(existing_bucket_stack):
-    template = Template.from_stack(existing_bucket_stack)
+def test_existing_artifacts_bucket_is_used_not_created(existing_bucket_template):
+    template = existing_bucket_template
     template.resource_count_is("AWS::S3::Bucket", 2)  # site and logs only
-    variables = image_function(template)["Environment"]["Variables"]
+    variables = search_function(template)["Environment"]["Variables"]
     assert variables[env_name("artifacts_uri")] == f"s3://my-existing-artifacts/{DEFAULT_PREFIX}/"
     (output,) = template.find_outputs("ArtifactsBucketName").values()
     assert output["Value"] == "my-existing-artifacts"
-    resources = [str(s["Resource"]) for s in statements(template) if s["Action"] == "s3:GetObject"]
-    assert resources and all(f"my-existing-artifacts/{DEFAULT_PREFIX}/*" in r for r in resources)
+    objects = [
+        resource
+        for handler in (SEARCH_HANDLER, INGEST_HANDLER, REINDEX_HANDLER)
+        for action, resources in grants(template, handler).items()
+        if action.endswith("Object")
+        for resource in resources
+    ]
+    assert len(objects) > 3
+    assert all(r.startswith(f"arn:<AWS::Partition>:s3:::my-existing-artifacts/{DEFAULT_PREFIX}/") for r in objects)
 
 
 def test_empty_prefix_is_refused():

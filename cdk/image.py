@@ -1,0 +1,56 @@
+"""The one container image every function runs (``Dockerfile.lambda``), and what each function around it shares.
+
+Search, ingest and reindex differ only in the handler the image starts (its ``CMD``). The Docker asset's
+hash covers the build context, Dockerfile and platform but not the ``CMD``, so the three functions share one
+image asset: one build, one push.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aws_cdk as cdk
+from aws_cdk import aws_ecr_assets as ecr_assets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from lambda_fn.config import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = "Dockerfile.lambda"
+# The handler each function's image starts; the search handler is also the Dockerfile's own CMD.
+SEARCH_HANDLER = "lambda_fn.main.handler"
+INGEST_HANDLER = "lambda_fn.handlers.ingest.handler"
+REINDEX_HANDLER = "lambda_fn.handlers.reindex.handler"
+# The runtime's defaults, so a tunable left alone configures exactly what the service would do unset.
+SETTINGS_DEFAULTS = {name: field.default for name, field in Settings.model_fields.items()}
+
+_PLATFORMS = {
+    lambda_.Architecture.X86_64.name: ecr_assets.Platform.LINUX_AMD64,
+    lambda_.Architecture.ARM_64.name: ecr_assets.Platform.LINUX_ARM64,
+}
+
+
+def image_code(handler: str, architecture: lambda_.Architecture) -> lambda_.DockerImageCode:
+    """The image built from the repository root for ``architecture``, starting ``handler``."""
+    return lambda_.DockerImageCode.from_image_asset(
+        str(REPO_ROOT),
+        file=DOCKERFILE,
+        platform=_PLATFORMS[architecture.name],
+        cmd=[handler],
+    )
+
+
+def execution_role(
+    scope: Construct, *, description: str, log_retention: logs.RetentionDays
+) -> tuple[iam.Role, logs.LogGroup]:
+    """A function's role and log group (``Role``, ``Logs`` in ``scope``); the role writes only to that group.
+
+    Instead of AWSLambdaBasicExecutionRole, whose logs actions cover every log group in the account.
+    """
+    log_group = logs.LogGroup(scope, "Logs", retention=log_retention, removal_policy=cdk.RemovalPolicy.DESTROY)
+    role = iam.Role(scope, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"), description=description)
+    log_group.grant_write(role)
+    return role, log_group

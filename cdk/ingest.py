@@ -1,0 +1,155 @@
+"""Ingest: photos put under ``<prefix>/images/`` reach an SQS queue, and the ingest function embeds them."""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_event_sources as event_sources
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_s3_notifications as s3n
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from cdk.artifacts import Artifacts
+from cdk.image import INGEST_HANDLER, SETTINGS_DEFAULTS, execution_role, image_code
+from cdk.nag import acknowledge
+from lambda_fn.config import env_name
+
+# AWS's advice for an SQS event source: a visibility timeout of six times the function's timeout, so a
+# batch that is retried after throttling is not handed out again while it is still being worked on.
+VISIBILITY_TIMEOUT_FACTOR = 6
+# The id prefix aws-cdk-lib gives its stack-wide handler of bucket notification custom resources.
+_NOTIFICATIONS_HANDLER_ID = "BucketNotificationsHandler"
+
+
+class Ingest(Construct):
+    """S3 ``ObjectCreated`` and ``ObjectRemoved`` events under ``<prefix>/images/`` -> queue -> ingest function.
+
+    The function (``lambda_fn.handlers.ingest.handler``, same image as search) writes embedding shards under
+    ``embeddings/``; reindex merges them. It reports failed messages one by one
+    (``batchItemFailures``), so only those are retried; a message that fails ``max_receive_count`` times
+    moves to the dead-letter queue, and ``dead_letter_alarm`` goes off.
+
+    The notification works for a created bucket and for an existing one: aws-cdk-lib's notifications
+    custom resource adds these two configurations next to the bucket's own (S3 refuses a configuration
+    whose prefix overlaps an existing one for the same event type).
+
+    Tunables:
+    - ``memory_mb`` (3008) and ``timeout`` (5 minutes): one batch of images through ResNet34 on the CPU.
+      The queue's visibility timeout is six times ``timeout``.
+    - ``ephemeral_storage_mb``: ``/tmp`` caches the model; 2048 MB, as for search.
+    - ``batch_size`` (32) and ``max_batching_window`` (20 s): how many images one invocation embeds, and
+      how long the queue collects them first; larger batches amortise the model load of a cold start.
+    - ``max_concurrency`` (2, the least SQS allows): how many functions the queue may keep busy, so a
+      burst of uploads cannot take the account's concurrency away from search.
+    - ``max_receive_count`` (5): attempts before a message goes to the dead-letter queue (kept 14 days).
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        artifacts: Artifacts,
+        memory_mb: int = 3008,
+        timeout: cdk.Duration | None = None,
+        ephemeral_storage_mb: int = 2048,
+        architecture: lambda_.Architecture = lambda_.Architecture.X86_64,
+        batch_size: int = 32,
+        max_batching_window: cdk.Duration | None = None,
+        max_concurrency: int = 2,
+        max_receive_count: int = 5,
+        num_threads: int | None = SETTINGS_DEFAULTS["num_threads"],
+        log_level: str = SETTINGS_DEFAULTS["log_level"],
+        log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        timeout = timeout or cdk.Duration.minutes(5)
+        self.dead_letter_queue = sqs.Queue(
+            self,
+            "DeadLetters",
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            retention_period=cdk.Duration.days(14),
+        )
+        self.queue = sqs.Queue(
+            self,
+            "Queue",
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            visibility_timeout=cdk.Duration.seconds(timeout.to_seconds() * VISIBILITY_TIMEOUT_FACTOR),
+            dead_letter_queue=sqs.DeadLetterQueue(queue=self.dead_letter_queue, max_receive_count=max_receive_count),
+        )
+        for event in (s3.EventType.OBJECT_CREATED, s3.EventType.OBJECT_REMOVED):
+            artifacts.bucket.add_event_notification(
+                event, s3n.SqsDestination(self.queue), s3.NotificationKeyFilter(prefix=artifacts.images_prefix)
+            )
+
+        role, self.log_group = execution_role(
+            self,
+            description="DeepFood ingest function: write its own logs, read images, write embedding shards",
+            log_retention=log_retention,
+        )
+        artifacts.grant_ingest(role)
+        environment = {
+            env_name("artifacts_uri"): artifacts.uri,
+            env_name("cache_dir"): str(SETTINGS_DEFAULTS["cache_dir"]),
+            env_name("log_level"): log_level,
+        }
+        if num_threads is not None:
+            environment[env_name("num_threads")] = str(num_threads)
+        self.function = lambda_.DockerImageFunction(
+            self,
+            "Function",
+            description="DeepFood ingest: embeds images added to the collection into embedding shards",
+            code=image_code(INGEST_HANDLER, architecture),
+            architecture=architecture,
+            memory_size=memory_mb,
+            timeout=timeout,
+            ephemeral_storage_size=cdk.Size.mebibytes(ephemeral_storage_mb),
+            role=role,
+            log_group=self.log_group,
+            environment=environment,
+        )
+        self.function.add_event_source(
+            event_sources.SqsEventSource(
+                self.queue,
+                batch_size=batch_size,
+                max_batching_window=max_batching_window or cdk.Duration.seconds(20),
+                max_concurrency=max_concurrency,
+                report_batch_item_failures=True,
+            )
+        )
+
+        self.dead_letter_alarm = cloudwatch.Alarm(
+            self,
+            "DeadLettersAlarm",
+            alarm_description="DeepFood ingest gave up on some images: see the dead-letter queue and the logs",
+            metric=self.dead_letter_queue.metric_approximate_number_of_messages_visible(
+                period=cdk.Duration.minutes(5), statistic=cloudwatch.Stats.MAXIMUM
+            ),
+            threshold=0,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=1,
+            datapoints_to_alarm=1,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        self._acknowledge_notifications_handler()
+
+    def _acknowledge_notifications_handler(self) -> None:
+        # aws-cdk-lib writes the notifications handler (code, runtime, role) once per stack, beside the stack's
+        # constructs rather than under this one, so the acknowledgment goes on it there. Its one grant,
+        # s3:PutBucketNotification, aws-cdk-lib scopes to the artifacts bucket (no wildcard to acknowledge).
+        stack = cdk.Stack.of(self)
+        (handler,) = (c for c in stack.node.children if c.node.id.startswith(_NOTIFICATIONS_HANDLER_ID))
+        acknowledge(
+            handler,
+            {
+                "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                "AWSLambdaBasicExecutionRole]": "aws-cdk-lib's bucket notifications handler (runs only during "
+                "deploy) writes its logs through the AWS-managed basic execution policy; aws-cdk-lib generates "
+                "the role.",
+            },
+        )

@@ -1,0 +1,103 @@
+"""Reindex: on a schedule, merge the embedding shards into a new Annoy build and publish it."""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from cdk.artifacts import Artifacts
+from cdk.image import REINDEX_HANDLER, SETTINGS_DEFAULTS, execution_role, image_code
+from lambda_fn.config import Settings, env_name
+
+
+def _least_lease_s() -> int:
+    """The shortest lease the runtime's settings accept (``reindex_lease_s``'s ``ge``)."""
+    (least,) = (c.ge for c in Settings.model_fields["reindex_lease_s"].metadata if hasattr(c, "ge"))
+    return int(least)
+
+
+class Reindex(Construct):
+    """An EventBridge schedule runs the reindex function (same image as search) every ``every``.
+
+    It merges the shards under ``embeddings/`` into a new build under ``builds/`` and publishes it by writing
+    ``manifest.json`` last; warm search containers notice the new manifest and swap to the build.
+
+    Two reindexes never race: the runtime takes a lease under ``locks/`` with an S3 conditional write, and
+    a run that finds the lease held ends at once. The lease lasts as long as the function's ``timeout``
+    (``reindex_lease_s``), so a run that dies holding it blocks the next one for that long at most. Reserved
+    concurrency is not what keeps runs apart: a new account (concurrency quota 10) cannot reserve any. Where
+    the account allows it, ``reserved_concurrency=1`` also caps the function at one container.
+
+    A failed run is not retried, by the schedule or by Lambda's asynchronous invocation (retry attempts 0):
+    the next tick is the retry.
+
+    Tunables:
+    - ``every``: 5 minutes by default: how long a new photo may wait before search can find it.
+    - ``memory_mb``: 3008 by default; up to 10240 for big collections, whose merged embeddings must fit in memory.
+    - ``timeout``: 15 minutes, the most Lambda allows; also the lease.
+    - ``ephemeral_storage_mb``: 10240, the most Lambda allows: the new index is written to ``/tmp`` first.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        artifacts: Artifacts,
+        every: cdk.Duration | None = None,
+        memory_mb: int = 3008,
+        timeout: cdk.Duration | None = None,
+        ephemeral_storage_mb: int = 10240,
+        architecture: lambda_.Architecture = lambda_.Architecture.X86_64,
+        reserved_concurrency: int | None = None,
+        num_threads: int | None = SETTINGS_DEFAULTS["num_threads"],
+        log_level: str = SETTINGS_DEFAULTS["log_level"],
+        log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        timeout = timeout or cdk.Duration.minutes(15)
+        lease_s, least_lease_s = int(timeout.to_seconds()), _least_lease_s()
+        if lease_s < least_lease_s:
+            raise ValueError(f"reindex timeout must be at least {least_lease_s} s: it is also the lease")
+
+        role, self.log_group = execution_role(
+            self,
+            description="DeepFood reindex function: write its own logs, merge shards, publish builds",
+            log_retention=log_retention,
+        )
+        artifacts.grant_reindex(role)
+        environment = {
+            env_name("artifacts_uri"): artifacts.uri,
+            env_name("cache_dir"): str(SETTINGS_DEFAULTS["cache_dir"]),
+            env_name("reindex_lease_s"): str(lease_s),
+            env_name("log_level"): log_level,
+        }
+        if num_threads is not None:
+            environment[env_name("num_threads")] = str(num_threads)
+        self.function = lambda_.DockerImageFunction(
+            self,
+            "Function",
+            description="DeepFood reindex: merges embedding shards into a new Annoy build and publishes it",
+            code=image_code(REINDEX_HANDLER, architecture),
+            architecture=architecture,
+            memory_size=memory_mb,
+            timeout=timeout,
+            ephemeral_storage_size=cdk.Size.mebibytes(ephemeral_storage_mb),
+            reserved_concurrent_executions=reserved_concurrency,
+            # Neither Lambda (asynchronous invocations) nor the schedule retries a failed run: the next tick does.
+            retry_attempts=0,
+            role=role,
+            log_group=self.log_group,
+            environment=environment,
+        )
+        self.schedule = events.Rule(
+            self,
+            "Schedule",
+            description="Runs DeepFood reindex: merge new embeddings, publish a new build",
+            schedule=events.Schedule.rate(every or cdk.Duration.minutes(5)),
+            targets=[targets.LambdaFunction(self.function, retry_attempts=0)],
+        )
