@@ -120,7 +120,9 @@ class Artifacts(Construct):
     def grant_reindex(self, role: iam.Role) -> None:
         """Reindex: reads shards, model and builds; publishes a build and the manifest; holds its lease.
 
-        ``locks/`` is where the lease lives (an S3 conditional write), so it may write and delete there.
+        ``locks/`` is where the lease lives (an S3 conditional write), so it may write and delete there; it
+        also deletes build files no manifest names any more (after a grace period), so builds/ does not grow
+        by an index every few minutes.
         """
         self._grant(
             role,
@@ -133,11 +135,11 @@ class Artifacts(Construct):
                     MANIFEST_FILE,
                 ],
                 "s3:PutObject": [f"{BUILDS_PREFIX}*", f"{LOCKS_PREFIX}*", MANIFEST_FILE],
-                "s3:DeleteObject": [f"{LOCKS_PREFIX}*"],
+                "s3:DeleteObject": [f"{BUILDS_PREFIX}*", f"{LOCKS_PREFIX}*"],
             },
             reason="Reindex merges the embedding shards, writes a new content-addressed build under builds/, "
-            "publishes manifest.json last, and takes and releases its lease under locks/; build ids and shard "
-            "names are known only at run time.",
+            "publishes manifest.json last, deletes build files no manifest names any more, and takes and releases "
+            "its lease under locks/; build ids and shard names are known only at run time.",
         )
 
     def _grant(self, role: iam.Role, keys_by_action: dict[str, list[str]], *, reason: str) -> None:

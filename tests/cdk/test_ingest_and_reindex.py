@@ -303,7 +303,7 @@ def test_reindex_publishes_builds_and_holds_its_lease(template):
             MANIFEST_FILE,
         ),
         "s3:PutObject": objects(template, f"{BUILDS_PREFIX}*", f"{LOCKS_PREFIX}*", MANIFEST_FILE),
-        "s3:DeleteObject": objects(template, f"{LOCKS_PREFIX}*"),
+        "s3:DeleteObject": objects(template, f"{BUILDS_PREFIX}*", f"{LOCKS_PREFIX}*"),
         "s3:ListBucket": {bucket(template)},
         **own_logs(reindex),
     }
