@@ -12,12 +12,13 @@ DEMO_TRAIN_ARGS ?= --head-epochs 1 --epochs 2 --batch-size 32 --workers 2 --weig
 # int8 is ~5x faster on x86 CPUs at the same retrieval quality (docs/benchmarks.md); EXPORT_ARGS= for fp32.
 EXPORT_ARGS ?= --int8
 
-.PHONY: help install demo serve test lint format browser node bench clean
+.PHONY: help install demo serve add-photo test lint format browser node bench clean
 
 help:
 	@echo "make demo   - sample data -> train -> export -> index -> local server on http://127.0.0.1:$(PORT)"
 	@echo "make test   - install everything the tests need (venv, npm CLI, Chromium) and run lint + pytest"
 	@echo "make bench  - benchmarks under bench/ (see docs/benchmarks.md)"
+	@echo "make add-photo PHOTO=dish.jpg LABEL=ramen - add a photo to the demo collection; a running demo finds it"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -69,6 +70,11 @@ demo: $(ART)/manifest.json
 
 serve: install
 	$(PY) -m lambda_fn.local --artifacts $(ART) --images $(DATA) --port $(PORT)
+
+# Embeds the photo with the live model and publishes a new build into $(ART); `make demo` picks it up live.
+add-photo: install
+	@test -n "$(PHOTO)" || { echo "usage: make add-photo PHOTO=path/to/dish.jpg LABEL=ramen"; exit 2; }
+	$(PY) -m training.collection --artifacts $(ART) --images $(DATA) add "$(PHOTO)" $(if $(LABEL),--label "$(LABEL)")
 
 bench: install
 	$(PY) -m bench.run

@@ -21,6 +21,8 @@ from lambda_fn.site_config import CONFIG_FILE, site_config
 from lambda_fn.urls import LOCAL_IMAGES_ROUTE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# A new build shows up quickly on a workstation; in Lambda the default interval applies (Settings).
+LOCAL_MANIFEST_CHECK_S = 2.0
 
 
 def create_local_app(settings: Settings, *, frontend: Path | None = None) -> FastAPI:
@@ -52,6 +54,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="artifact cache for s3:// artifacts")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPUs)")
     p.add_argument("--eager", action="store_true", help="load model and index before serving")
+    p.add_argument(
+        "--manifest-check-s",
+        type=float,
+        default=LOCAL_MANIFEST_CHECK_S,
+        help="seconds between checks for a new build, e.g. one `training.collection add` published "
+        f"(default: {LOCAL_MANIFEST_CHECK_S:g}; a local check reads one small file)",
+    )
     return p
 
 
@@ -63,6 +72,7 @@ def main(args: argparse.Namespace) -> int:
         "images_uri": args.images,
         "num_threads": args.threads,
         "load_on_import": args.eager,
+        "manifest_check_s": args.manifest_check_s,
     }
     if args.cache_dir:
         overrides["cache_dir"] = args.cache_dir
