@@ -7,7 +7,13 @@ Order matters, so that a reader never sees a manifest that points at objects tha
    size and MD5/ETag is already there, so re-runs are cheap);
 2. model, index and key map under ``<prefix>/builds/<build id>/`` (content-addressed: an upload never
    overwrites what a running service is reading);
-3. ``<prefix>/manifest.json`` last, naming those build files: this one small PUT switches readers over.
+3. ``<prefix>/manifest.json`` last, naming those build files: this one small PUT switches readers over
+   (``lambda_fn.publish``, the contract the reindex function publishes by too).
+
+    python -m training.upload --new-model artifacts/model.pt --bucket B --prefix deepfood
+
+announces a new model to a deployment whose collection keeps itself indexed instead (``models/``); the live
+build keeps serving until a backfill has re-embedded the collection with it and a reindex publishes it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from tqdm import tqdm
 
+from lambda_fn.artifacts import ArtifactError
+from lambda_fn.engine import load_model
 from lambda_fn.manifest import (
     DEFAULT_PREFIX,
     MANIFEST_FILE,
@@ -34,6 +42,7 @@ from lambda_fn.manifest import (
     image_object_key,
     read_keys,
 )
+from lambda_fn.models import POINTER_FILE, ModelPointer, model_key
 from lambda_fn.publish import publish_build
 from lambda_fn.store import S3Store
 from training.cli import run
@@ -128,6 +137,21 @@ def upload(
     return report
 
 
+def announce_model(model: Path, bucket: str, prefix: str, *, client) -> ModelPointer:
+    """Upload a new model to ``models/<sha256>/model.pt`` and name it in ``models/current.json``.
+
+    The live build keeps serving; ingest embeds new photos with both models from now on, a backfill
+    re-embeds the collection with the new one, and the reindex after it publishes the new model's build.
+    """
+    load_model(model)  # refuse a file the service could not load before anyone depends on it
+    sha = file_sha256(model)
+    store = S3Store(bucket, prefix, client)
+    store.upload_file(model, model_key(sha))
+    pointer = ModelPointer(model_file=model_key(sha), model_sha256=sha)
+    store.put(POINTER_FILE, pointer.model_dump_json(indent=2).encode())
+    return pointer
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="build folder (default: artifacts)")
@@ -140,6 +164,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="S3-compatible endpoint (default: AWS, or the AWS_ENDPOINT_URL environment variable)",
     )
     p.add_argument("--workers", type=int, default=8, help="parallel image uploads (default: 8)")
+    p.add_argument(
+        "--new-model",
+        type=Path,
+        default=None,
+        help="instead of a build: announce this exported model for a deployment whose collection keeps "
+        "itself indexed (then run the backfill); the live build serves until the new one covers it",
+    )
     return p
 
 
@@ -147,6 +178,15 @@ def main(args: argparse.Namespace) -> int:
     client = boto3.client(
         "s3", endpoint_url=args.endpoint_url, config=Config(retries={"max_attempts": 5, "mode": "standard"})
     )
+    if args.new_model is not None:
+        if not args.new_model.is_file():
+            raise FileNotFoundError(f"model {args.new_model} does not exist; export one with training.export")
+        pointer = announce_model(args.new_model, args.bucket, args.prefix, client=client)
+        print(
+            f"model {pointer.model_sha256[:12]}… uploaded to s3://{args.bucket}/{args.prefix.strip('/')}/"
+            f"{pointer.model_file}; run the backfill (python -m training.backfill) to re-embed the collection"
+        )
+        return 0
     report = upload(args.artifacts, args.images, args.bucket, args.prefix, client=client, workers=args.workers)
     print(
         f"uploaded {report.uploaded_images} images ({report.skipped_images} already there), "
@@ -166,7 +206,8 @@ def _describe(exc: BaseException) -> str:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    return run(main, get_args_parser(), argv, (FileNotFoundError, ValueError, ClientError, BotoCoreError), _describe)
+    expected = (FileNotFoundError, ValueError, ClientError, BotoCoreError, ArtifactError)
+    return run(main, get_args_parser(), argv, expected, _describe)
 
 
 if __name__ == "__main__":

@@ -158,8 +158,9 @@ def test_a_new_model_goes_live_only_once_the_collection_is_embedded_with_it(depl
 
     from lambda_fn.ingest import Change
     from lambda_fn.manifest import MODEL_META_FILE, file_sha256
-    from lambda_fn.models import POINTER_FILE, ModelPointer, model_key
+    from lambda_fn.models import model_key
     from lambda_fn.shards import EventOrder
+    from training.upload import announce_model
 
     d = deployment
     extra = {MODEL_META_FILE: ""}
@@ -168,9 +169,8 @@ def test_a_new_model_goes_live_only_once_the_collection_is_embedded_with_it(depl
     meta["train_args"] = {**meta.get("train_args", {}), "note": "second model"}
     second = tmp_path / "second.pt"
     torch.jit.save(module, str(second), _extra_files={MODEL_META_FILE: json.dumps(meta)})
-    sha = file_sha256(second)
-    d.artifacts.upload_file(second, model_key(sha))
-    d.artifacts.put(POINTER_FILE, ModelPointer(model_file=model_key(sha), model_sha256=sha).model_dump_json().encode())
+    sha = announce_model(second, d.bucket, d.prefix, client=d.client).model_sha256
+    assert sha == file_sha256(second)
     live_sha = Manifest.model_validate_json(d.live_manifest_body()).model_sha256
 
     report = _ingest(d, sqs_event(d.put_image("both/new.jpg", unique_photo(71)), bucket=d.bucket))
