@@ -17,7 +17,8 @@ def get_state(request: Request) -> ServiceState:
 
 
 async def get_engine(state: Annotated[ServiceState, Depends(get_state)]) -> Engine:
-    return await state.run(state.get)  # loads on the torch thread the first time (see ServiceState)
+    """The live engine, taken once, so a request ends on the build it started on (see ServiceState)."""
+    return await state.live()
 
 
 def get_linker(request: Request) -> ImageLinker:

@@ -90,12 +90,25 @@ class Engine:
         self.model, self.meta, self.index, self.manifest, self.keys = model, meta, index, manifest, keys
         self.search_k = search_k or manifest.search_k
         self.has_head = bool(meta.class_names)
+        self.build_id = manifest.build_id
 
     @classmethod
     def from_files(
-        cls, manifest: Manifest, model_path: Path, index_path: Path, keys_path: Path, *, search_k: int | None = None
+        cls,
+        manifest: Manifest,
+        model_path: Path,
+        index_path: Path,
+        keys_path: Path,
+        *,
+        search_k: int | None = None,
+        reuse: Engine | None = None,
     ) -> Engine:
-        model, meta = load_model(model_path)
+        """Load a build. When ``reuse`` runs the same model (same sha256), its loaded and warmed-up model object
+        is shared instead of loading the file again: no torch work at all."""
+        if reuse is not None and reuse.manifest.model_sha256 == manifest.model_sha256:
+            model, meta = reuse.model, reuse.meta
+        else:
+            model, meta = load_model(model_path)
         _check_dim(manifest, meta)  # before loading: Annoy's own complaint about a wrong dim is cryptic
         index = load_index(index_path, manifest.dim, manifest.metric)
         return cls(model, meta, index, manifest, read_keys(keys_path), search_k=search_k)

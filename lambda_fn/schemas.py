@@ -114,9 +114,23 @@ class IndexInfo(BaseModel):
     search_k: int
 
 
+class BuildInfo(BaseModel):
+    id: str = Field(description="The live build: the <id> of builds/<id>/; every search response carries it")
+    built_at: str = Field(description="When the build was made (ISO 8601)")
+
+
+class UpdatesInfo(BaseModel):
+    check_interval_s: float = Field(description="Seconds between checks for a newer build; 0: never")
+    checked_at: str | None = Field(None, description="When the published manifest was last checked (ISO 8601)")
+    swapping: bool = Field(False, description="A newer build is being fetched and loaded; the live one serves")
+    error: str | None = Field(None, description="Why the last check failed; the live build keeps serving")
+
+
 class HealthResponse(BaseModel):
     status: Literal["ready", "unavailable"]
     error: ErrorDetail | None = None
+    build: BuildInfo | None = None
+    updates: UpdatesInfo | None = None
     model: ModelInfo | None = None
     index: IndexInfo | None = None
     limits: dict[str, int] = Field(default_factory=dict, description="default_k, max_k, max_upload_bytes")

@@ -1,7 +1,19 @@
-"""The container's loaded engine: created on first use (or at import when configured), then reused.
+"""The container's loaded engine: created on first use (or at import when configured), then reused, and
+replaced by a newer build when one is published.
 
 Not a FastAPI startup event: Mangum runs those on every invocation. A failed load is remembered for
 /health and retried by the next request, so a fixed S3 object recovers the service without a restart.
+
+A new build is picked up without a redeploy: once ``manifest_check_s`` has passed since the last check, a
+request starts one on the swap thread and goes on with the live engine. The check is one conditional read
+of the manifest; only when it changed are the new build's files fetched and verified and a new Engine
+loaded, all on the swap thread, and then swapped in with one reference assignment. A request takes the
+engine once, at its start, so requests in flight finish on the old build and later ones use the new one.
+A failed check or load is logged and shown on /health; the old build keeps serving and the next check
+retries. On Lambda the environment is frozen between invocations, so a check only makes progress while
+some invocation runs: a quiet container finishes it during its next requests (a frozen S3 connection may
+fail it; the next check retries). That is acceptable: a container that gets no requests serves nobody a
+stale build.
 """
 
 from __future__ import annotations
@@ -12,16 +24,21 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import torch
 
 from lambda_fn import artifacts
-from lambda_fn.artifacts import ArtifactError
+from lambda_fn.artifacts import ArtifactError, FetchedArtifacts
 from lambda_fn.config import Settings
 from lambda_fn.engine import Engine
 from lambda_fn.errors import NotReady
 
 log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 class ServiceState:
@@ -35,14 +52,33 @@ class ServiceState:
         # Every torch call (load, warm-up, each request's forward) runs on this one thread. Torch's OpenMP
         # pool belongs to the calling thread, so one thread keeps one warm pool (a forward on a different
         # thread than the last measured 7-12 ms slower), requests queue first come, first served, and the
-        # event loop stays free to accept the next upload.
+        # event loop stays free to accept the next upload. Loading a new model for a swap is the exception
+        # (see ``_engine_for``).
         self.torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
+        # Checks for a new build and loads it, one check at a time, off every request's path.
+        self.swap_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swap")
+        self._live: FetchedArtifacts | None = None  # the live engine's files and its manifest's stamp
+        self._check_lock = threading.Lock()
+        self._checking = False
+        self._last_check = 0.0  # time.monotonic() when the last check (or the first load) ended
+        self._check_client = None
+        self.checked_at: str | None = None
+        self.swapping = False
+        self.check_error: str | None = None
 
     async def run(self, fn, *args):
         """``fn(*args)`` on the torch thread, awaited."""
         return await asyncio.get_running_loop().run_in_executor(self.torch_thread, fn, *args)
 
-    def _load(self) -> Engine:
+    async def live(self) -> Engine:
+        """The engine a request uses from start to end; starts a check for a new build when one is due."""
+        engine = self.engine
+        if engine is None:
+            engine = await self.run(self.get)  # loads on the torch thread the first time
+        self.poll()
+        return engine
+
+    def _load(self) -> tuple[Engine, FetchedArtifacts]:
         started = time.perf_counter()
         torch.set_num_threads(self.settings.threads)
         fetched = artifacts.fetch(self.settings.artifacts_uri, self.settings.cache_dir, self._s3_client)
@@ -56,11 +92,12 @@ class ServiceState:
             extra={
                 "seconds": round(self.load_seconds, 3),
                 "count": fetched.manifest.count,
+                "build_id": engine.build_id,
                 "model_sha256": fetched.manifest.model_sha256,
                 "threads": torch.get_num_threads(),
             },
         )
-        return engine
+        return engine, fetched
 
     def get(self) -> Engine:
         """The loaded engine; raises NotReady (503) with the reason when it cannot be loaded now."""
@@ -69,7 +106,9 @@ class ServiceState:
         with self._lock:
             if self.engine is None:
                 try:
-                    self.engine = self._load()
+                    engine, self._live = self._load()
+                    self._checked()
+                    self.engine = engine
                     self.error = None
                 except ArtifactError as exc:
                     self.error = str(exc)
@@ -84,3 +123,107 @@ class ServiceState:
     def try_load(self) -> None:
         with contextlib.suppress(NotReady):
             self.torch_thread.submit(self.get).result()
+
+    def _checked(self) -> None:
+        self.checked_at = _now()
+        self._last_check = time.monotonic()
+
+    def _due(self) -> bool:
+        interval = self.settings.manifest_check_s
+        return bool(interval) and time.monotonic() - self._last_check >= interval
+
+    def poll(self) -> None:
+        """Start a check for a new build on the swap thread if one is due and none is running; never waits."""
+        if self.engine is None or not self._due():
+            return
+        with self._check_lock:
+            if self._checking or not self._due():
+                return
+            self._checking = True
+        try:
+            self.swap_thread.submit(self._check)
+        except RuntimeError:  # the interpreter is shutting down
+            self._checking = False
+
+    def _engine_for(self, fetched: FetchedArtifacts, live: Engine) -> Engine:
+        engine = Engine.from_files(
+            fetched.manifest,
+            fetched.model,
+            fetched.index,
+            fetched.keys,
+            search_k=self.settings.search_k,
+            reuse=live,
+        )
+        if engine.model is not live.model:
+            # A new model loads and warms up here, on the swap thread, not on the torch thread, where every
+            # queued request would wait behind the load and the two warm-up forwards (the first, profiling
+            # one is the slow one). The price: the warm-up forwards share the CPUs with the requests'
+            # forwards for that moment (requests slow down rather than wait), this thread gets an OpenMP
+            # pool of its own (the torch thread's stays warm), and both models are in memory until the last
+            # request on the old engine ends. TorchScript's optimised plan belongs to the method, not the
+            # thread, so the torch thread runs the warmed-up plan from its first request.
+            engine.warm_up()
+        return engine
+
+    def _check(self) -> None:
+        live, old = self.engine, self._live
+        started = time.perf_counter()
+        new_id = None
+        try:
+            if self._s3_client is None and artifacts.Location.parse(self.settings.artifacts_uri).is_s3:
+                self._check_client = self._check_client or artifacts.s3_client()  # made once, not per check
+            client = self._s3_client or self._check_client
+            published = artifacts.read_manifest(self.settings.artifacts_uri, client, stamp=old.stamp)
+            if published is None:
+                self.check_error = None
+                log.debug("manifest unchanged", extra={"build_id": live.build_id})
+                return
+            manifest, stamp = published
+            new_id = manifest.build_id
+            self.swapping = True
+            log.info("new build published; loading it", extra={"build_id": new_id, "live_build_id": live.build_id})
+            fetched = artifacts.fetch_build(
+                self.settings.artifacts_uri, self.settings.cache_dir, manifest, stamp, client, have=old
+            )
+            engine = self._engine_for(fetched, live)
+            self._live = fetched
+            self.engine = engine  # the swap: one reference assignment
+            removed = artifacts.prune(old, fetched)
+            self.check_error = None
+            log.info(
+                "build swapped in",
+                extra={
+                    "build_id": new_id,
+                    "previous_build_id": live.build_id,
+                    "model_reloaded": engine.model is not live.model,
+                    "count": manifest.count,
+                    "seconds": round(time.perf_counter() - started, 3),
+                    "removed_from_cache": [str(p) for p in removed],
+                },
+            )
+        except Exception as exc:
+            interval = self.settings.manifest_check_s
+            if new_id is None:
+                self.check_error = (
+                    f"checking for a new build failed; build {live.build_id} keeps serving, "
+                    f"the next check is in {interval:g} s"
+                )
+            else:
+                self.check_error = (
+                    f"build {new_id} could not be loaded (its files are missing, corrupt or do not belong "
+                    f"together); build {live.build_id} keeps serving, the next check retries in {interval:g} s"
+                )
+            log.warning(
+                "new build not swapped in; the live build keeps serving",
+                extra={
+                    "reason": str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}",
+                    "artifacts_uri": self.settings.artifacts_uri,
+                    "build_id": new_id,
+                    "live_build_id": live.build_id,
+                },
+                exc_info=not isinstance(exc, ArtifactError),
+            )
+        finally:
+            self.swapping = False
+            self._checked()
+            self._checking = False

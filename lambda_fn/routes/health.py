@@ -1,4 +1,4 @@
-"""GET /health: ready or not, and which model and index are loaded."""
+"""GET /health: ready or not, which build, model and index serve, and how the check for newer builds went."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from fastapi.responses import JSONResponse
 from lambda_fn import __version__
 from lambda_fn.deps import StateDep
 from lambda_fn.errors import RETRY_HEADERS, NotReady
-from lambda_fn.schemas import ErrorDetail, HealthResponse, IndexInfo, ModelInfo
+from lambda_fn.schemas import BuildInfo, ErrorDetail, HealthResponse, IndexInfo, ModelInfo, UpdatesInfo
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
 async def health(state: StateDep):
-    """Load the model and index if needed and report their identity; 503 while they cannot be loaded."""
+    """Load the model and index if needed and report their identity and build; 503 while they cannot be loaded."""
     settings = state.settings
     body = HealthResponse(
         status="ready",
@@ -30,12 +30,19 @@ async def health(state: StateDep):
         versions={"service": __version__, "torch": torch.__version__, "python": platform.python_version()},
     )
     try:
-        engine = await state.run(state.get)
+        engine = await state.live()
     except NotReady as exc:
         body.status = "unavailable"
         body.error = ErrorDetail(code=exc.code, message=exc.message)
         return JSONResponse(body.model_dump(mode="json"), status_code=503, headers=RETRY_HEADERS)
     m, meta = engine.manifest, engine.meta
+    body.build = BuildInfo(id=engine.build_id, built_at=m.built_at)
+    body.updates = UpdatesInfo(
+        check_interval_s=settings.manifest_check_s,
+        checked_at=state.checked_at,
+        swapping=state.swapping,
+        error=state.check_error,
+    )
     body.model = ModelInfo(
         sha256=m.model_sha256,
         weights_sha256=meta.weights_sha256,
