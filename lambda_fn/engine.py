@@ -91,6 +91,8 @@ class Engine:
         self.search_k = search_k or manifest.search_k
         self.has_head = bool(meta.class_names)
         self.build_id = manifest.build_id
+        # Ids are dense per build, keys are not: a look-up by key means the same image in every build.
+        self.ids = {entry.key: i for i, entry in enumerate(keys)}
 
     @classmethod
     def from_files(

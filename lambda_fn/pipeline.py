@@ -61,6 +61,7 @@ def search_image(data: bytes, k: int, engine: Engine, settings: Settings, linker
     matches = to_matches(engine, neighbours, linker)
     return SearchResponse(
         k=k,
+        build_id=engine.build_id,
         results=matches,
         predictions=predictions,
         timings=Timings(
@@ -70,6 +71,23 @@ def search_image(data: bytes, k: int, engine: Engine, settings: Settings, linker
             total_ms=_ms(time.perf_counter() - t0),
         ),
     )
+
+
+def check_build(engine: Engine, build: str | None) -> None:
+    """A client that names the build its ids came from gets 409 once another build serves."""
+    if build is not None and build != engine.build_id:
+        raise ApiError(
+            ErrorCode.STALE_BUILD,
+            f"image ids from build {build!r} do not name the same images in the live build {engine.build_id} "
+            "(the index was rebuilt): search again, or look the image up by its key with GET /similar?key=<key>",
+        )
+
+
+def image_id_of(key: str, engine: Engine) -> int:
+    try:
+        return engine.ids[key]
+    except KeyError:
+        raise ApiError(ErrorCode.UNKNOWN_IMAGE, f"no image with key {key!r} in build {engine.build_id}") from None
 
 
 def search_similar(image_id: int, k: int, engine: Engine, linker: ImageLinker) -> SearchResponse:
@@ -82,6 +100,7 @@ def search_similar(image_id: int, k: int, engine: Engine, linker: ImageLinker) -
     t1 = time.perf_counter()
     return SearchResponse(
         k=k,
+        build_id=engine.build_id,
         results=to_matches(engine, neighbours, linker),
         predictions=[],
         query_id=image_id,

@@ -20,6 +20,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     UNKNOWN_IMAGE = "unknown_image"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    STALE_BUILD = "stale_build"
     TOO_LARGE = "too_large"
     UNSUPPORTED_TYPE = "unsupported_type"
     MISSING_IMAGE = "missing_image"
@@ -43,6 +44,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.UNKNOWN_IMAGE: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.STALE_BUILD: 409,  # an id from an earlier build: ids are dense per build, so it may name another image
     ErrorCode.TOO_LARGE: 413,  # the upload's bytes or the image's pixels
     ErrorCode.UNSUPPORTED_TYPE: 415,  # the content type or the image format
     ErrorCode.MISSING_IMAGE: 422,
@@ -89,11 +91,14 @@ class Timings(BaseModel):
 
 class SearchResponse(BaseModel):
     k: int
+    build_id: str = Field(
+        description="The index build that answered; ids are only meaningful within it (pass it back as `build`)"
+    )
     results: list[Match]
     predictions: list[Prediction] = Field(description="What the model thinks the query is (empty without a head)")
     timings: Timings
-    query_id: int | None = Field(None, description="Set for /images/{id}/similar: the image searched from")
-    query: Match | None = Field(None, description="Set for /images/{id}/similar: that image, with its link")
+    query_id: int | None = Field(None, description="Set for similar-image searches: the image searched from")
+    query: Match | None = Field(None, description="Set for similar-image searches: that image, with its link")
 
 
 class ModelInfo(BaseModel):

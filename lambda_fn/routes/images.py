@@ -1,4 +1,4 @@
-"""GET /images/{id}/similar: neighbours of an image already in the index."""
+"""Neighbours of an image already in the index: by id (from a result of the same build) or by key."""
 
 from __future__ import annotations
 
@@ -9,24 +9,61 @@ from starlette.concurrency import run_in_threadpool
 
 from lambda_fn.deps import EngineDep, LinkerDep, SettingsDep
 from lambda_fn.errors import ERROR_RESPONSES
-from lambda_fn.pipeline import search_similar
+from lambda_fn.pipeline import check_build, image_id_of, search_similar
 from lambda_fn.schemas import ErrorResponse, SearchResponse
 from lambda_fn.uploads import parse_k
 
 router = APIRouter(tags=["images"])
 
+K = Annotated[str | None, Query(description="Number of results")]
+
 
 @router.get(
     "/images/{image_id}/similar",
     response_model=SearchResponse,
-    responses={**ERROR_RESPONSES, 404: {"model": ErrorResponse, "description": "Unknown image id"}},
+    responses={
+        **ERROR_RESPONSES,
+        404: {"model": ErrorResponse, "description": "Unknown image id (code: `unknown_image`)"},
+        409: {
+            "model": ErrorResponse,
+            "description": "`build` is not the live build: the id may name another image now (code: `stale_build`)",
+        },
+    },
 )
 async def similar(
     engine: EngineDep,
     settings: SettingsDep,
     linker: LinkerDep,
     image_id: Annotated[int, Path(ge=0, le=2**31 - 1, description="Image id from a previous result")],
-    k: Annotated[str | None, Query(description="Number of results")] = None,
+    k: K = None,
+    build: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="The `build_id` of the response the id came from; 409 when another build serves now",
+        ),
+    ] = None,
 ) -> SearchResponse:
     """Find the images most similar to an indexed image, leaving the image itself out."""
+    check_build(engine, build)
+    return await run_in_threadpool(search_similar, image_id, parse_k(k, settings), engine, linker)
+
+
+@router.get(
+    "/similar",
+    response_model=SearchResponse,
+    responses={**ERROR_RESPONSES, 404: {"model": ErrorResponse, "description": "Unknown key (code: `unknown_image`)"}},
+)
+async def similar_by_key(
+    engine: EngineDep,
+    settings: SettingsDep,
+    linker: LinkerDep,
+    key: Annotated[
+        str,
+        Query(min_length=1, max_length=1024, description="The image's `key` in the collection; valid in every build"),
+    ],
+    k: K = None,
+) -> SearchResponse:
+    """Find the images most similar to an indexed image named by its key, leaving the image itself out."""
+    image_id = image_id_of(key, engine)
     return await run_in_threadpool(search_similar, image_id, parse_k(k, settings), engine, linker)
