@@ -1,14 +1,30 @@
-"""Session fixtures: a synthetic sample set, a tiny trained model, its index, and a loopback S3 server."""
+"""Session fixtures: a synthetic sample set, a tiny trained model, its index, and a loopback S3 server.
+
+Shared by the suites: a client builder over the real app, the Lambda context, the service's JSON log lines,
+and a build uploaded to the loopback S3 server.
+"""
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
-from bench.harness import free_port
-from tests.helpers import tiny_train_args
+from bench.harness import LambdaContext, free_port
+from lambda_fn.manifest import MANIFEST_FILE, Manifest
+from tests.helpers import (
+    INDEX_TREES,
+    S3_PREFIX,
+    SAMPLE_CLASSES,
+    SAMPLE_PER_CLASS,
+    SAMPLE_SIZE,
+    UploadedBuild,
+    tiny_train_args,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -23,7 +39,8 @@ def sample_dir(tmp_path_factory) -> Path:
     from training.sample_data import write_sample_set
 
     root = tmp_path_factory.mktemp("sample")
-    write_sample_set(root, per_class=10, width=160, height=128, seed=0)
+    width, height = SAMPLE_SIZE
+    write_sample_set(root, per_class=SAMPLE_PER_CLASS, width=width, height=height, classes=SAMPLE_CLASSES, seed=0)
     return root
 
 
@@ -64,12 +81,54 @@ def artifacts_dir(model_path, sample_dir, tmp_path_factory) -> Path:
             "--workers",
             "0",
             "--n-trees",
-            "10",
+            str(INDEX_TREES),
             "--save-embeddings",
         ]
     )
     assert main(args) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def make_client(artifacts_dir, sample_dir, tmp_path_factory):
+    """``make_client(**settings)``: a ``TestClient`` over ``create_app(Settings(...))``.
+
+    Without ``artifacts_uri`` it serves the session's local artifacts and sample images. Unless given, it
+    runs one torch thread with a fresh cache folder. ``s3_client`` goes to ``create_app``;
+    ``raise_server_exceptions`` to the ``TestClient``.
+    """
+    from fastapi.testclient import TestClient
+
+    from lambda_fn.app import create_app
+    from lambda_fn.config import Settings
+
+    def build(*, s3_client=None, raise_server_exceptions: bool = True, **settings) -> TestClient:
+        if "artifacts_uri" not in settings:
+            settings = {"artifacts_uri": str(artifacts_dir), "images_uri": str(sample_dir), **settings}
+        settings.setdefault("num_threads", 1)
+        settings.setdefault("cache_dir", tmp_path_factory.mktemp("cache"))
+        app = create_app(Settings(**settings), s3_client=s3_client)
+        return TestClient(app, raise_server_exceptions=raise_server_exceptions)
+
+    return build
+
+
+@pytest.fixture
+def lambda_context() -> LambdaContext:
+    """The context object the Lambda runtime passes to a handler."""
+    return LambdaContext()
+
+
+@pytest.fixture
+def log_lines():
+    """Call it to get the JSON log lines the service has written during the test so far, parsed."""
+    from lambda_fn.logs import logger
+
+    handler = logger.registered_handler
+    buffer = io.StringIO()
+    previous = handler.setStream(buffer)
+    yield lambda: [json.loads(line) for line in buffer.getvalue().splitlines()]
+    handler.setStream(previous)
 
 
 @pytest.fixture(scope="session")
@@ -101,8 +160,31 @@ def s3(s3_endpoint):
 
 @pytest.fixture
 def bucket(s3, request) -> str:
-    import re
-
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + "-bkt"
     s3.create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def upload_build(s3, bucket, artifacts_dir, sample_dir, s3_endpoint, monkeypatch):
+    """``upload_build(prefix=S3_PREFIX, *, images=False)``: the session's build uploaded to the test's bucket
+    with ``training.upload`` (the sample images too, when asked), as an ``UploadedBuild``.
+
+    The service's own S3 clients reach the loopback server through ``AWS_ENDPOINT_URL``.
+    """
+    from training.upload import upload
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+
+    def go(prefix: str = S3_PREFIX, *, images: bool = False) -> UploadedBuild:
+        upload(artifacts_dir, sample_dir if images else None, bucket, prefix, client=s3)
+        body = s3.get_object(Bucket=bucket, Key=f"{prefix}/{MANIFEST_FILE}")["Body"].read()
+        return UploadedBuild(bucket, prefix, Manifest.model_validate_json(body))
+
+    return go
+
+
+@pytest.fixture
+def uploaded(upload_build) -> UploadedBuild:
+    """Model, index and key map uploaded under ``S3_PREFIX`` (no images)."""
+    return upload_build()

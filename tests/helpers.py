@@ -1,6 +1,8 @@
-"""Helpers shared by the test suites: saved events, sample images, the tiny training run, ``python -m``.
+"""Helpers shared by the test suites: the session fixtures' facts, saved events, sample images, the tiny
+training run, ``python -m``, the JSON error check and the uploaded-build handle.
 
-Free ports, the local server as a subprocess and the Lambda context are in ``bench.harness``.
+Free ports, the local server as a subprocess and the Lambda context are in ``bench.harness``; fakes that
+really run (a slow TCP proxy, a flaky S3 client) are in ``tests.fakes``.
 """
 
 from __future__ import annotations
@@ -9,16 +11,32 @@ import io
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
+
+from lambda_fn.manifest import Manifest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EVENTS_DIR = Path(__file__).resolve().parent / "events"
 
 
-# A small but real pipeline: ResNet34 at 64 px on 60 synthetic images trains and indexes in seconds.
+# A small but real pipeline: ResNet34 at 64 px on the synthetic sample set below trains and indexes in seconds.
 TEST_RESIZE, TEST_CROP = 72, 64
+# The session's sample set (tests/conftest.py): SAMPLE_PER_CLASS images of each of SAMPLE_CLASSES dishes, each
+# SAMPLE_SIZE (width, height) or its transpose, so the index holds ids 0..SAMPLE_COUNT-1.
+SAMPLE_CLASSES = 6
+SAMPLE_PER_CLASS = 10
+SAMPLE_COUNT = SAMPLE_CLASSES * SAMPLE_PER_CLASS
+SAMPLE_SIZE = (160, 128)
+# The session's index: Annoy trees it is built with, and the width of the tiny model's (ResNet34) embeddings.
+INDEX_TREES = 10
+EMBED_DIM = 512
+# The origin the route tests' shared client allows through CORS.
+SITE_ORIGIN = "https://site.example"
+# The S3 prefix the ``upload_build`` fixture uploads builds under.
+S3_PREFIX = "svc"
 
 
 def tiny_train_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -76,3 +94,35 @@ def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
     idat = zlib.compress(b"\x00" * (width + 1) * 4, 9)  # a few rows of zeros; the rest "missing"
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def assert_json_error(response, status: int | tuple[int, ...], code: str | None = None) -> dict:
+    """The response has one of the given statuses and the documented ``{"error": {"code", "message"}}`` JSON
+    body with a non-empty message (and ``code``, when given); returns the ``error`` object."""
+    statuses = (status,) if isinstance(status, int) else status
+    assert response.status_code in statuses, f"{response.status_code}: {response.text[:300]}"
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert isinstance(body["error"]["code"], str) and body["error"]["message"].strip()
+    if code:
+        assert body["error"]["code"] == code, body
+    return body["error"]
+
+
+@dataclass(frozen=True)
+class UploadedBuild:
+    """A build that ``training.upload`` put into a loopback S3 bucket, and the manifest it published."""
+
+    bucket: str
+    prefix: str
+    manifest: Manifest
+
+    @property
+    def uri(self) -> str:
+        """The service's ``artifacts_uri`` for this build."""
+        return f"s3://{self.bucket}/{self.prefix}/"
+
+    def key(self, name: str) -> str:
+        """The object key of ``name`` (a manifest file name, or ``manifest.json``) under the prefix."""
+        return f"{self.prefix}/{name}"
