@@ -1,0 +1,36 @@
+"""GET /health: the loaded model and index, or 503 with the reason until they load."""
+
+import shutil
+
+from tests.helpers import (
+    EMBED_DIM,
+    SAMPLE_CLASSES,
+    SAMPLE_COUNT,
+    TEST_RESIZE,
+    assert_json_error,
+    jpeg_bytes,
+)
+
+
+def test_health_reports_identity(client):
+    r = client.get("/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ready" and body["error"] is None
+    assert body["index"]["count"] == SAMPLE_COUNT and body["index"]["dim"] == body["model"]["dim"] == EMBED_DIM
+    assert body["model"]["resize_size"] == TEST_RESIZE and body["model"]["classes"] == SAMPLE_CLASSES
+    assert body["limits"]["max_upload_bytes"] == 4_500_000 and "torch" in body["versions"]
+
+
+def test_not_ready_is_503_and_recovers_without_restart(make_client, tmp_path, artifacts_dir):
+    broken = tmp_path / "artifacts"
+    broken.mkdir()
+    client = make_client(artifacts_uri=str(broken))
+    r = client.get("/health")
+    assert r.status_code == 503 and r.json()["status"] == "unavailable"
+    assert "manifest.json does not exist" in r.json()["error"]["message"]
+    error = assert_json_error(client.post("/search", content=jpeg_bytes(), headers={"Content-Type": "image/jpeg"}), 503)
+    assert "Retry" in error["message"]
+    for f in artifacts_dir.iterdir():
+        shutil.copy(f, broken / f.name)
+    assert client.get("/health").status_code == 200  # the next request retried and loaded
