@@ -6,59 +6,40 @@ trust without it matching its sha256, and the same app recovers on its own once 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import boto3
 import pytest
 from botocore.config import Config
-from fastapi.testclient import TestClient
 
 from bench.harness import free_port
 from lambda_fn import artifacts as artifacts_module
-from lambda_fn.app import create_app
 from lambda_fn.artifacts import S3_CONFIG
-from lambda_fn.config import Settings
-from lambda_fn.manifest import Manifest, file_sha256
-from tests.helpers import REPO_ROOT, jpeg_bytes
+from lambda_fn.manifest import MANIFEST_FILE, Manifest, file_sha256
+from tests.fakes import FlakyS3, SlowProxy, tiny_tmpfs
+from tests.helpers import REPO_ROOT, S3_PREFIX, SAMPLE_COUNT, assert_json_error, jpeg_bytes
 from training.upload import upload
-
-PREFIX = "svc"
 
 
 def _manifest(s3, bucket) -> Manifest:
-    return Manifest.model_validate_json(s3.get_object(Bucket=bucket, Key=f"{PREFIX}/manifest.json")["Body"].read())
+    return Manifest.model_validate_json(s3.get_object(Bucket=bucket, Key=f"{S3_PREFIX}/{MANIFEST_FILE}")["Body"].read())
 
 
-@pytest.fixture
-def uploaded(s3, bucket, artifacts_dir, s3_endpoint, monkeypatch):
-    """Model, index and keys uploaded under svc/ (no images: the faults are about the artifacts)."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    upload(artifacts_dir, None, bucket, PREFIX, client=s3)
-    return bucket, _manifest(s3, bucket)
-
-
-def _client(bucket, cache_dir, s3_client=None) -> TestClient:
-    settings = Settings(artifacts_uri=f"s3://{bucket}/{PREFIX}/", cache_dir=cache_dir, num_threads=1)
-    return TestClient(create_app(settings, s3_client=s3_client), raise_server_exceptions=True)
-
-
-def _assert_unavailable(client, json_error, *fragments) -> str:
-    """/health and /search both answer 503 (JSON, Retry-After) with every fragment in the message."""
+def _assert_unavailable(client, *fragments) -> str:
+    """/health and /search both answer 503 (JSON, Retry-After) with every fragment in their messages."""
     health = client.get("/health")
     assert health.status_code == 503 and health.headers.get("retry-after"), health.text
     assert health.json()["status"] == "unavailable"
     search = client.post("/search", content=jpeg_bytes(), headers={"Content-Type": "image/jpeg"})
-    message = json_error(search, 503, "not_ready")["message"]
+    message = assert_json_error(search, 503, "not_ready")["message"]
     assert search.headers.get("retry-after")
     for fragment in fragments:
+        assert fragment in health.json()["error"]["message"], health.json()
         assert fragment in message, message
     return message
 
@@ -78,74 +59,21 @@ def _assert_cache_trustworthy(cache_dir: Path) -> None:
         assert file_sha256(path) == path.parent.name, f"{path} is in the cache but does not match its hash"
 
 
-def test_s3_unreachable_at_cold_start(uploaded, tmp_path, monkeypatch, json_error, tally, s3_endpoint):
-    bucket, _ = uploaded
+def test_s3_unreachable_at_cold_start(uploaded, make_client, tmp_path, monkeypatch, tally, s3_endpoint):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    client = _client(bucket, tmp_path / "cache")
-    _assert_unavailable(client, json_error, "S3 is unreachable", "manifest.json")
+    client = make_client(artifacts_uri=uploaded.uri, cache_dir=tmp_path / "cache")
+    _assert_unavailable(client, "S3 is unreachable", "manifest.json")
     tally["faults injected"] += 1
     _assert_cache_trustworthy(tmp_path / "cache")
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     _assert_recovered(client, tally)
 
 
-class SlowProxy:
-    """TCP proxy on loopback that holds back each response's first bytes by ``delay`` seconds."""
-
-    def __init__(self, upstream_port: int):
-        self.upstream_port = upstream_port
-        self.delay = 0.0
-        self.loop = asyncio.new_event_loop()
-        self.port = 0
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
-        self.port = self.server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self.loop.run_forever()
-
-    async def _handle(self, reader, writer) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        asked = asyncio.Event()  # a request went upstream and its answer has not started yet
-
-        async def upstream() -> None:
-            while data := await reader.read(65536):
-                asked.set()
-                up_writer.write(data)
-                await up_writer.drain()
-            up_writer.close()
-
-        async def downstream() -> None:
-            while data := await up_reader.read(65536):
-                if asked.is_set():
-                    asked.clear()
-                    await asyncio.sleep(self.delay)
-                writer.write(data)
-                await writer.drain()
-            writer.close()
-
-        await asyncio.gather(upstream(), downstream(), return_exceptions=True)
-
-    def __enter__(self) -> SlowProxy:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-
-
-def test_s3_slow_within_timeouts_still_answers(uploaded, tmp_path, s3_endpoint, tally):
-    bucket, _ = uploaded
+def test_s3_slow_within_timeouts_still_answers(uploaded, make_client, tmp_path, s3_endpoint, tally):
     with SlowProxy(int(s3_endpoint.rsplit(":", 1)[1])) as proxy:
         proxy.delay = 0.4
         s3_client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{proxy.port}", config=S3_CONFIG)
-        client = _client(bucket, tmp_path / "cache", s3_client)
+        client = make_client(artifacts_uri=uploaded.uri, cache_dir=tmp_path / "cache", s3_client=s3_client)
         started = time.perf_counter()
         assert client.get("/health").status_code == 200
         assert time.perf_counter() - started >= 0.8  # manifest, then the downloads: each waited
@@ -154,46 +82,61 @@ def test_s3_slow_within_timeouts_still_answers(uploaded, tmp_path, s3_endpoint, 
     _assert_cache_trustworthy(tmp_path / "cache")
 
 
-def test_s3_slower_than_the_timeouts_is_503_then_recovers(uploaded, tmp_path, s3_endpoint, json_error, tally):
-    bucket, _ = uploaded
+def test_s3_slower_than_the_timeouts_is_503_then_recovers(uploaded, make_client, tmp_path, s3_endpoint, tally):
     with SlowProxy(int(s3_endpoint.rsplit(":", 1)[1])) as proxy:
         proxy.delay = 2.5
         # The deployed client waits 30 s per read; this one waits 1 s, so the test exercises the same path fast.
         impatient = S3_CONFIG.merge(Config(read_timeout=1, connect_timeout=1, retries={"total_max_attempts": 1}))
         s3_client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{proxy.port}", config=impatient)
-        client = _client(bucket, tmp_path / "cache", s3_client)
-        _assert_unavailable(client, json_error, "S3 is unreachable", "manifest.json", "Read timeout")
+        client = make_client(artifacts_uri=uploaded.uri, cache_dir=tmp_path / "cache", s3_client=s3_client)
+        _assert_unavailable(client, "S3 is unreachable", "manifest.json", "Read timeout")
         tally["faults injected"] += 1
         _assert_cache_trustworthy(tmp_path / "cache")
         proxy.delay = 0.0
         _assert_recovered(client, tally)
 
 
-def test_object_missing_is_503_then_recovers(uploaded, s3, tmp_path, json_error, tally):
-    bucket, remote = uploaded
-    key = f"{PREFIX}/{remote.model_file}"
-    good = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    s3.delete_object(Bucket=bucket, Key=key)
-    client = _client(bucket, tmp_path / "cache")
-    _assert_unavailable(client, json_error, "model.pt", "does not exist", "training.upload")
+def test_manifest_missing_is_503_then_recovers(bucket, upload_build, make_client, tmp_path, tally):
+    client = make_client(artifacts_uri=f"s3://{bucket}/{S3_PREFIX}/", cache_dir=tmp_path / "cache")
+    _assert_unavailable(client, MANIFEST_FILE, "does not exist", "training.upload")
     tally["faults injected"] += 1
     _assert_cache_trustworthy(tmp_path / "cache")
-    assert not (tmp_path / "cache" / remote.model_sha256 / "model.pt").exists()
-    s3.put_object(Bucket=bucket, Key=key, Body=good)
+    upload_build()
     _assert_recovered(client, tally)
 
 
-def test_object_corrupted_is_503_then_recovers(uploaded, s3, tmp_path, json_error, tally):
-    bucket, remote = uploaded
-    key = f"{PREFIX}/{remote.keys_file}"
-    good = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    s3.put_object(Bucket=bucket, Key=key, Body=good.replace(b'"label"', b'"lab3l"', 1))
-    client = _client(bucket, tmp_path / "cache")
-    _assert_unavailable(client, json_error, "keys.json", "sha256", "corrupt")
+def test_object_missing_is_503_then_recovers(uploaded, s3, make_client, tmp_path, tally):
+    key = uploaded.key(uploaded.manifest.model_file)
+    good = s3.get_object(Bucket=uploaded.bucket, Key=key)["Body"].read()
+    s3.delete_object(Bucket=uploaded.bucket, Key=key)
+    client = make_client(artifacts_uri=uploaded.uri, cache_dir=tmp_path / "cache")
+    _assert_unavailable(client, "model.pt", "does not exist", "training.upload")
     tally["faults injected"] += 1
     _assert_cache_trustworthy(tmp_path / "cache")
-    assert not (tmp_path / "cache" / remote.keys_sha256 / "keys.json").exists()
-    s3.put_object(Bucket=bucket, Key=key, Body=good)
+    assert not (tmp_path / "cache" / uploaded.manifest.model_sha256 / "model.pt").exists()
+    s3.put_object(Bucket=uploaded.bucket, Key=key, Body=good)
+    _assert_recovered(client, tally)
+
+
+@pytest.mark.parametrize(
+    ("role", "corrupt"),
+    [
+        ("keys", lambda good: good.replace(b'"label"', b'"lab3l"', 1)),
+        ("index", lambda good: b"corrupted" + good[9:]),
+    ],
+    ids=["keys.json", "index.ann"],
+)
+def test_object_corrupted_is_503_then_recovers(uploaded, s3, make_client, tmp_path, tally, role, corrupt):
+    name = Path(getattr(uploaded.manifest, f"{role}_file")).name
+    key = uploaded.key(getattr(uploaded.manifest, f"{role}_file"))
+    good = s3.get_object(Bucket=uploaded.bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=uploaded.bucket, Key=key, Body=corrupt(good))
+    client = make_client(artifacts_uri=uploaded.uri, cache_dir=tmp_path / "cache")
+    _assert_unavailable(client, name, "sha256", "corrupt")
+    tally["faults injected"] += 1
+    _assert_cache_trustworthy(tmp_path / "cache")
+    assert not (tmp_path / "cache" / getattr(uploaded.manifest, f"{role}_sha256") / name).exists()
+    s3.put_object(Bucket=uploaded.bucket, Key=key, Body=good)
     _assert_recovered(client, tally)
 
 
@@ -202,48 +145,35 @@ def test_object_corrupted_is_503_then_recovers(uploaded, s3, tmp_path, json_erro
     [
         ({"dim": 256}, ("256-d", "512-d", "rebuild the index")),
         ({"model_sha256": "0" * 64}, ("model.pt", "sha256", "another build")),
-        ({"count": 61}, ("61 images", "different builds")),
+        ({"count": SAMPLE_COUNT + 1}, (f"{SAMPLE_COUNT + 1} images", "different builds")),
     ],
     ids=["embedding dim", "model hash", "image count"],
 )
-def test_manifest_from_another_model_is_503_then_recovers(uploaded, s3, tmp_path, json_error, tally, change, fragments):
-    bucket, remote = uploaded
-    wrong = remote.model_copy(update=change)
-    s3.put_object(Bucket=bucket, Key=f"{PREFIX}/manifest.json", Body=wrong.model_dump_json().encode())
-    client = _client(bucket, tmp_path / "cache")
-    _assert_unavailable(client, json_error, *fragments)
+def test_manifest_from_another_model_is_503_then_recovers(
+    uploaded, s3, make_client, tmp_path, tally, change, fragments
+):
+    key = uploaded.key(MANIFEST_FILE)
+    wrong = uploaded.manifest.model_copy(update=change)
+    s3.put_object(Bucket=uploaded.bucket, Key=key, Body=wrong.model_dump_json().encode())
+    client = make_client(artifacts_uri=uploaded.uri, cache_dir=tmp_path / "cache")
+    _assert_unavailable(client, *fragments)
     tally["faults injected"] += 1
     _assert_cache_trustworthy(tmp_path / "cache")
-    s3.put_object(Bucket=bucket, Key=f"{PREFIX}/manifest.json", Body=remote.model_dump_json().encode())
+    s3.put_object(Bucket=uploaded.bucket, Key=key, Body=uploaded.manifest.model_dump_json().encode())
     _assert_recovered(client, tally)
 
 
-@contextlib.contextmanager
-def _tiny_tmpfs(path: Path):
-    """A 1 MiB tmpfs at ``path`` (root only); yields a function that grows it, or None where mount fails."""
-    path.mkdir(parents=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], capture_output=True)
-    if done.returncode != 0:
-        yield None
-        return
-    try:
-        yield lambda size: subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def test_cache_disk_full_is_503_then_recovers(uploaded, tmp_path, monkeypatch, json_error, tally):
-    bucket, _ = uploaded
+def test_cache_disk_full_is_503_then_recovers(uploaded, make_client, tmp_path, monkeypatch, tally):
     cache = tmp_path / "quota"
-    with _tiny_tmpfs(cache) as grow, monkeypatch.context() as patch:
+    with tiny_tmpfs(cache) as grow, monkeypatch.context() as patch:
         if grow is None:
             # Not root / no mount here: the write fails as a full disk would, at the same place.
             def full(_path):
                 raise OSError(28, "No space left on device")
 
             patch.setattr(artifacts_module, "file_sha256", full)
-        client = _client(bucket, cache)
-        _assert_unavailable(client, json_error, "no space left", str(cache), "ephemeral_storage_mb")
+        client = make_client(artifacts_uri=uploaded.uri, cache_dir=cache)
+        _assert_unavailable(client, "no space left", str(cache), "ephemeral_storage_mb")
         tally["faults injected"] += 1
         _assert_cache_trustworthy(cache)
         if grow is None:
@@ -270,14 +200,13 @@ print(json.dumps({"model": str(got.model), "index": str(got.index), "keys": str(
 
 
 @pytest.mark.slow
-def test_two_processes_cold_starting_on_one_cache(uploaded, tmp_path, tally):
-    bucket, remote = uploaded
+def test_two_processes_cold_starting_on_one_cache(uploaded, make_client, tmp_path, tally):
     cache = tmp_path / "shared-cache"
     go = tmp_path / "go"
     procs = []
     for i in range(2):
         ready = tmp_path / f"ready{i}"
-        argv = [sys.executable, "-c", FETCH_SCRIPT, str(cache), f"s3://{bucket}/{PREFIX}/", str(ready), str(go)]
+        argv = [sys.executable, "-c", FETCH_SCRIPT, str(cache), uploaded.uri, str(ready), str(go)]
         procs.append((ready, subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
     deadline = time.monotonic() + 60
     while not all(ready.exists() for ready, _ in procs) and time.monotonic() < deadline:
@@ -292,29 +221,8 @@ def test_two_processes_cold_starting_on_one_cache(uploaded, tmp_path, tally):
     _assert_cache_trustworthy(cache)
     assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == ["index.ann", "keys.json", "model.pt"]
     tally["concurrent cold starts on one cache"] += 2
-    client = _client(bucket, cache)
-    assert client.get("/health").json()["model"]["sha256"] == remote.model_sha256
-
-
-class FlakyS3:
-    """Wraps a boto3 S3 client; ``upload_file`` fails like a dropped connection once ``fail_after`` calls of a
-    kind (images or build artifacts) have gone through."""
-
-    def __init__(self, client, *, fail_after: int, kind: str):
-        self._client, self.fail_after, self.kind = client, fail_after, kind
-        self.calls = 0
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name):
-        return getattr(self._client, name)
-
-    def upload_file(self, filename, bucket, key, *args, **kwargs):
-        if f"/{self.kind}/" in key:
-            with self._lock:
-                self.calls += 1
-                if self.calls > self.fail_after:
-                    raise ConnectionResetError(f"simulated: connection dropped uploading {key}")
-        return self._client.upload_file(filename, bucket, key, *args, **kwargs)
+    client = make_client(artifacts_uri=uploaded.uri, cache_dir=cache)
+    assert client.get("/health").json()["model"]["sha256"] == uploaded.manifest.model_sha256
 
 
 def _assert_manifest_objects_exist(s3, bucket) -> Manifest | None:
@@ -323,8 +231,8 @@ def _assert_manifest_objects_exist(s3, bucket) -> Manifest | None:
         manifest = _manifest(s3, bucket)
     except s3.exceptions.NoSuchKey:
         return None
-    for name in (manifest.model_file, manifest.index_file, manifest.keys_file):
-        s3.head_object(Bucket=bucket, Key=f"{PREFIX}/{name}")
+    for _, name, _ in manifest.files(with_collection=True):
+        s3.head_object(Bucket=bucket, Key=f"{S3_PREFIX}/{name}")
     return manifest
 
 
@@ -340,23 +248,26 @@ def _other_build(artifacts_dir: Path, out: Path) -> Path:
 
 @pytest.mark.slow
 def test_interrupted_upload_reruns_and_never_exposes_a_broken_manifest(
-    s3, bucket, artifacts_dir, sample_dir, s3_endpoint, monkeypatch, tmp_path, json_error, tally
+    s3, bucket, artifacts_dir, sample_dir, s3_endpoint, monkeypatch, make_client, tmp_path, tally
 ):
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
 
     def service(n: int):
-        return _client(bucket, tmp_path / f"cache{n}")
+        return make_client(artifacts_uri=f"s3://{bucket}/{S3_PREFIX}/", cache_dir=tmp_path / f"cache{n}")
 
-    # 1. First upload dies after 20 of 60 images: no manifest yet, so a service says "not uploaded", cleanly.
+    # 1. First upload dies after 20 images: no manifest yet, so a service says "not uploaded", cleanly.
+    flaky = FlakyS3(s3, fail_after=20, kind="images")
     with pytest.raises(ConnectionResetError):
-        upload(artifacts_dir, sample_dir, bucket, PREFIX, client=FlakyS3(s3, fail_after=20, kind="images"), workers=4)
+        upload(artifacts_dir, sample_dir, bucket, S3_PREFIX, client=flaky, workers=4)
     tally["faults injected"] += 1
     assert _assert_manifest_objects_exist(s3, bucket) is None
-    _assert_unavailable(service(1), json_error, "manifest.json", "does not exist")
+    _assert_unavailable(service(1), MANIFEST_FILE, "does not exist")
 
     # 2. Re-run: only the missing images go up, then the build, then the manifest.
-    report = upload(artifacts_dir, sample_dir, bucket, PREFIX, client=s3, workers=4)
-    assert report.skipped_images == 20 and report.uploaded_images == 40 and report.uploaded_artifacts == 3
+    report = upload(artifacts_dir, sample_dir, bucket, S3_PREFIX, client=s3, workers=4)
+    assert report.skipped_images == 20 and report.uploaded_images == SAMPLE_COUNT - 20
+    build_files = len(Manifest.read(artifacts_dir / "manifest.json").files(with_collection=True))
+    assert report.uploaded_artifacts == build_files
     build_a = _assert_manifest_objects_exist(s3, bucket)
     assert service(2).get("/health").status_code == 200
     tally["faults recovered without restart"] += 1
@@ -364,16 +275,16 @@ def test_interrupted_upload_reruns_and_never_exposes_a_broken_manifest(
     # 3. A new build's upload dies after its first artifact: the old manifest, whole, still serves.
     build_b_dir = _other_build(artifacts_dir, tmp_path / "build-b")
     with pytest.raises(ConnectionResetError):
-        upload(build_b_dir, sample_dir, bucket, PREFIX, client=FlakyS3(s3, fail_after=1, kind="builds"))
+        upload(build_b_dir, sample_dir, bucket, S3_PREFIX, client=FlakyS3(s3, fail_after=1, kind="builds"))
     tally["faults injected"] += 1
     assert _assert_manifest_objects_exist(s3, bucket) == build_a
     health = service(3).get("/health")
     assert health.status_code == 200 and health.json()["model"]["sha256"] == build_a.model_sha256
 
     # 4. Re-run: images and the artifact already there are skipped; the manifest switches to build B last.
-    report = upload(build_b_dir, sample_dir, bucket, PREFIX, client=s3)
-    assert report.uploaded_images == 0 and report.skipped_images == 60
-    assert report.skipped_artifacts == 1 and report.uploaded_artifacts == 2
+    report = upload(build_b_dir, sample_dir, bucket, S3_PREFIX, client=s3)
+    assert report.uploaded_images == 0 and report.skipped_images == SAMPLE_COUNT
+    assert report.skipped_artifacts == 1 and report.uploaded_artifacts == build_files - 1
     build_b = _assert_manifest_objects_exist(s3, bucket)
     assert build_b.keys_sha256 != build_a.keys_sha256
     r = service(4).post("/search?k=3", content=jpeg_bytes(), headers={"Content-Type": "image/jpeg"})
