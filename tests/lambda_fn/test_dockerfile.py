@@ -26,14 +26,13 @@ def test_annoy_is_compiled_for_a_portable_cpu():
 
 
 def test_image_has_cpu_torch_only_the_service_and_the_right_entry_point():
-    assert DOCKERFILE.startswith("# ") and "FROM public.ecr.aws/lambda/python:3.12" in DOCKERFILE
+    assert "FROM public.ecr.aws/lambda/python:3.12" in DOCKERFILE
     assert "download.pytorch.org/whl/cpu" in DOCKERFILE
     assert 'CMD ["lambda_fn.main.handler"]' in DOCKERFILE
     copies = re.findall(r"^COPY (\S+)", DOCKERFILE, re.M)
     assert copies == ["lambda_fn/requirements.txt", "lambda_fn/"]
     requirements = (REPO_ROOT / "lambda_fn" / "requirements.txt").read_text()
     pinned = [line for line in requirements.splitlines() if line and not line.startswith("#")]
-    assert all("==" in line for line in pinned)
     assert not any(line.startswith(("torchvision", "tqdm", "moto", "pytest")) for line in pinned)
 
 
@@ -53,5 +52,8 @@ def test_runtime_pins_agree_with_pyproject():
 
 
 def test_dockerignore_keeps_only_the_service():
-    ignore = (REPO_ROOT / ".dockerignore").read_text().splitlines()
-    assert "*" in ignore and "!lambda_fn/" in ignore
+    rules = [line.strip() for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()]
+    rules = [line for line in rules if line and not line.startswith("#")]
+    assert rules[0] == "*"  # build context: nothing unless re-included below
+    assert "!lambda_fn/" in rules
+    assert all(line.startswith(("!lambda_fn/", "!Dockerfile", "lambda_fn/")) for line in rules[1:]), rules

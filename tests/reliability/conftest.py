@@ -1,7 +1,7 @@
 """Fixtures for the reliability suite: an in-process client that re-raises server errors, and a tally.
 
-The tally counts what the suite tried (hostile inputs, generated examples, injected faults, 5xx seen) and
-prints it at the end of the run: the issue's closing note quotes these numbers.
+The tally counts what the suite tried (hostile inputs, generated examples, injected faults, 5xx seen); the
+terminal summary prints it and writes it to test-output/reliability-tally.json.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from lambda_fn.app import create_app
-from lambda_fn.config import Settings
 from tests.helpers import jpeg_bytes
 
 _TALLY = pytest.StashKey[Counter]()
@@ -31,15 +29,9 @@ def tally(request) -> Counter:
 
 
 @pytest.fixture(scope="session")
-def hardened(artifacts_dir, sample_dir, tmp_path_factory) -> TestClient:
+def hardened(make_client) -> TestClient:
     """TestClient over the real app with local artifacts; an unhandled exception fails the test."""
-    settings = Settings(
-        artifacts_uri=str(artifacts_dir),
-        images_uri=str(sample_dir),
-        num_threads=1,
-        cache_dir=tmp_path_factory.mktemp("reliability-cache"),
-    )
-    with TestClient(create_app(settings), raise_server_exceptions=True) as c:
+    with make_client(raise_server_exceptions=True) as c:
         assert c.get("/health").status_code == 200
         yield c
 
@@ -55,25 +47,6 @@ def assert_still_serves(hardened):
         assert len(r.json()["results"]) == 3
 
     return check
-
-
-def _assert_json_error(response, status: int | tuple[int, ...], code: str | None = None) -> dict:
-    """The response has one of the given statuses and the documented ``{"error": {"code", "message"}}`` body."""
-    statuses = (status,) if isinstance(status, int) else status
-    assert response.status_code in statuses, f"{response.status_code}: {response.text[:300]}"
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    assert isinstance(body["error"]["code"], str) and body["error"]["message"].strip()
-    if code:
-        assert body["error"]["code"] == code, body
-    return body["error"]
-
-
-@pytest.fixture(scope="session")
-def json_error():
-    """``json_error(response, status, code=None)``: assert the documented JSON error body; returns it."""
-    return _assert_json_error
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

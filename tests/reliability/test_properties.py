@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from lambda_fn.config import Settings
 from lambda_fn.errors import ApiError
 from lambda_fn.uploads import decode_base64_image, parse_k
+from tests.helpers import assert_json_error
 
 DOCUMENTED = {200, 400, 404, 405, 413, 415, 422}
 PROPERTY = settings(
@@ -38,7 +39,7 @@ def _check(response, tally) -> None:
     tally["5xx seen"] += response.status_code >= 500
     assert response.status_code in DOCUMENTED, f"{response.status_code}: {response.text[:300]}"
     if response.status_code != 200:
-        assert set(response.json()) == {"error"}
+        assert_json_error(response, response.status_code)
 
 
 @PROPERTY

@@ -17,33 +17,16 @@ from hypothesis import HealthCheck, settings
 
 from lambda_fn.app import create_app
 from lambda_fn.config import Settings
-
-
-class _Forward:
-    """ASGI app that forwards every call to ``target``."""
-
-    def __init__(self, target):
-        self.target = target
-
-    async def __call__(self, scope, receive, send):
-        await self.target(scope, receive, send)
-
+from tests.fakes import ForwardingApp
 
 _CONTRACT_ONLY = create_app(Settings(artifacts_uri="/nonexistent/deepfood-artifacts"))
-_APP = _Forward(_CONTRACT_ONLY)
+_APP = ForwardingApp(_CONTRACT_ONLY)
 schema = schemathesis.openapi.from_asgi("/openapi.json", _APP)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _serve_real_artifacts(artifacts_dir, sample_dir, tmp_path_factory):
-    real = create_app(
-        Settings(
-            artifacts_uri=str(artifacts_dir),
-            images_uri=str(sample_dir),
-            num_threads=1,
-            cache_dir=tmp_path_factory.mktemp("schema-cache"),
-        )
-    )
+def _serve_real_artifacts(make_client):
+    real = make_client().app  # the app over the session's local artifacts
     assert real.openapi() == _CONTRACT_ONLY.openapi()  # the contract does not depend on the artifacts
     _APP.target = real
     yield
