@@ -2,13 +2,14 @@
 
 import re
 
-from lambda_fn.config import Settings, env_name
+from lambda_fn.config import ENV_PREFIX, Settings, env_name
 from tests.helpers import REPO_ROOT
 
 
 def test_configuration_table_lists_every_setting_with_its_default():
     text = (REPO_ROOT / "README.md").read_text()
-    rows = {m.group(1): m.group(2).strip() for m in re.finditer(r"^\| `(DEEPFOOD_[A-Z_]+)` \| ([^|]+)\|", text, re.M)}
+    row = rf"^\| `({re.escape(ENV_PREFIX)}[A-Z_]+)` \| ([^|]+)\|"
+    rows = {m.group(1): m.group(2).strip() for m in re.finditer(row, text, re.M)}
     assert set(rows) == {env_name(name) for name in Settings.model_fields}
     for name, field in Settings.model_fields.items():
         cell = rows[env_name(name)]

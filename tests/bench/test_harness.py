@@ -20,7 +20,7 @@ from bench.harness import (
     service_env,
     write_result,
 )
-from lambda_fn.config import Settings
+from lambda_fn.config import ENV_PREFIX, Settings
 
 BENCH = REPO_ROOT / "bench"
 
@@ -58,7 +58,7 @@ def test_bench_runs_without_the_tests_package():
 
 def test_bench_names_service_variables_through_env_name():
     for path in BENCH.glob("*.py"):
-        assert "DEEPFOOD_" not in path.read_text(), path.name
+        assert ENV_PREFIX not in path.read_text(), path.name
 
 
 def test_memory_reports_the_installed_torch_wheel(monkeypatch):

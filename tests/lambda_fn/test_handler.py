@@ -2,32 +2,29 @@
 
 import base64
 import importlib
-import io
 import json
 import subprocess
 import sys
 
+import httpx
 import pytest
 
-from bench.harness import LambdaContext, multipart_image
+from bench.harness import multipart_image, service_env
+from lambda_fn.config import env_name
 from lambda_fn.manifest import read_keys
-from tests.helpers import REPO_ROOT, load_event
+from tests.helpers import REPO_ROOT, assert_json_error, load_event
 
 BOUNDARY = "----deepfoodboundary"
 
 
-@pytest.fixture
-def lambda_context():
-    return LambdaContext()
-
-
 @pytest.fixture(scope="module")
 def handler(artifacts_dir, sample_dir, tmp_path_factory):
+    """``lambda_fn.main.handler`` imported afresh, configured by the environment as in the Lambda runtime."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("DEEPFOOD_ARTIFACTS_URI", str(artifacts_dir))
-    mp.setenv("DEEPFOOD_IMAGES_URI", str(sample_dir))
-    mp.setenv("DEEPFOOD_NUM_THREADS", "1")
-    mp.setenv("DEEPFOOD_CACHE_DIR", str(tmp_path_factory.mktemp("lambda-tmp")))
+    cache_dir = tmp_path_factory.mktemp("lambda-tmp")
+    env = service_env(artifacts_uri=artifacts_dir, images_uri=sample_dir, num_threads=1, cache_dir=cache_dir)
+    for name, value in env.items():
+        mp.setenv(name, value)
     from lambda_fn.config import get_settings
 
     get_settings.cache_clear()
@@ -41,18 +38,6 @@ def handler(artifacts_dir, sample_dir, tmp_path_factory):
 def query(artifacts_dir, sample_dir):
     key = read_keys(artifacts_dir / "keys.json")[21].key
     return 21, (sample_dir / key).read_bytes()
-
-
-@pytest.fixture
-def log_lines():
-    """The JSON log lines the service writes during a test."""
-    from lambda_fn.logs import logger
-
-    handler = logger.registered_handler
-    buffer = io.StringIO()
-    previous = handler.setStream(buffer)
-    yield lambda: [json.loads(line) for line in buffer.getvalue().splitlines()]
-    handler.setStream(previous)
 
 
 def test_rest_api_multipart_base64_event(handler, lambda_context, query, log_lines):
@@ -95,8 +80,8 @@ def test_rest_api_bad_image_is_a_4xx_json_error(handler, lambda_context):
     event = load_event("apigw_rest_post_search")
     event["body"] = base64.b64encode(multipart_image(b"not an image", BOUNDARY)).decode()
     response = handler(event, lambda_context)
-    assert response["statusCode"] == 400
-    assert json.loads(response["body"])["error"]["code"] == "not_an_image"
+    as_http = httpx.Response(response["statusCode"], headers=response["headers"], content=response["body"].encode())
+    assert_json_error(as_http, 400, "not_an_image")
 
 
 BLOCK = """
@@ -111,7 +96,7 @@ sys.meta_path.insert(0, Block())
 
 def test_handler_imports_without_torchvision_or_training(artifacts_dir):
     script = BLOCK + "import lambda_fn.main\nprint('imported', callable(lambda_fn.main.handler))"
-    env = {"DEEPFOOD_ARTIFACTS_URI": str(artifacts_dir), "PATH": "/usr/bin:/bin"}
+    env = {**service_env(artifacts_uri=artifacts_dir), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
     )
@@ -129,4 +114,4 @@ def test_missing_configuration_fails_cold_start_with_the_variable_name():
         timeout=120,
     )
     assert proc.returncode != 0
-    assert "DEEPFOOD_ARTIFACTS_URI" in proc.stderr and "Field required" in proc.stderr
+    assert env_name("artifacts_uri") in proc.stderr and "Field required" in proc.stderr
