@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from lambda_fn.imaging import ImageError, open_image
+from tests.helpers import SAMPLE_CLASSES
 from training.data import (
     ImageDataset,
     collate,
@@ -39,8 +40,8 @@ def test_split_is_stratified_and_reproducible(sample_dir):
     data = load_labelled(sample_dir, val_fraction=0.2, seed=1)
     again = load_labelled(sample_dir, val_fraction=0.2, seed=1)
     assert data.val == again.val and data.train == again.train
-    assert len(data.classes) == 6
-    assert {s.label for s in data.val} == set(range(6))  # every class is validated
+    assert len(data.classes) == SAMPLE_CLASSES
+    assert {s.label for s in data.val} == set(range(SAMPLE_CLASSES))  # every class is validated
     assert not {s.path for s in data.val} & {s.path for s in data.train}
     other = split_samples(data.train + data.val, 0.2, seed=2)[1]
     assert other != data.val

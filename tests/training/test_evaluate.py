@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+from tests.helpers import SAMPLE_COUNT
 from training.evaluate import average_precision_at_k, exact_top_k, get_args_parser, main, precision_at_k, recall_at_k
 
 
@@ -44,7 +45,7 @@ def test_evaluate_reports_full_recall_when_search_k_covers_everything(artifacts_
     )
     assert main(args) == 0
     report = json.loads(out.read_text())
-    assert report["queries"] == 60
+    assert report["queries"] == SAMPLE_COUNT
     by_k = {row["search_k"]: row for row in report["annoy"]}
     assert by_k[100000]["recall@10"] == pytest.approx(1.0)
     assert 0 <= by_k[10]["recall@10"] <= 1.0

@@ -8,7 +8,7 @@ import torch
 
 from lambda_fn.engine import load_model
 from lambda_fn.imaging import load_for_model
-from tests.helpers import REPO_ROOT, run_module
+from tests.helpers import EMBED_DIM, REPO_ROOT, SAMPLE_CLASSES, TEST_CROP, TEST_RESIZE, run_module
 from training.data import list_images
 from training.export import load_checkpoint
 
@@ -22,17 +22,17 @@ def test_exported_model_matches_eager_on_real_images(model_path, checkpoint_dir,
         eager = net.embed(batch)
         exported = scripted(batch)
         emb, probs = scripted.embed_and_classify(batch)
-    assert exported.shape == (len(paths), 512) and exported.dtype == torch.float32
+    assert exported.shape == (len(paths), EMBED_DIM) and exported.dtype == torch.float32
     assert float((eager - exported).abs().max()) < 1e-4
     assert torch.allclose(emb, exported)
     assert torch.allclose(exported.norm(dim=1), torch.ones(len(paths)), atol=1e-5)
-    assert probs.shape == (len(paths), 6) and torch.allclose(probs.sum(dim=1), torch.ones(len(paths)))
+    assert probs.shape == (len(paths), SAMPLE_CLASSES) and torch.allclose(probs.sum(dim=1), torch.ones(len(paths)))
 
 
 def test_model_carries_its_metadata(model_path):
     _, meta = load_model(model_path)
-    assert meta.dim == 512 and (meta.resize_size, meta.crop_size) == (72, 64)
-    assert meta.class_names == ["pasta", "pizza", "salad", "soup", "steak", "sushi"]
+    assert meta.dim == EMBED_DIM and (meta.resize_size, meta.crop_size) == (TEST_RESIZE, TEST_CROP)
+    assert meta.class_names == ["pasta", "pizza", "salad", "soup", "steak", "sushi"]  # sorted folder names
     assert meta.mean == pytest.approx([0.485, 0.456, 0.406]) and len(meta.weights_sha256) == 64
     assert meta.train_args["weights"] == "none" and meta.torch_version == torch.__version__
 
@@ -47,8 +47,8 @@ def test_exported_model_loads_without_torchvision_or_training(model_path):
         sys.meta_path.insert(0, Block())
         import torch
         m = torch.jit.load({str(model_path)!r})
-        out = m(torch.zeros(2, 64, 64, 3, dtype=torch.uint8))
-        assert out.shape == (2, 512), out.shape
+        out = m(torch.zeros(2, {TEST_CROP}, {TEST_CROP}, 3, dtype=torch.uint8))
+        assert out.shape == (2, {EMBED_DIM}), out.shape
         assert "torchvision" not in sys.modules
         print("ok")
     """)

@@ -4,6 +4,7 @@ import torch
 
 from lambda_fn.engine import load_model
 from lambda_fn.imaging import load_for_model
+from tests.helpers import EMBED_DIM, SAMPLE_CLASSES
 from training.data import list_images
 from training.export import get_args_parser, load_checkpoint, main
 
@@ -36,11 +37,12 @@ def test_int8_model_keeps_the_interface_and_tracks_fp32(int8_path, checkpoint_di
         fp32 = net.embed(batch)
         emb = model(batch)
         emb2, probs = model.embed_and_classify(batch)
-    assert emb.shape == (len(paths), 512) and torch.allclose(emb, emb2)
+    assert emb.shape == (len(paths), EMBED_DIM) and torch.allclose(emb, emb2)
     assert torch.allclose(emb.norm(dim=1), torch.ones(len(paths)), atol=1e-4)
     cosine = (emb * fp32).sum(dim=1)  # each embedding against its fp32 twin (64-px test model, 32 calibration images)
     assert float(cosine.mean()) > 0.985 and float(cosine.min()) > 0.95
-    assert probs.shape == (len(paths), 6) and torch.allclose(probs.sum(dim=1), torch.ones(len(paths)), atol=1e-5)
+    assert probs.shape == (len(paths), SAMPLE_CLASSES)
+    assert torch.allclose(probs.sum(dim=1), torch.ones(len(paths)), atol=1e-5)
     assert int8_path.stat().st_size < model_path.stat().st_size / 3
 
 

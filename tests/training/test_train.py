@@ -3,7 +3,7 @@ import os
 
 import torch
 
-from tests.helpers import run_module, tiny_train_args
+from tests.helpers import TEST_CROP, run_module, tiny_train_args
 from training.train import accuracy, get_args_parser, main
 
 
@@ -17,7 +17,7 @@ def test_one_short_epoch_reduces_the_loss_and_checkpoints(checkpoint_dir):
     assert last["train"]["images_per_s"] > 0 and 0 <= last["val"]["top1"] <= last["val"]["top3"] <= 1
     state = torch.load(checkpoint_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert {"model", "optimizer", "scheduler", "args", "classes", "epoch"} <= set(state)
-    assert state["args"]["crop_size"] == 64 and state["epoch"] == 1
+    assert state["args"]["crop_size"] == TEST_CROP and state["epoch"] == 1
     assert (checkpoint_dir / "best.pt").is_file()
 
 

@@ -1,7 +1,7 @@
 import json
 
 from lambda_fn.manifest import Manifest, read_keys
-from tests.helpers import run_module
+from tests.helpers import SAMPLE_COUNT, run_module
 from training.upload import upload
 
 
@@ -18,7 +18,7 @@ def test_upload_lands_everything_with_types_and_manifest_last(s3, bucket, artifa
     assert calls[-1] == "deepfood/manifest.json"  # written after every object it names
     objects = _objects(s3, bucket)
     keys = read_keys(artifacts_dir / "keys.json")
-    assert report.uploaded_images == len(keys) == 60
+    assert report.uploaded_images == len(keys) == SAMPLE_COUNT
     for entry in keys[:5]:
         head = s3.head_object(Bucket=bucket, Key=f"deepfood/images/{entry.key}")
         assert head["ContentType"] == ("image/png" if entry.key.endswith(".png") else "image/jpeg")
@@ -31,7 +31,7 @@ def test_upload_lands_everything_with_types_and_manifest_last(s3, bucket, artifa
 def test_second_run_uploads_nothing_new(s3, bucket, artifacts_dir, sample_dir):
     upload(artifacts_dir, sample_dir, bucket, "p", client=s3)
     again = upload(artifacts_dir, sample_dir, bucket, "p", client=s3)
-    assert again.uploaded_images == 0 and again.skipped_images == 60
+    assert again.uploaded_images == 0 and again.skipped_images == SAMPLE_COUNT
     build_files = Manifest.read(artifacts_dir / "manifest.json").files(with_collection=True)
     assert len(build_files) == 4  # model, index, keys, collection
     assert again.uploaded_artifacts == 0 and again.skipped_artifacts == len(build_files)
@@ -52,7 +52,7 @@ def test_cli_honours_endpoint_url(s3_endpoint, s3, bucket, artifacts_dir):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "cli/manifest.json" in _objects(s3, bucket)
-    assert json.loads(s3.get_object(Bucket=bucket, Key="cli/manifest.json")["Body"].read())["count"] == 60
+    assert json.loads(s3.get_object(Bucket=bucket, Key="cli/manifest.json")["Body"].read())["count"] == SAMPLE_COUNT
 
 
 def test_cli_missing_bucket_is_readable(s3_endpoint, artifacts_dir):
