@@ -12,7 +12,7 @@ DEMO_TRAIN_ARGS ?= --head-epochs 1 --epochs 2 --batch-size 32 --workers 2 --weig
 # int8 is ~5x faster on x86 CPUs at the same retrieval quality (docs/benchmarks.md); EXPORT_ARGS= for fp32.
 EXPORT_ARGS ?= --int8
 
-.PHONY: help install demo serve add-photo test lint format browser node bench clean
+.PHONY: help install demo serve add-photo test lint format browser node bench lock audit clean
 
 help:
 	@echo "make demo   - sample data -> train -> export -> index -> local server on http://127.0.0.1:$(PORT)"
@@ -78,6 +78,21 @@ add-photo: install
 
 bench: install
 	$(PY) -m bench.run
+
+# The Lambda image's requirements, resolved for its Python (3.12, x86-64 Linux) from pyproject.toml's runtime
+# dependencies, every file pinned by sha256. torch itself, and the CUDA packages only PyPI's GPU build of
+# torch pulls in, are left out: the image installs the CPU build of torch from PyTorch's own index.
+LOCK_TARGET := --python-version 3.12 --python-platform x86_64-manylinux_2_28
+lock: install
+	$(PY) -m pip install --quiet uv
+	$(VENV)/bin/uv pip compile pyproject.toml $(LOCK_TARGET) --quiet --no-header \
+	  | grep -oE '^(torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+)==' | tr -d '=' > .lock-exclude
+	$(VENV)/bin/uv pip compile pyproject.toml $(LOCK_TARGET) --generate-hashes --quiet \
+	  --custom-compile-command "make lock" $$(sed 's/^/--no-emit-package /' .lock-exclude) -o lambda_fn/requirements.txt
+	rm -f .lock-exclude
+
+audit: install
+	$(PY) .ci/audit.py
 
 clean:
 	rm -rf $(ART) $(CKPT) $(DATA) cdk.out test-output

@@ -25,30 +25,56 @@ def test_annoy_is_compiled_for_a_portable_cpu():
     assert {"-O3", "-DANNOYLIB_MULTITHREADED_BUILD", "-std=c++14"} <= set(flags)
 
 
+REQUIREMENTS = (REPO_ROOT / "lambda_fn" / "requirements.txt").read_text()
+
+
+def _locked() -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, hashes) of each requirement in the hash-locked file."""
+    out, name = {}, None
+    for line in REQUIREMENTS.splitlines():
+        if m := re.match(r"^([A-Za-z0-9._-]+)==(\S+)", line):
+            name = m.group(1).lower()
+            out[name] = (m.group(2), [])
+        elif m := re.search(r"--hash=sha256:([0-9a-f]{64})", line):
+            out[name][1].append(m.group(1))
+    return out
+
+
 def test_image_has_cpu_torch_only_the_service_and_the_right_entry_point():
-    assert "FROM public.ecr.aws/lambda/python:3.12" in DOCKERFILE
-    assert "download.pytorch.org/whl/cpu" in DOCKERFILE
+    assert re.search(r"^FROM public\.ecr\.aws/lambda/python:3\.12@sha256:[0-9a-f]{64}$", DOCKERFILE, re.M)
+    assert "--index-url https://download.pytorch.org/whl/cpu" in DOCKERFILE
     assert 'CMD ["lambda_fn.main.handler"]' in DOCKERFILE
     copies = re.findall(r"^COPY (\S+)", DOCKERFILE, re.M)
     assert copies == ["lambda_fn/requirements.txt", "lambda_fn/"]
-    requirements = (REPO_ROOT / "lambda_fn" / "requirements.txt").read_text()
-    pinned = [line for line in requirements.splitlines() if line and not line.startswith("#")]
-    assert not any(line.startswith(("torchvision", "tqdm", "moto", "pytest")) for line in pinned)
+    assert not set(_locked()) & {"torchvision", "tqdm", "moto", "pytest", "uvicorn"}
+
+
+def test_requirements_are_hash_locked_and_installed_only_with_their_hashes():
+    assert "pip install --require-hashes --no-deps -r /tmp/requirements.txt" in DOCKERFILE
+    locked = _locked()
+    assert locked and all(hashes for _, hashes in locked.values()), "every requirement carries its sha256"
+    # the CPU build of torch needs none of PyPI's CUDA packages
+    assert not [n for n in locked if n == "torch" or n == "triton" or n.startswith(("nvidia-", "cuda-"))]
 
 
 def test_runtime_pins_agree_with_pyproject():
     import tomllib
 
-    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    declared = {re.split(r"[<>=]", d)[0].strip().lower() for d in project}
-    pinned = {
-        line.split("==")[0].lower()
-        for line in (REPO_ROOT / "lambda_fn" / "requirements.txt").read_text().splitlines()
-        if "==" in line
-    }
-    assert declared <= pinned  # every runtime dependency is pinned for the image
-    torch_pin = next(d for d in project if d.startswith("torch"))
-    assert torch_pin.replace(" ", "") in (REPO_ROOT / "lambda_fn" / "requirements.txt").read_text()
+    from packaging.requirements import Requirement
+
+    declared = [
+        Requirement(d) for d in tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    ]
+    locked = _locked()
+    for req in declared:
+        if req.name == "torch":
+            continue
+        name = req.name.lower().replace("_", "-")
+        assert name in locked, f"{req.name} is a runtime dependency but not in the image's lock (run make lock)"
+        assert req.specifier.contains(locked[name][0]), f"{name}=={locked[name][0]} does not satisfy {req}"
+    torch = next(r for r in declared if r.name == "torch")
+    image_torch = re.search(r"^ARG TORCH_VERSION=(\S+)$", DOCKERFILE, re.M).group(1)
+    assert str(torch.specifier) == f"=={image_torch}"
 
 
 def test_dockerignore_keeps_only_the_service():
