@@ -13,8 +13,29 @@ from lambda_fn.app import create_app
 from lambda_fn.config import get_settings
 from lambda_fn.logs import logger
 
+
+class StagePrefix:
+    """Tell the app the URL prefix API Gateway's REST stage adds (``/api``), as ASGI's ``root_path``.
+
+    API Gateway hands the function ``/docs``, but the browser asked for ``/api/docs``; without the prefix,
+    the Swagger UI page fetches ``/openapi.json`` outside the stage and gets API Gateway's 403. Requests
+    without a stage in their path (HTTP API ``$default``, Function URLs, custom domains) are unchanged.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            context = (scope.get("aws.event") or {}).get("requestContext") or {}
+            stage = context.get("stage")
+            if stage and stage != "$default" and str(context.get("path", "")).startswith(f"/{stage}/"):
+                scope = {**scope, "root_path": f"/{stage}"}
+        await self.app(scope, receive, send)
+
+
 app = create_app(get_settings())
-asgi_handler = Mangum(app, lifespan="off")
+asgi_handler = Mangum(StagePrefix(app), lifespan="off")
 
 
 @logger.inject_lambda_context(clear_state=True)

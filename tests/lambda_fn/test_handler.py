@@ -76,6 +76,30 @@ def test_rest_api_similar_event(handler, lambda_context):
     assert response["statusCode"] == 200 and body["query_id"] == 3 and len(body["results"]) == 4
 
 
+def _rest_get(path: str) -> dict:
+    event = load_event("apigw_rest_get_similar")  # stage "prod": the browser's URL is /prod/<path>
+    stage = event["requestContext"]["stage"]
+    event.update(path=path, queryStringParameters=None, multiValueQueryStringParameters=None)
+    event["pathParameters"] = {"proxy": path.lstrip("/")}
+    event["requestContext"]["path"] = f"/{stage}{path}"
+    return event
+
+
+def test_docs_behind_a_rest_stage_fetch_the_schema_inside_the_stage(handler, lambda_context):
+    docs = handler(_rest_get("/docs"), lambda_context)
+    assert docs["statusCode"] == 200
+    assert "'/prod/openapi.json'" in docs["body"] or '"/prod/openapi.json"' in docs["body"]
+    schema = handler(_rest_get("/openapi.json"), lambda_context)
+    assert schema["statusCode"] == 200 and "/search" in json.loads(schema["body"])["paths"]
+
+
+def test_docs_without_a_stage_prefix_stay_at_the_root(handler, lambda_context):
+    event = load_event("function_url_get_health")
+    event["rawPath"] = event["requestContext"]["http"]["path"] = "/docs"
+    body = handler(event, lambda_context)["body"]
+    assert "'/openapi.json'" in body or '"/openapi.json"' in body
+
+
 def test_rest_api_bad_image_is_a_4xx_json_error(handler, lambda_context):
     event = load_event("apigw_rest_post_search")
     event["body"] = base64.b64encode(multipart_image(b"not an image", BOUNDARY)).decode()
