@@ -71,10 +71,11 @@ def test_the_lambda_image_carries_no_credentials():
 
 
 def test_runtime_requirements_are_pinned():
+    # A requirement starts at column 0; indented lines continue it (--hash=...) or say where it came from.
     lines = [
-        line.strip()
+        line.removesuffix("\\").strip()
         for line in (REPO_ROOT / "lambda_fn" / "requirements.txt").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
+        if line.strip() and not line.startswith(("#", " ", "\t"))
     ]
     assert lines and all(re.fullmatch(r"[A-Za-z0-9_.\[\]-]+==[0-9][\w.+-]*", line) for line in lines), lines
 
