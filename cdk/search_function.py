@@ -11,6 +11,9 @@ from cdk.artifacts import Artifacts
 from cdk.image import SEARCH_HANDLER, SETTINGS_DEFAULTS, execution_role, image_code
 from lambda_fn.config import env_name
 
+DEFAULT_TIMEOUT = cdk.Duration.seconds(120)
+DEFAULT_RESERVED_CONCURRENCY = 20
+
 
 class SearchFunction(Construct):
     """``DockerImageFunction`` running ``lambda_fn.main.handler`` with read access to the artifacts prefix.
@@ -19,15 +22,24 @@ class SearchFunction(Construct):
     - ``memory_mb``: 3008 by default. Lambda gives CPU in proportion to memory (one vCPU at 1,769 MB), and
       a ResNet34 forward pass is CPU-bound, so memory buys latency; 3008 MB is also the largest size a new
       account may use before asking for a quota increase.
-    - ``timeout``: 30 s; API Gateway stops waiting at 29 s anyway. A cold start downloads the model and
-      index from S3 and loads them on the first request (``load_on_import`` stays false because the init
-      phase of on-demand functions is capped at about 10 s).
+    - ``timeout``: 120 s. A request's own work is bounded by the decode limits (``lambda_fn.imaging``:
+      bytes, pixels, JPEG scans; about 2 s for the costliest image admitted), so the timeout instead covers
+      the slowest cold start supported: downloading, verifying and loading a 10^6-image index (about
+      2.7 GB) plus the model and warm-up. API Gateway answers 504 at 29 s, but the invocation goes on, the
+      container finishes loading and stays warm, and the page retries. With 30 s such a load would be
+      killed every time and the service would never come up. (``load_on_import`` stays false because the
+      init phase of on-demand functions is capped at about 10 s.)
     - ``ephemeral_storage_mb``: ``/tmp`` holds the downloaded model and index (a few hundred MB for
       Food-101) plus room for the next version while the old one is still open; 2048 MB by default.
     - ``architecture``: x86_64 by default. ``Dockerfile.lambda`` compiles annoy with x86-64 flags, so arm64
       also needs that file changed.
-    - ``reserved_concurrency``: an optional cap on concurrent containers (and so on cost). Accounts with the
-      default concurrency quota of 10 cannot reserve any.
+    - ``reserved_concurrency``: 20 by default: at most 20 containers search at once, so one client that
+      floods the API can neither run up more than 20 containers' cost nor take the account's concurrency
+      from the ingest, reindex and backfill functions (or other workloads). Lambda keeps 10 of an account's
+      concurrency unreserved, so an account still at the default quota of 10 cannot reserve any: pass
+      None there (``-c searchReservedConcurrency=none``) until the quota increase (to 1,000) comes through.
+    - ``trusted_model_sha256``: pin the model the service may load (``DEEPFOOD_TRUSTED_MODEL_SHA256``); a
+      manifest naming any other model is refused with a 503 (see the README's trust model).
     - ``provisioned_concurrency``: optional warm containers on a ``live`` alias; then the model and index
       load during init (``load_on_import``) because provisioned environments initialise before traffic.
     - ``manifest_check_s``: how often a warm container looks for a new manifest, i.e. a build reindex
@@ -47,7 +59,8 @@ class SearchFunction(Construct):
         timeout: cdk.Duration | None = None,
         ephemeral_storage_mb: int = 2048,
         architecture: lambda_.Architecture = lambda_.Architecture.X86_64,
-        reserved_concurrency: int | None = None,
+        reserved_concurrency: int | None = DEFAULT_RESERVED_CONCURRENCY,
+        trusted_model_sha256: str | None = None,
         provisioned_concurrency: int | None = None,
         presign_expires_s: int = SETTINGS_DEFAULTS["presign_expires_s"],
         manifest_check_s: float = SETTINGS_DEFAULTS["manifest_check_s"],
@@ -70,7 +83,7 @@ class SearchFunction(Construct):
             code=image_code(SEARCH_HANDLER, architecture),
             architecture=architecture,
             memory_size=memory_mb,
-            timeout=timeout or cdk.Duration.seconds(30),
+            timeout=timeout or DEFAULT_TIMEOUT,
             ephemeral_storage_size=cdk.Size.mebibytes(ephemeral_storage_mb),
             reserved_concurrent_executions=reserved_concurrency,
             role=role,
@@ -83,6 +96,7 @@ class SearchFunction(Construct):
                 env_name("manifest_check_s"): str(manifest_check_s),
                 env_name("log_level"): log_level,
                 env_name("load_on_import"): "true" if provisioned_concurrency else "false",
+                **({env_name("trusted_model_sha256"): trusted_model_sha256} if trusted_model_sha256 else {}),
             },
         )
         # What API Gateway invokes: the function itself, or the alias that holds the warm containers.

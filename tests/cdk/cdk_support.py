@@ -21,8 +21,9 @@ TUNED_FUNCTION = {
     "timeout": cdk.Duration.seconds(20),
     "ephemeral_storage_mb": 3072,
     "provisioned_concurrency": 2,
+    "reserved_concurrency": None,
 }
-TUNED_API = {"throttle_rate": 7, "throttle_burst": 11}
+TUNED_API = {"throttle_rate": 7, "throttle_burst": 11, "waf_rate_limit": 300}
 TUNED_INGEST = {
     "memory_mb": 4096,
     "timeout": cdk.Duration.minutes(2),

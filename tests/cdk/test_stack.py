@@ -18,6 +18,7 @@ from cdk_support import (
 
 from cdk.artifacts import Artifacts
 from cdk.image import INGEST_HANDLER, REINDEX_HANDLER, SEARCH_HANDLER
+from cdk.search_function import DEFAULT_RESERVED_CONCURRENCY, DEFAULT_TIMEOUT
 from cdk.stack import DEFAULT_PREFIX
 from lambda_fn.config import ENV_PREFIX, Settings, env_name
 
@@ -37,7 +38,8 @@ def test_function_is_a_container_image_with_default_sizes(template):
         {
             "PackageType": "Image",
             "MemorySize": 3008,
-            "Timeout": 30,
+            "Timeout": DEFAULT_TIMEOUT.to_seconds(),
+            "ReservedConcurrentExecutions": DEFAULT_RESERVED_CONCURRENCY,
             "EphemeralStorage": {"Size": 2048},
             "Architectures": ["x86_64"],
         },
@@ -289,3 +291,20 @@ def test_nothing_is_public_or_wildcard(template):
     for statement in statements(template):
         for action in as_list(statement["Action"]):
             assert action != "*" and not action.endswith(":*"), statement
+
+
+def test_waf_is_off_by_default_and_rate_limits_each_client_when_on(template, tuned_template):
+    template.resource_count_is("AWS::WAFv2::WebACL", 0)
+    (acl,) = tuned_template.find_resources("AWS::WAFv2::WebACL").values()
+    (rule,) = acl["Properties"]["Rules"]
+    assert rule["Action"] == {"Block": {}}
+    assert rule["Statement"]["RateBasedStatement"]["Limit"] == TUNED_API["waf_rate_limit"]
+    assert rule["Statement"]["RateBasedStatement"]["AggregateKeyType"] == "IP"
+    (association,) = tuned_template.find_resources("AWS::WAFv2::WebACLAssociation").values()
+    assert "Stage" in str(association["Properties"]["ResourceArn"]) or "stages" in str(
+        association["Properties"]["ResourceArn"]
+    )
+
+
+def test_search_reserved_concurrency_can_be_turned_off_for_new_accounts(tuned_template):
+    assert "ReservedConcurrentExecutions" not in search_function(tuned_template)
