@@ -2,6 +2,7 @@
 
 Context (``-c key=value``):
 - ``artifactsBucket``: use an existing bucket by name instead of creating one;
+- ``artifactsKmsKeyArn``: that bucket's customer-managed KMS key, when it encrypts with SSE-KMS;
 - ``artifactsPrefix``: the key prefix the artifacts live under (default: ``lambda_fn.manifest.DEFAULT_PREFIX``);
 - ``searchReservedConcurrency``: containers reserved for (and capping) search; ``none`` on an account whose
   concurrency quota is still 10 (default: ``cdk.search_function.DEFAULT_RESERVED_CONCURRENCY``);
@@ -42,6 +43,7 @@ stack = DeepFoodStack(
     "DeepFood",
     description="DeepFood image similarity search: Docker-image Lambda behind API Gateway, site on CloudFront",
     artifacts_bucket_name=app.node.try_get_context("artifactsBucket") or None,
+    artifacts_kms_key_arn=app.node.try_get_context("artifactsKmsKeyArn") or None,
     artifacts_prefix=app.node.try_get_context("artifactsPrefix") or DEFAULT_PREFIX,
     function_options=function_options,
     api_options={"waf_rate_limit": _context_int("wafRateLimit", None)},

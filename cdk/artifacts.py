@@ -28,7 +28,10 @@ class Artifacts(Construct):
 
     A created bucket is private, SSE-S3 encrypted, SSL-only and versioned, so an upload that goes wrong can
     be rolled back; old versions expire after ``noncurrent_version_days``. It is retained on ``cdk destroy``
-    because it holds the trained model and the image collection. An existing bucket is used as it is.
+    because it holds the trained model and the image collection. An existing bucket is used as it is; when
+    it encrypts with a customer-managed KMS key (SSE-KMS), pass ``kms_key_arn`` so every role that reads gets
+    ``kms:Decrypt`` and every role that writes also ``kms:GenerateDataKey`` on that key (without them S3
+    answers AccessDenied although the S3 grants are right).
     """
 
     def __init__(
@@ -40,8 +43,10 @@ class Artifacts(Construct):
         existing_bucket_name: str | None = None,
         access_logs: s3.IBucket | None = None,
         noncurrent_version_days: int = 30,
+        kms_key_arn: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
+        self.kms_key_arn = kms_key_arn
         self.prefix = prefix.strip("/")
         if not self.prefix:
             raise ValueError("artifacts prefix must not be empty: the function's read access is scoped to it")
@@ -157,6 +162,13 @@ class Artifacts(Construct):
                 conditions={"StringLike": {"s3:prefix": [f"{self.prefix}/*"]}},
             )
         )
+        if self.kms_key_arn:
+            writes = any(action != "s3:GetObject" for action in keys_by_action)
+            actions = ["kms:Decrypt", "kms:GenerateDataKey"] if writes else ["kms:Decrypt"]
+            condition = {"StringEquals": {"kms:ViaService": f"s3.{cdk.Aws.REGION}.amazonaws.com"}}
+            role.add_to_principal_policy(
+                iam.PolicyStatement(actions=actions, resources=[self.kms_key_arn], conditions=condition)
+            )
         wildcards = {key for keys in keys_by_action.values() for key in keys if key.endswith("*")}
         acknowledge(
             role,

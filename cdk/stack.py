@@ -10,6 +10,7 @@ from constructs import Construct
 from cdk.access_logs import AccessLogs
 from cdk.api import SearchApi
 from cdk.artifacts import Artifacts
+from cdk.backfill import Backfill
 from cdk.ingest import Ingest
 from cdk.reindex import Reindex
 from cdk.search_function import SearchFunction
@@ -19,11 +20,12 @@ from lambda_fn.manifest import DEFAULT_PREFIX
 
 
 class DeepFoodStack(cdk.Stack):
-    """Composes the constructs; ``function_options`` (search), ``ingest_options``, ``reindex_options`` and
-    ``api_options`` pass their tunables through.
+    """Composes the constructs; ``function_options`` (search), ``ingest_options``, ``reindex_options``,
+    ``backfill_options`` and ``api_options`` pass their tunables through.
 
     Photos put under ``<prefix>/images/`` are embedded by ingest, merged into a new build by reindex, and
-    picked up by the search function's warm containers.
+    picked up by the search function's warm containers. The backfill state machine embeds the whole collection
+    again (after a new model is announced) and then runs the reindex.
 
     Environment-agnostic on purpose (no account lookups), so it synthesizes offline and deploys anywhere.
     """
@@ -34,10 +36,12 @@ class DeepFoodStack(cdk.Stack):
         construct_id: str,
         *,
         artifacts_bucket_name: str | None = None,
+        artifacts_kms_key_arn: str | None = None,
         artifacts_prefix: str = DEFAULT_PREFIX,
         function_options: dict[str, Any] | None = None,
         ingest_options: dict[str, Any] | None = None,
         reindex_options: dict[str, Any] | None = None,
+        backfill_options: dict[str, Any] | None = None,
         api_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -49,6 +53,7 @@ class DeepFoodStack(cdk.Stack):
             prefix=artifacts_prefix,
             existing_bucket_name=artifacts_bucket_name,
             access_logs=logs.bucket,
+            kms_key_arn=artifacts_kms_key_arn,
         )
         website = Website(self, "Website", access_logs=logs.bucket)
         search = SearchFunction(
@@ -56,6 +61,14 @@ class DeepFoodStack(cdk.Stack):
         )
         ingest = Ingest(self, "Ingest", artifacts=artifacts, **(ingest_options or {}))
         reindex = Reindex(self, "Reindex", artifacts=artifacts, **(reindex_options or {}))
+        backfill = Backfill(
+            self,
+            "Backfill",
+            artifacts=artifacts,
+            ingest_function=ingest.function,
+            reindex_function=reindex.function,
+            **(backfill_options or {}),
+        )
         api = SearchApi(self, "Api", handler=search.target, allowed_origin=website.origin, **(api_options or {}))
         SiteDeployment(self, "SiteDeployment", website=website, api_base_url=api.url)
 
@@ -86,6 +99,13 @@ class DeepFoodStack(cdk.Stack):
         )
         cdk.CfnOutput(
             self,
+            "BackfillStateMachineArn",
+            value=backfill.state_machine.state_machine_arn,
+            description="Embeds every image again with the current model, then reindexes: "
+            f"python -m training.backfill --stack {self.stack_name}",
+        )
+        cdk.CfnOutput(
+            self,
             "UploadCommand",
             description="Run next (replace <DIR> with the image collection folder) to upload model and index",
             value=(
@@ -97,5 +117,6 @@ class DeepFoodStack(cdk.Stack):
         self.search = search
         self.ingest = ingest
         self.reindex = reindex
+        self.backfill = backfill
         self.api = api
         self.website = website

@@ -23,6 +23,8 @@ TUNED_FUNCTION = {
     "provisioned_concurrency": 2,
     "reserved_concurrency": None,
 }
+# The existing bucket in the tests encrypts with this customer-managed key (SSE-KMS).
+EXISTING_BUCKET_KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 TUNED_API = {"throttle_rate": 7, "throttle_burst": 11, "waf_rate_limit": 300}
 TUNED_INGEST = {
     "memory_mb": 4096,

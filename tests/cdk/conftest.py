@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from aws_cdk.assertions import Template
-from cdk_support import TUNED_API, TUNED_FUNCTION, TUNED_INGEST, TUNED_REINDEX, build_stack
+from cdk_support import EXISTING_BUCKET_KEY, TUNED_API, TUNED_FUNCTION, TUNED_INGEST, TUNED_REINDEX, build_stack
 
 from cdk.stack import DeepFoodStack
 
@@ -37,7 +37,11 @@ def tuned_template(tmp_path_factory) -> Template:
 
 @pytest.fixture(scope="session")
 def existing_bucket_stack(tmp_path_factory) -> DeepFoodStack:
-    return build_stack(tmp_path_factory.mktemp("cdk-existing"), artifacts_bucket_name="my-existing-artifacts")
+    return build_stack(
+        tmp_path_factory.mktemp("cdk-existing"),
+        artifacts_bucket_name="my-existing-artifacts",
+        artifacts_kms_key_arn=EXISTING_BUCKET_KEY,
+    )
 
 
 @pytest.fixture(scope="session")

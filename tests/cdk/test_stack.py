@@ -7,12 +7,14 @@ import pytest
 from aws_cdk.assertions import Annotations, Match, Template
 from cdk_nag import AwsSolutionsChecks
 from cdk_support import (
+    EXISTING_BUCKET_KEY,
     TUNED_API,
     TUNED_FUNCTION,
     as_list,
     grants,
     image_function,
     own_logs,
+    role_of,
     statements,
 )
 
@@ -308,3 +310,20 @@ def test_waf_is_off_by_default_and_rate_limits_each_client_when_on(template, tun
 
 def test_search_reserved_concurrency_can_be_turned_off_for_new_accounts(tuned_template):
     assert "ReservedConcurrentExecutions" not in search_function(tuned_template)
+
+
+def test_an_sse_kms_bucket_gets_its_key_granted_to_readers_and_writers(template, existing_bucket_template):
+    def kms_actions(tpl, handler):
+        found = set()
+        for statement in statements(tpl, role_of(image_function(tpl, handler))):
+            actions = as_list(statement["Action"])
+            if any(a.startswith("kms:") for a in actions):
+                assert statement["Resource"] == EXISTING_BUCKET_KEY
+                assert "kms:ViaService" in str(statement["Condition"])
+                found |= set(actions)
+        return found
+
+    assert kms_actions(existing_bucket_template, SEARCH_HANDLER) == {"kms:Decrypt"}
+    assert kms_actions(existing_bucket_template, INGEST_HANDLER) == {"kms:Decrypt", "kms:GenerateDataKey"}
+    assert kms_actions(existing_bucket_template, REINDEX_HANDLER) == {"kms:Decrypt", "kms:GenerateDataKey"}
+    assert kms_actions(template, SEARCH_HANDLER) == set()  # the created bucket uses SSE-S3
