@@ -33,6 +33,7 @@ EMBEDDINGS_PREFIX = "embeddings/"  # embeddings/<model sha256>/<shard>.npz; writ
 BUILDS_PREFIX = "builds/"  # builds/<build id>/{model.pt,index.ann,keys.json}; content-addressed, never rewritten
 MODELS_PREFIX = "models/"  # models/current.json names the model new embeddings are made with
 LOCKS_PREFIX = "locks/"  # locks/reindex.json: the lease that keeps two reindexes from racing
+BACKFILL_RESULTS_PREFIX = "backfill-results/"  # <map run id>/{manifest,SUCCEEDED_n,FAILED_n}.json: backfill outcomes
 # Key prefix a deployment keeps everything under in its bucket, unless told otherwise.
 DEFAULT_PREFIX = "deepfood"
 # Name of the TorchScript `_extra_files` entry that carries the model's metadata.
