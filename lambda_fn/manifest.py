@@ -60,10 +60,16 @@ class ModelMeta(BaseModel):
 
 
 class KeyEntry(NamedTuple):
-    """One indexed image. A tuple, not a pydantic model: a 10^5-image key map stays ~10 MB instead of ~60."""
+    """One indexed image. A tuple, not a pydantic model: a 10^5-image key map stays ~10 MB instead of ~60.
+
+    ``source`` names the dataset the image came from in a collection built from several (its keys then start
+    with ``<source>/``); None for a collection of one folder. ``read_keys`` shares one string per distinct
+    source, so the field costs a pointer per image.
+    """
 
     key: str
     label: str | None = None
+    source: str | None = None
 
 
 class Manifest(BaseModel):
@@ -116,11 +122,18 @@ class Manifest(BaseModel):
 
 
 def read_keys(path: Path) -> list[KeyEntry]:
-    return [KeyEntry(str(e["key"]), e.get("label")) for e in json.loads(Path(path).read_text())]
+    sources: dict[str, str] = {}  # json.loads makes a string per occurrence; keep one per distinct source
+    entries = []
+    for e in json.loads(Path(path).read_text()):
+        source = e.get("source")
+        entries.append(KeyEntry(str(e["key"]), e.get("label"), sources.setdefault(source, source) if source else None))
+    return entries
 
 
 def write_keys(path: Path, entries: list[KeyEntry]) -> None:
-    Path(path).write_text(json.dumps([e._asdict() for e in entries], ensure_ascii=False))
+    """One ``{"key", "label"}`` object per id, with ``"source"`` only when set (one-folder maps are unchanged)."""
+    rows = [{"key": e.key, "label": e.label} | ({"source": e.source} if e.source else {}) for e in entries]
+    Path(path).write_text(json.dumps(rows, ensure_ascii=False))
 
 
 def image_object_key(prefix: str, key: str) -> str:

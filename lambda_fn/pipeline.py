@@ -37,6 +37,7 @@ def to_matches(engine: Engine, neighbours: list[Neighbour], linker: ImageLinker)
                 id=n.id,
                 key=entry.key,
                 label=entry.label,
+                source=entry.source,
                 distance=round(n.distance, 6),
                 similarity=round(n.similarity, 6),
                 url=linker.url(entry.key),

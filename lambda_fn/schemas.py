@@ -72,6 +72,9 @@ class Match(BaseModel):
     id: int = Field(description="Image id in the index (0..count-1)")
     key: str = Field(description="Path of the image in the collection (its S3 key under images/)")
     label: str | None = Field(None, description="Label from the collection's folder layout, when known")
+    source: str | None = Field(
+        None, description="Dataset the image came from (e.g. ifood, food101) when the collection has several"
+    )
     distance: float = Field(description="Angular distance, sqrt(2 - 2 cos); 0 is identical")
     similarity: float = Field(description="Cosine similarity of the embeddings, 1 is identical")
     url: str = Field(description="URL the browser can load the image from")

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from lambda_fn.imaging import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
 from training.cli import run
-from training.data import eval_transform, load_labelled, make_loader, train_transform
+from training.data import LAYOUTS, eval_transform, load_labelled, make_loader, train_transform
 from training.model import EmbeddingNet, WeightsUnavailable, imagenet_state_dict, load_backbone_weights
 
 log = logging.getLogger("training.train")
@@ -30,12 +30,15 @@ log = logging.getLogger("training.train")
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="class-folder dataset root, or Food-101 root")
+    p.add_argument(
+        "--data", type=Path, required=True, help="dataset root: class folders, Food-101 or iFood 2019 (FGVC6)"
+    )
     p.add_argument(
         "--layout",
-        choices=["auto", "folder", "food101"],
+        choices=LAYOUTS,
         default="auto",
-        help="dataset layout; auto detects Food-101's meta/classes.txt",
+        help="dataset layout; auto detects Food-101's meta/classes.txt and iFood 2019's class_list.txt / "
+        "train_labels.csv (both train on their official split; class folders use --val-fraction)",
     )
     p.add_argument("--download", action="store_true", help="download Food-101 into --data (needs internet)")
     p.add_argument(

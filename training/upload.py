@@ -1,10 +1,11 @@
 """Upload an index build and its images to S3 (or any S3-compatible server).
 
     python -m training.upload --artifacts artifacts/ --images data/sample --bucket B --prefix deepfood
+    python -m training.upload --source ifood=/data/ifood2019 --source food101=/data/food-101 --bucket B
 
 Order matters, so that a reader never sees a manifest that points at objects that are not there:
-1. the images, under ``<prefix>/images/<key>`` with their Content-Type (skipped when an object of the same
-   size and MD5/ETag is already there, so re-runs are cheap);
+1. the images, under ``<prefix>/images/<key>`` with their Content-Type, each read from its own source's folder
+   (skipped when an object of the same size and MD5/ETag is already there, so re-runs are cheap);
 2. model, index and key map under ``<prefix>/builds/<build id>/`` (content-addressed: an upload never
    overwrites what a running service is reading);
 3. ``<prefix>/manifest.json`` last, naming those build files: this one small PUT switches readers over
@@ -45,6 +46,7 @@ from lambda_fn.manifest import (
 from lambda_fn.models import POINTER_FILE, ModelPointer, model_key
 from lambda_fn.publish import publish_build
 from lambda_fn.store import S3Store
+from training.build_index import Sources, named_source
 from training.cli import run
 
 TRANSFER = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=16 << 20, max_concurrency=8)
@@ -73,19 +75,20 @@ def content_type(key: str) -> str:
 
 
 def upload_images(
-    client, bucket: str, prefix: str, images: Path, keys: list[str], workers: int, report: UploadReport
+    client, bucket: str, prefix: str, images: Sources, keys: list[str], workers: int, report: UploadReport
 ) -> None:
+    """Each key's file (from its own source root, for a collection of several) to ``images/<key>``."""
     existing = _existing(client, bucket, image_object_key(prefix, ""))
     todo = []
     for key in keys:
-        path = images / key
+        path = images.path(key)
         if not path.is_file():
             raise FileNotFoundError(f"{path} is in the index but not under --images {images}")
         have = existing.get(image_object_key(prefix, key))
         if have and have[0] == path.stat().st_size and have[1] == file_digest(path, "md5"):
             report.skipped_images += 1
         else:
-            todo.append(key)
+            todo.append((key, path))
     with (
         ThreadPoolExecutor(max_workers=workers) as pool,
         tqdm(total=len(todo), desc="images", unit="img", dynamic_ncols=True) as bar,
@@ -93,13 +96,13 @@ def upload_images(
         futures = [
             pool.submit(
                 client.upload_file,
-                str(images / key),
+                str(path),
                 bucket,
                 image_object_key(prefix, key),
                 ExtraArgs={"ContentType": content_type(key)},
                 Config=TRANSFER,
             )
-            for key in todo
+            for key, path in todo
         ]
         for future in as_completed(futures):
             future.result()
@@ -120,15 +123,17 @@ def verify_local(artifacts: Path) -> Manifest:
 
 
 def upload(
-    artifacts: Path, images: Path | None, bucket: str, prefix: str, *, client=None, workers: int = 8
+    artifacts: Path, images: Path | Sources | None, bucket: str, prefix: str, *, client=None, workers: int = 8
 ) -> UploadReport:
+    """Upload a build; with ``images`` (the folder, or the sources, it was built from) its images first."""
     prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
     manifest = verify_local(artifacts)
     client = client or boto3.client("s3", config=Config(retries={"max_attempts": 5, "mode": "standard"}))
     report = UploadReport()
     if images is not None:
         keys = [e.key for e in read_keys(artifacts / manifest.keys_file)]
-        upload_images(client, bucket, prefix, images, keys, workers, report)
+        sources = images if isinstance(images, Sources) else Sources.folder(images)
+        upload_images(client, bucket, prefix, sources, keys, workers, report)
     total = sum((artifacts / name).stat().st_size for _, name, _ in manifest.files(with_collection=True))
     with tqdm(total=total, desc="artifacts", unit="B", unit_scale=True, dynamic_ncols=True) as bar:
         _, published = publish_build(S3Store(bucket, prefix, client), artifacts, manifest, progress=bar.update)
@@ -155,7 +160,17 @@ def announce_model(model: Path, bucket: str, prefix: str, *, client) -> ModelPoi
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="build folder (default: artifacts)")
-    p.add_argument("--images", type=Path, default=None, help="collection folder the index was built from")
+    p.add_argument(
+        "--images",
+        action="append",
+        default=[],
+        metavar="[NAME=]DIR",
+        help="collection folder the index was built from; for a collection of several sources, each as "
+        "NAME=DIR (repeat), as given to training.build_index",
+    )
+    p.add_argument(
+        "--source", action="append", dest="images", type=named_source, metavar="NAME=DIR", help="--images NAME=DIR"
+    )
     p.add_argument("--bucket", required=True, help="S3 bucket name")
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"key prefix in the bucket (default: {DEFAULT_PREFIX})")
     p.add_argument(
@@ -187,7 +202,8 @@ def main(args: argparse.Namespace) -> int:
             f"{pointer.model_file}; run the backfill (python -m training.backfill) to re-embed the collection"
         )
         return 0
-    report = upload(args.artifacts, args.images, args.bucket, args.prefix, client=client, workers=args.workers)
+    images = Sources.parse(args.images) if args.images else None
+    report = upload(args.artifacts, images, args.bucket, args.prefix, client=client, workers=args.workers)
     print(
         f"uploaded {report.uploaded_images} images ({report.skipped_images} already there), "
         f"{report.uploaded_artifacts} artifacts ({report.skipped_artifacts} already there); "
