@@ -59,19 +59,31 @@ class _ImagesReader(sfn.S3ObjectsItemReader):
 
 class _ResultsWriter(sfn.ResultWriterV2):
     """The map's results under ``<prefix>/backfill-results/``; its grant names that prefix only (aws-cdk-lib's
-    own writer grants the whole bucket). The actions are those AWS documents for a ResultWriter."""
+    own writer grants the whole bucket). The actions are those AWS documents for a ResultWriter, and for a
+    bucket encrypted with a customer-managed key (``Artifacts.kms_key_arn``) that key's use through S3."""
 
     def __init__(self, artifacts: Artifacts) -> None:
         super().__init__(bucket=artifacts.bucket, prefix=f"{artifacts.prefix}/{BACKFILL_RESULTS_PREFIX}".rstrip("/"))
         self.objects_arn = artifacts.key_arn(f"{BACKFILL_RESULTS_PREFIX}*")
+        self.kms_key_arn = artifacts.kms_key_arn
 
     def provide_policy_statements(self) -> list[iam.PolicyStatement]:
-        return [
+        statements = [
             iam.PolicyStatement(
                 actions=["s3:PutObject", "s3:GetObject", "s3:ListMultipartUploadParts", "s3:AbortMultipartUpload"],
                 resources=[self.objects_arn],
             )
         ]
+        if self.kms_key_arn:
+            # GenerateDataKey to write SSE-KMS objects; Decrypt for the parts of a multipart upload
+            statements.append(
+                iam.PolicyStatement(
+                    actions=["kms:Decrypt", "kms:GenerateDataKey"],
+                    resources=[self.kms_key_arn],
+                    conditions={"StringEquals": {"kms:ViaService": f"s3.{cdk.Aws.REGION}.amazonaws.com"}},
+                )
+            )
+        return statements
 
 
 class Backfill(Construct):

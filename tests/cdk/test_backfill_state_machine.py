@@ -9,7 +9,7 @@ import aws_cdk as cdk
 import pytest
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk.assertions import Template
-from cdk_support import REPO_ROOT, as_list, build_stack, image_function, statements, text
+from cdk_support import EXISTING_BUCKET_KEY, REPO_ROOT, as_list, build_stack, image_function, statements, text
 
 from cdk.artifacts import Artifacts
 from cdk.backfill import MAP_LABEL, RETRIED_ERRORS, Backfill
@@ -231,10 +231,14 @@ def test_existing_bucket_is_listed_and_written_by_name(existing_bucket_template)
     first = states["States"][states["StartAt"]]
     assert first["ItemReader"]["Parameters"]["Bucket"] == "my-existing-artifacts"
     assert first["ResultWriter"]["Parameters"]["Bucket"] == "my-existing-artifacts"
-    granted, _ = machine_grants(existing_bucket_template)
+    granted, found = machine_grants(existing_bucket_template)
     bucket = "arn:<AWS::Partition>:s3:::my-existing-artifacts"
     assert granted["s3:ListBucket"] == {bucket}
     assert granted["s3:PutObject"] == {f"{bucket}/{DEFAULT_PREFIX}/{BACKFILL_RESULTS_PREFIX}*"}
+    # its SSE-KMS key, through S3 only: without it the ResultWriter's PUTs are refused
+    (kms,) = [s for s in found if any(a.startswith("kms:") for a in as_list(s["Action"]))]
+    assert set(kms["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey"} and kms["Resource"] == EXISTING_BUCKET_KEY
+    assert text(kms["Condition"]["StringEquals"]["kms:ViaService"]) == "s3.<AWS::Region>.amazonaws.com"
 
 
 def test_results_are_written_whatever_the_apps_feature_flags():
