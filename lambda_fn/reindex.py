@@ -151,7 +151,8 @@ def base_collection(store: Store, manifest: Manifest, workdir: Path) -> tuple[Co
     entries = read_keys(keys_path)
     vectors = np.array([index.get_item_vector(i) for i in range(len(entries))], dtype=np.float32)
     index.unload()
-    collection.apply(Shard(added=[Added(e.key, e.label, "", EventOrder()) for e in entries], vectors=vectors))
+    added = [Added(e.key, e.label, "", EventOrder(), e.source) for e in entries]
+    collection.apply(Shard(added=added, vectors=vectors))
     return collection, set()
 
 

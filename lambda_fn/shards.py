@@ -61,6 +61,7 @@ class Added:
     label: str | None
     etag: str
     order: EventOrder
+    source: str | None = None  # the dataset of a collection built from several (KeyEntry.source)
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class Shard:
     def to_bytes(self) -> bytes:
         meta = {
             "format": FORMAT_VERSION,
-            "added": [[a.key, a.label, a.etag, a.order.time, a.order.sequencer] for a in self.added],
+            "added": [[a.key, a.label, a.etag, a.order.time, a.order.sequencer, a.source] for a in self.added],
             "removed": [[r.key, r.order.time, r.order.sequencer] for r in self.removed],
             "skipped": [[s.key, s.etag, s.reason, s.order.time, s.order.sequencer] for s in self.skipped],
             "merged_shards": self.merged_shards,
@@ -124,7 +125,7 @@ class Shard:
         if meta.get("format") != FORMAT_VERSION:
             raise ValueError(f"embedding shard format {meta.get('format')!r}; this code reads {FORMAT_VERSION}")
         return cls(
-            added=[Added(k, label, etag, EventOrder(t, s)) for k, label, etag, t, s in meta["added"]],
+            added=[Added(k, label, etag, EventOrder(t, s), *rest) for k, label, etag, t, s, *rest in meta["added"]],
             vectors=vectors,
             removed=[Removed(k, EventOrder(t, s)) for k, t, s in meta["removed"]],
             skipped=[Skipped(k, etag, reason, EventOrder(t, s)) for k, etag, reason, t, s in meta["skipped"]],
@@ -207,7 +208,7 @@ class Collection:
 
     def key_entries(self) -> tuple[list[KeyEntry], np.ndarray]:
         live = self.live()
-        entries = [KeyEntry(a.key, a.label) for a, _ in live]
+        entries = [KeyEntry(a.key, a.label, a.source) for a, _ in live]
         dim = len(live[0][1]) if live else 0
         vectors = np.stack([v for _, v in live]).astype(np.float32) if live else np.zeros((0, dim), np.float32)
         return entries, vectors

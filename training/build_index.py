@@ -211,7 +211,7 @@ def collection_shard(collection: Collection, kept: list[int], vectors: np.ndarra
     for i in kept:
         path, entry = collection.paths[i], collection.entries[i]
         order = EventOrder.at(path.stat().st_mtime)
-        added.append(Added(entry.key, entry.label, file_digest(path, "md5"), order))
+        added.append(Added(entry.key, entry.label, file_digest(path, "md5"), order, entry.source))
     return Shard(added=added, vectors=vectors)
 
 

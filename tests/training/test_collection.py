@@ -8,7 +8,7 @@ import pytest
 
 from lambda_fn.artifacts import fetch
 from lambda_fn.engine import Engine
-from lambda_fn.manifest import Manifest
+from lambda_fn.manifest import KeyEntry, Manifest
 from tests.deployment import embed_bytes, unique_photo
 from tests.helpers import SAMPLE_COUNT
 from training.collection import cli
@@ -42,7 +42,7 @@ def test_add_then_remove_a_photo(local, tmp_path, capsys):
     assert after.build_id != before.build_id and after.model_file == before.model_file
     engine = _engine(art, tmp_path)
     top = engine.search(embed_bytes(engine, photo.read_bytes()), 1)[0]
-    assert engine.keys[top.id] == ("ramen/my ramen.jpg", "ramen")
+    assert engine.keys[top.id] == KeyEntry("ramen/my ramen.jpg", "ramen")
 
     assert cli([*common, "remove", "ramen/my ramen.jpg"]) == 0
     assert not (images / "ramen" / "my ramen.jpg").exists()
