@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     search_k: int | None = Field(None, ge=1, description="Override the manifest's Annoy search_k")
     load_on_import: bool = Field(False, description="Load model and index at import (Lambda init) instead of first use")
     log_level: str = Field("INFO", description="Log level of the JSON logger")
+    tracing: bool = Field(
+        False, description="Trace each invocation with AWS X-Ray (Powertools' Tracer); needs Lambda active tracing"
+    )
     manifest_check_s: float = Field(
         60, ge=0, description="Seconds between checks for a new manifest (a new build) by a warm service; 0: never"
     )

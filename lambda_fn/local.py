@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
+from lambda_fn import metrics
 from lambda_fn.app import create_app
 from lambda_fn.artifacts import Location
 from lambda_fn.config import Settings
@@ -25,8 +26,24 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_MANIFEST_CHECK_S = 2.0
 
 
+class PrintMetrics:
+    """Prints what each request recorded as an EMF line on stdout once it is answered, as the Lambda handler
+    does per invocation: a developer sees the metrics CloudWatch would get, without AWS."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if scope["type"] == "http":
+                metrics.flush(metrics.search)
+
+
 def create_local_app(settings: Settings, *, frontend: Path | None = None) -> FastAPI:
     app = create_app(settings)
+    app.add_middleware(PrintMetrics)
     images = Location.parse(settings.resolved_images_uri)
     if not images.is_s3 and not settings.images_base_url and images.path.is_dir():
         app.mount(LOCAL_IMAGES_ROUTE, StaticFiles(directory=images.path), name="files")
@@ -83,6 +100,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     app = create_local_app(settings, frontend=args.frontend)
     print(f"DeepFood search on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
+    print("Metrics: one CloudWatch EMF line (a JSON object with an _aws key) per search on stdout", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

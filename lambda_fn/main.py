@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mangum import Mangum
 
+from lambda_fn import metrics
 from lambda_fn.app import create_app
 from lambda_fn.config import get_settings
 from lambda_fn.logs import logger
@@ -34,11 +35,16 @@ class StagePrefix:
         await self.app(scope, receive, send)
 
 
-app = create_app(get_settings())
+settings = get_settings()
+app = create_app(settings)
 asgi_handler = Mangum(StagePrefix(app), lifespan="off")
 
 
+@metrics.flushed(metrics.search)  # the request's metrics: one EMF line at the end of each invocation
 @logger.inject_lambda_context(clear_state=True)
-def handler(event: dict, context) -> dict:
+def invoke(event: dict, context) -> dict:
     """API Gateway REST (v1), HTTP API (v2) and Function URL events, through Mangum."""
     return asgi_handler(event, context)
+
+
+handler = metrics.traced(invoke, service=metrics.SEARCH_SERVICE, enabled=settings.tracing)

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 
 import torch
 
-from lambda_fn import artifacts
+from lambda_fn import artifacts, metrics
 from lambda_fn.artifacts import ArtifactError, FetchedArtifacts
 from lambda_fn.config import Settings
 from lambda_fn.engine import Engine
@@ -97,6 +97,7 @@ class ServiceState:
                 "threads": torch.get_num_threads(),
             },
         )
+        metrics.model_loaded(self.load_seconds)
         return engine, fetched
 
     def get(self) -> Engine:

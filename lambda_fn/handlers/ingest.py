@@ -12,10 +12,13 @@ Two triggers, one embedding path (``lambda_fn.ingest.ingest``):
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import torch
+from aws_lambda_powertools.utilities.data_classes import SQSEvent
 
+from lambda_fn import metrics
 from lambda_fn.config import get_settings
 from lambda_fn.events import changes_from_batch, changes_from_sqs
 from lambda_fn.ingest import Change, IngestReport, ingest
@@ -36,24 +39,52 @@ class BatchFailed(RuntimeError):
     """Some images of a Distributed Map batch failed transiently; the state machine retries the batch."""
 
 
-def _run(changes: list[Change]) -> IngestReport:
+def _run(changes: list[Change], *, newest_model_only: bool = False) -> IngestReport:
+    models = target_models(artifacts, settings.cache_dir)
     return ingest(
         changes,
         images=images,
         artifacts=artifacts,
-        models=target_models(artifacts, settings.cache_dir),
+        # A backfill embeds the collection for the model that is to go live (the announced one, else the live
+        # one); new photos from S3 events are embedded with both while a new model waits.
+        models=models[-1:] if newest_model_only else models,
         max_bytes=settings.max_ingest_bytes,
         max_pixels=settings.max_image_pixels,
     )
 
 
+def oldest_message_age_s(event: dict, now_ms: float | None = None) -> float | None:
+    """Seconds since SQS received the batch's oldest message (its ``SentTimestamp``); None without one."""
+    sent = [int(r.attributes.sent_timestamp) for r in SQSEvent(event).records if r.attributes.sent_timestamp]
+    if not sent:
+        return None
+    return ((time.time() * 1000 if now_ms is None else now_ms) - min(sent)) / 1000
+
+
+def _record(report: IngestReport, oldest_age_s: float | None) -> None:
+    metrics.ingested(
+        embedded=report.embedded,
+        skipped=len(report.skipped),
+        failed=len(report.failed),
+        seconds=report.seconds,
+        oldest_age_s=oldest_age_s,
+    )
+
+
+@metrics.ingest.log_metrics
 @logger.inject_lambda_context(clear_state=True)
-def handler(event: dict, context: Any) -> dict:
+def invoke(event: dict, context: Any) -> dict:
     if "Items" in event:
-        report = _run(changes_from_batch(event, images))
+        report = _run(changes_from_batch(event, images), newest_model_only=True)
+        _record(report, None)
         if report.failed:
             raise BatchFailed(f"{len(report.failed)} images failed transiently: {report.as_dict()['failed'][:5]}")
         return report.as_dict()
+    oldest_age_s = oldest_message_age_s(event)
     changes, _ = changes_from_sqs(event, images)
     report = _run(changes)
+    _record(report, oldest_age_s)
     return {"batchItemFailures": [{"itemIdentifier": item} for item in sorted(report.failed)]}
+
+
+handler = metrics.traced(invoke, service=metrics.INGEST_SERVICE, enabled=settings.tracing)

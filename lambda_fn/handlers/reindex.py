@@ -2,23 +2,66 @@
 
 Invoked by the schedule (an EventBridge event, ignored) and as the step after a backfill's map; answers
 the run's report (``published``, ``unchanged``, ``busy``, ...), which the state machine records.
+
+Each run also reports its outcome and the live build it leaves behind (``lambda_fn.metrics``): age, size,
+and whether embedding shards still wait to be merged, which is what the stale-build alarm watches.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lambda_fn import metrics
 from lambda_fn.config import get_settings
 from lambda_fn.logs import configure, logger
+from lambda_fn.models import read_manifest
 from lambda_fn.reindex import reindex
-from lambda_fn.store import open_store
+from lambda_fn.store import Store, open_store
+
+log = logging.getLogger(__name__)
 
 settings = get_settings()
 configure(settings.log_level)
 artifacts = open_store(settings.artifacts_uri)
 
 
+def record_live_build(store: Store, *, pending: bool) -> None:
+    """The live build's metrics: one GET of the manifest and one HEAD of its index per run. Never raises:
+    a run's outcome, or the error it ends with, matters more than these."""
+    try:
+        manifest, _ = read_manifest(store)
+        if manifest is None:
+            return
+        built_at = datetime.fromisoformat(manifest.built_at)
+        built_at = built_at if built_at.tzinfo else built_at.replace(tzinfo=UTC)
+        index = store.head(manifest.index_file)
+        metrics.live_build(
+            age_s=(datetime.now(UTC) - built_at).total_seconds(),
+            vectors=manifest.count,
+            index_bytes=index.size if index is not None else None,
+            pending=pending,
+        )
+    except Exception:
+        log.warning("live build metrics not recorded", exc_info=True)
+
+
+@metrics.reindex.log_metrics
 @logger.inject_lambda_context(clear_state=True)
-def handler(event: dict, context: Any) -> dict:
-    return reindex(artifacts, Path(settings.cache_dir) / "reindex", lease_s=settings.reindex_lease_s).as_dict()
+def invoke(event: dict, context: Any) -> dict:
+    started = time.perf_counter()
+    try:
+        report = reindex(artifacts, Path(settings.cache_dir) / "reindex", lease_s=settings.reindex_lease_s)
+    except Exception:
+        metrics.reindexed(metrics.REINDEX_FAILED, time.perf_counter() - started)
+        record_live_build(artifacts, pending=True)
+        raise
+    metrics.reindexed(report.status, report.seconds)
+    record_live_build(artifacts, pending=report.status not in metrics.SETTLED_STATUSES)
+    return report.as_dict()
+
+
+handler = metrics.traced(invoke, service=metrics.REINDEX_SERVICE, enabled=settings.tracing)
