@@ -14,6 +14,7 @@ from constructs import Construct
 
 from cdk.artifacts import Artifacts
 from cdk.image import INGEST_HANDLER, SETTINGS_DEFAULTS, execution_role, image_code
+from cdk.monitoring import active_tracing
 from cdk.nag import acknowledge
 from lambda_fn.config import env_name
 
@@ -45,6 +46,7 @@ class Ingest(Construct):
     - ``max_concurrency`` (2, the least SQS allows): how many functions the queue may keep busy, so a
       burst of uploads cannot take the account's concurrency away from search.
     - ``max_receive_count`` (5): attempts before a message goes to the dead-letter queue (kept 14 days).
+    - ``tracing``: off by default; on, X-Ray active tracing and ``DEEPFOOD_TRACING`` (``cdk.monitoring``).
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class Ingest(Construct):
         num_threads: int | None = SETTINGS_DEFAULTS["num_threads"],
         log_level: str = SETTINGS_DEFAULTS["log_level"],
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+        tracing: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
         timeout = timeout or cdk.Duration.minutes(5)
@@ -100,6 +103,8 @@ class Ingest(Construct):
         }
         if num_threads is not None:
             environment[env_name("num_threads")] = str(num_threads)
+        if tracing:
+            environment[env_name("tracing")] = "true"
         self.function = lambda_.DockerImageFunction(
             self,
             "Function",
@@ -111,6 +116,7 @@ class Ingest(Construct):
             ephemeral_storage_size=cdk.Size.mebibytes(ephemeral_storage_mb),
             role=role,
             log_group=self.log_group,
+            tracing=active_tracing(role, tracing),
             environment=environment,
         )
         self.function.add_event_source(

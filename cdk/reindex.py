@@ -11,6 +11,7 @@ from constructs import Construct
 
 from cdk.artifacts import Artifacts
 from cdk.image import REINDEX_HANDLER, SETTINGS_DEFAULTS, execution_role, image_code
+from cdk.monitoring import active_tracing
 from lambda_fn.config import Settings, env_name
 
 
@@ -40,6 +41,7 @@ class Reindex(Construct):
     - ``memory_mb``: 3008 by default; up to 10240 for big collections, whose merged embeddings must fit in memory.
     - ``timeout``: 15 minutes, the most Lambda allows; also the lease.
     - ``ephemeral_storage_mb``: 10240, the most Lambda allows: the new index is written to ``/tmp`` first.
+    - ``tracing``: off by default; on, X-Ray active tracing and ``DEEPFOOD_TRACING`` (``cdk.monitoring``).
     """
 
     def __init__(
@@ -57,9 +59,11 @@ class Reindex(Construct):
         num_threads: int | None = SETTINGS_DEFAULTS["num_threads"],
         log_level: str = SETTINGS_DEFAULTS["log_level"],
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+        tracing: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
         timeout = timeout or cdk.Duration.minutes(15)
+        self.every = every or cdk.Duration.minutes(5)
         lease_s, least_lease_s = int(timeout.to_seconds()), _least_lease_s()
         if lease_s < least_lease_s:
             raise ValueError(f"reindex timeout must be at least {least_lease_s} s: it is also the lease")
@@ -78,6 +82,8 @@ class Reindex(Construct):
         }
         if num_threads is not None:
             environment[env_name("num_threads")] = str(num_threads)
+        if tracing:
+            environment[env_name("tracing")] = "true"
         self.function = lambda_.DockerImageFunction(
             self,
             "Function",
@@ -92,12 +98,13 @@ class Reindex(Construct):
             retry_attempts=0,
             role=role,
             log_group=self.log_group,
+            tracing=active_tracing(role, tracing),
             environment=environment,
         )
         self.schedule = events.Rule(
             self,
             "Schedule",
             description="Runs DeepFood reindex: merge new embeddings, publish a new build",
-            schedule=events.Schedule.rate(every or cdk.Duration.minutes(5)),
+            schedule=events.Schedule.rate(self.every),
             targets=[targets.LambdaFunction(self.function, retry_attempts=0)],
         )

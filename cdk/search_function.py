@@ -9,6 +9,7 @@ from constructs import Construct
 
 from cdk.artifacts import Artifacts
 from cdk.image import SEARCH_HANDLER, SETTINGS_DEFAULTS, execution_role, image_code
+from cdk.monitoring import active_tracing
 from lambda_fn.config import env_name
 
 DEFAULT_TIMEOUT = cdk.Duration.seconds(120)
@@ -44,6 +45,7 @@ class SearchFunction(Construct):
       load during init (``load_on_import``) because provisioned environments initialise before traffic.
     - ``manifest_check_s``: how often a warm container looks for a new manifest, i.e. a build reindex
       published, and swaps to it; no configuration change or new container is needed.
+    - ``tracing``: off by default; on, X-Ray active tracing and ``DEEPFOOD_TRACING`` (``cdk.monitoring``).
 
     It may only read: reindex publishes builds, this function loads them.
     """
@@ -66,6 +68,7 @@ class SearchFunction(Construct):
         manifest_check_s: float = SETTINGS_DEFAULTS["manifest_check_s"],
         log_level: str = SETTINGS_DEFAULTS["log_level"],
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+        tracing: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
         self.manifest_check_s = manifest_check_s
@@ -88,6 +91,7 @@ class SearchFunction(Construct):
             reserved_concurrent_executions=reserved_concurrency,
             role=role,
             log_group=self.log_group,
+            tracing=active_tracing(role, tracing),
             environment={
                 env_name("artifacts_uri"): artifacts.uri,
                 env_name("cors_origins"): ",".join(cors_origins),
@@ -97,6 +101,7 @@ class SearchFunction(Construct):
                 env_name("log_level"): log_level,
                 env_name("load_on_import"): "true" if provisioned_concurrency else "false",
                 **({env_name("trusted_model_sha256"): trusted_model_sha256} if trusted_model_sha256 else {}),
+                **({env_name("tracing"): "true"} if tracing else {}),
             },
         )
         # What API Gateway invokes: the function itself, or the alias that holds the warm containers.

@@ -12,6 +12,7 @@ from cdk.api import SearchApi
 from cdk.artifacts import Artifacts
 from cdk.backfill import Backfill
 from cdk.ingest import Ingest
+from cdk.monitoring import Monitoring
 from cdk.reindex import Reindex
 from cdk.search_function import SearchFunction
 from cdk.website import SiteDeployment, Website
@@ -21,7 +22,8 @@ from lambda_fn.manifest import DEFAULT_PREFIX
 
 class DeepFoodStack(cdk.Stack):
     """Composes the constructs; ``function_options`` (search), ``ingest_options``, ``reindex_options``,
-    ``backfill_options`` and ``api_options`` pass their tunables through.
+    ``backfill_options``, ``api_options`` and ``monitoring_options`` (dashboard, alarms, where they notify)
+    pass their tunables through. ``tracing`` turns on X-Ray for the three functions (off: it costs extra).
 
     Photos put under ``<prefix>/images/`` are embedded by ingest, merged into a new build by reindex, and
     picked up by the search function's warm containers. The backfill state machine embeds the whole collection
@@ -43,6 +45,8 @@ class DeepFoodStack(cdk.Stack):
         reindex_options: dict[str, Any] | None = None,
         backfill_options: dict[str, Any] | None = None,
         api_options: dict[str, Any] | None = None,
+        monitoring_options: dict[str, Any] | None = None,
+        tracing: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
@@ -57,10 +61,15 @@ class DeepFoodStack(cdk.Stack):
         )
         website = Website(self, "Website", access_logs=logs.bucket)
         search = SearchFunction(
-            self, "Search", artifacts=artifacts, cors_origins=[website.origin], **(function_options or {})
+            self,
+            "Search",
+            artifacts=artifacts,
+            cors_origins=[website.origin],
+            tracing=tracing,
+            **(function_options or {}),
         )
-        ingest = Ingest(self, "Ingest", artifacts=artifacts, **(ingest_options or {}))
-        reindex = Reindex(self, "Reindex", artifacts=artifacts, **(reindex_options or {}))
+        ingest = Ingest(self, "Ingest", artifacts=artifacts, tracing=tracing, **(ingest_options or {}))
+        reindex = Reindex(self, "Reindex", artifacts=artifacts, tracing=tracing, **(reindex_options or {}))
         backfill = Backfill(
             self,
             "Backfill",
@@ -71,6 +80,9 @@ class DeepFoodStack(cdk.Stack):
         )
         api = SearchApi(self, "Api", handler=search.target, allowed_origin=website.origin, **(api_options or {}))
         SiteDeployment(self, "SiteDeployment", website=website, api_base_url=api.url)
+        monitoring = Monitoring(
+            self, "Monitoring", api=api, search=search, ingest=ingest, reindex=reindex, **(monitoring_options or {})
+        )
 
         cdk.CfnOutput(self, "SiteUrl", value=website.url, description="Open this in a browser")
         cdk.CfnOutput(self, "ApiUrl", value=api.url, description="API base URL (config.json's apiBaseUrl)")
@@ -113,10 +125,18 @@ class DeepFoodStack(cdk.Stack):
                 f"--bucket {artifacts.bucket.bucket_name} --prefix {artifacts.prefix}"
             ),
         )
+        cdk.CfnOutput(
+            self,
+            "DashboardUrl",
+            value=f"https://console.aws.amazon.com/cloudwatch/home?region={self.region}"
+            f"#dashboards/dashboard/{monitoring.dashboard_name}",
+            description="Latency by stage, errors, ingest backlog, reindex runs, cost (README: Operating it)",
+        )
         self.artifacts = artifacts
         self.search = search
         self.ingest = ingest
         self.reindex = reindex
         self.backfill = backfill
         self.api = api
+        self.monitoring = monitoring
         self.website = website
