@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Literal, NamedTuple
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Literal, NamedTuple
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 SCHEMA_VERSION = 1
 
@@ -40,6 +41,33 @@ DEFAULT_PREFIX = "deepfood"
 MODEL_META_FILE = "meta.json"
 
 Metric = Literal["angular", "euclidean", "dot"]
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _sha256(value: str) -> str:
+    # A digest names a cache folder (<cache>/<sha256>/), so it must be exactly what hexdigest() writes.
+    if not _SHA256.fullmatch(value):
+        raise ValueError("must be a sha256: exactly 64 lowercase hex characters")
+    return value
+
+
+def _build_file(value: str) -> str:
+    # A name is an object key under the prefix (or a file in the artifacts folder); its last part names the
+    # cached copy. Anything that could climb out of either, or mean different files on different systems, is
+    # refused here, before any path is built from it.
+    if value.startswith("/") or "\\" in value or "\0" in value or {"", ".", ".."} & set(value.split("/")):
+        raise ValueError("must be a relative POSIX path: no leading '/', no backslash, no empty, '.' or '..' part")
+    return value
+
+
+Sha256 = Annotated[str, AfterValidator(_sha256)]
+BuildFile = Annotated[str, AfterValidator(_build_file)]
+
+
+def cache_name(name: str) -> str:
+    """The name a build file's cached copy gets: the last segment of its (validated) manifest name."""
+    return PurePosixPath(name).name
 
 
 class ModelMeta(BaseModel):
@@ -82,16 +110,16 @@ class Manifest(BaseModel):
     search_k: int = Field(description="Default Annoy search_k, chosen from a measured recall table")
     seed: int
     count: int
-    model_file: str = MODEL_FILE
-    model_sha256: str
-    index_file: str = INDEX_FILE
-    index_sha256: str
-    keys_file: str = KEYS_FILE
-    keys_sha256: str
-    embeddings_file: str | None = None
-    collection_file: str | None = Field(None, description="Merged embedding shard this build was made from")
-    collection_sha256: str | None = None
-    shards_digest: str | None = Field(None, description="Digest of the embedding shards merged into this build")
+    model_file: BuildFile = MODEL_FILE
+    model_sha256: Sha256
+    index_file: BuildFile = INDEX_FILE
+    index_sha256: Sha256
+    keys_file: BuildFile = KEYS_FILE
+    keys_sha256: Sha256
+    embeddings_file: BuildFile | None = None
+    collection_file: BuildFile | None = Field(None, description="Merged embedding shard this build was made from")
+    collection_sha256: Sha256 | None = None
+    shards_digest: Sha256 | None = Field(None, description="Digest of the embedding shards merged into this build")
     built_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     versions: dict[str, str] = {}
 
