@@ -14,6 +14,8 @@ from typing import Annotated
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from lambda_fn.manifest import Sha256
+
 ENV_PREFIX = "DEEPFOOD_"
 # API Gateway + Lambda accept a 6 MB payload, and binary bodies arrive base64-encoded (x4/3): ~4.5 MB raw.
 DEFAULT_MAX_UPLOAD_BYTES = 4_500_000
@@ -45,6 +47,11 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated origins allowed by CORS; empty: none"
     )
     cache_dir: Path = Field(Path("/tmp/deepfood"), description="Local cache for downloaded artifacts")
+    trusted_model_sha256: Sha256 | None = Field(
+        None,
+        description="sha256 of the only model file this deployment runs (64 lowercase hex); a manifest naming "
+        "any other model is refused before the model is downloaded. Unset: any model the manifest names",
+    )
     num_threads: int | None = Field(None, ge=1, description="Torch intra-op threads; default: the CPUs we may use")
     search_k: int | None = Field(None, ge=1, description="Override the manifest's Annoy search_k")
     load_on_import: bool = Field(False, description="Load model and index at import (Lambda init) instead of first use")

@@ -8,7 +8,7 @@ from tests.helpers import REPO_ROOT
 
 def test_configuration_table_lists_every_setting_with_its_default():
     text = (REPO_ROOT / "README.md").read_text()
-    row = rf"^\| `({re.escape(ENV_PREFIX)}[A-Z_]+)` \| ([^|]+)\|"
+    row = rf"^\| `({re.escape(ENV_PREFIX)}[A-Z0-9_]+)` \| ([^|]+)\|"
     rows = {m.group(1): m.group(2).strip() for m in re.finditer(row, text, re.M)}
     assert set(rows) == {env_name(name) for name in Settings.model_fields}
     for name, field in Settings.model_fields.items():
