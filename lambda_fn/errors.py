@@ -17,9 +17,9 @@ RETRY_HEADERS = {"Retry-After": str(RETRY_AFTER_S)}
 class ApiError(Exception):
     """An answer for the client: ``code`` fixes the HTTP status, ``message`` says what to do."""
 
-    def __init__(self, code: ErrorCode, message: str):
+    def __init__(self, code: ErrorCode, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.code, self.message = code, message
+        self.code, self.message, self.headers = code, message, headers
 
     @property
     def status(self) -> int:
@@ -27,8 +27,10 @@ class ApiError(Exception):
 
 
 class NotReady(ApiError):
-    def __init__(self, message: str):
-        super().__init__(ErrorCode.NOT_READY, message)
+    """503: the build cannot be served now; ``retry_after_s`` is when the next attempt to load it may be."""
+
+    def __init__(self, message: str, retry_after_s: int = RETRY_AFTER_S):
+        super().__init__(ErrorCode.NOT_READY, message, {"Retry-After": str(retry_after_s)})
 
 
 def error_response(
@@ -78,7 +80,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError):
-        return error_response(exc.code, exc.message)
+        return error_response(exc.code, exc.message, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):

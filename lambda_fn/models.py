@@ -4,13 +4,15 @@ The live model is the one the live manifest names. A new model is uploaded under
 announced by ``models/current.json`` (``ModelPointer``); it starts a new embeddings namespace. Until the
 collection is re-embedded with it (a backfill) and a reindex publishes a build for it, the live build keeps
 serving, and ingest embeds new photos with both models so neither namespace misses them.
+
+A deployment that pins its model (``trusted_model_sha256``) loads no other: an untrusted live or announced
+model is skipped with a logged error before it is downloaded, as the search service refuses it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,9 +20,9 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, Field, ValidationError
 
-from lambda_fn.artifacts import ArtifactError
+from lambda_fn.artifacts import ArtifactError, UntrustedModel, cache_path, partial_for
 from lambda_fn.engine import load_model
-from lambda_fn.manifest import MANIFEST_FILE, MODELS_PREFIX, Manifest, ModelMeta, file_sha256
+from lambda_fn.manifest import MANIFEST_FILE, MODELS_PREFIX, Manifest, ModelMeta, Sha256, file_sha256
 from lambda_fn.store import NotFound, Store
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ class ModelPointer(BaseModel):
     """``models/current.json``: the model new embeddings are made with."""
 
     model_file: str = Field(description="Key of the TorchScript file, relative to the deployment's prefix")
-    model_sha256: str
+    model_sha256: Sha256
     uploaded_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 
@@ -79,27 +81,28 @@ def load_verified(store: Store, key: str, sha256: str, cache_dir: Path) -> Loade
     loaded models are kept for the container's life."""
     if sha256 in _loaded:
         return _loaded[sha256]
-    final = Path(cache_dir) / sha256 / "model.pt"
-    if not final.is_file():
+    final = cache_path(cache_dir, sha256, "model.pt")
+    if not final.is_file() or file_sha256(final) != sha256:  # a cached copy is hashed again, as the service does
         final.parent.mkdir(parents=True, exist_ok=True)
-        partial = final.with_name(f".model.pt.{uuid.uuid4().hex}.partial")
-        try:
-            store.download_file(key, partial)
+        with partial_for(final) as partial:
+            try:
+                store.download_file(key, partial)
+            except NotFound as exc:
+                raise ArtifactError(f"{store.describe(key)} does not exist") from exc
             if file_sha256(partial) != sha256:
                 raise ArtifactError(f"{store.describe(key)} does not match its sha256 {sha256[:12]}…; upload it again")
             os.replace(partial, final)
-        except NotFound as exc:
-            raise ArtifactError(f"{store.describe(key)} does not exist") from exc
-        finally:
-            partial.unlink(missing_ok=True)
     module, meta = load_model(final)
     _loaded[sha256] = LoadedModel(sha256, key, module, meta)
     log.info("model loaded", extra={"model_sha256": sha256, "key": key})
     return _loaded[sha256]
 
 
-def target_models(store: Store, cache_dir: Path) -> list[LoadedModel]:
-    """The live model, then the announced new one when it differs: what ingest embeds with."""
+def target_models(store: Store, cache_dir: Path, *, trusted_model_sha256: str | None = None) -> list[LoadedModel]:
+    """The live model, then the announced new one when it differs: what ingest embeds with. With
+    ``trusted_model_sha256`` set, any other model is skipped (logged as an error) before it is downloaded; when
+    that leaves none of the models there are, ``UntrustedModel`` is raised, so the changes are retried rather
+    than acknowledged unembedded."""
     manifest, _ = read_manifest(store)
     pointer = read_pointer(store)
     wanted: dict[str, str] = {}
@@ -107,4 +110,14 @@ def target_models(store: Store, cache_dir: Path) -> list[LoadedModel]:
         wanted[manifest.model_sha256] = manifest.model_file
     if pointer is not None:
         wanted.setdefault(pointer.model_sha256, pointer.model_file)
+    refused = None
+    if trusted_model_sha256:
+        for sha in [sha for sha in wanted if sha != trusted_model_sha256]:
+            refused = UntrustedModel(sha, trusted_model_sha256)
+            log.error(
+                f"model not loaded: {refused.public}",
+                extra={"model_sha256": sha, "key": wanted.pop(sha), "trusted_model_sha256": trusted_model_sha256},
+            )
+    if refused is not None and not wanted:
+        raise refused
     return [load_verified(store, key, sha, cache_dir) for sha, key in wanted.items()]

@@ -2,7 +2,14 @@
 replaced by a newer build when one is published.
 
 Not a FastAPI startup event: Mangum runs those on every invocation. A failed load is remembered for
-/health and retried by the next request, so a fixed S3 object recovers the service without a restart.
+/health and retried with exponential backoff (``Backoff``: 1 s doubling to 60 s, with jitter), so a fixed S3
+object recovers the service without a restart, while a broken one costs one attempt per wait, not a download
+per request: requests during the wait get the 503 at once, with ``Retry-After`` set to what is left of it.
+What a client reads says what is wrong and what to do (``ArtifactError.public``); the detail (object URIs,
+paths, the underlying error) goes to the JSON log, with the request id.
+
+With ``trusted_model_sha256`` set, a manifest that names another model is refused before anything of the
+build is downloaded or loaded: at cold start with a 503 that says so, during a swap by keeping the live build.
 
 A new build is picked up without a redeploy: once ``manifest_check_s`` has passed since the last check, a
 request starts one on the swap thread and goes on with the live engine. The check is one conditional read
@@ -21,6 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import platform
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +39,7 @@ from datetime import UTC, datetime
 import torch
 
 from lambda_fn import artifacts, metrics
-from lambda_fn.artifacts import ArtifactError, FetchedArtifacts
+from lambda_fn.artifacts import ArtifactError, FetchedArtifacts, UntrustedModel
 from lambda_fn.config import Settings
 from lambda_fn.engine import Engine
 from lambda_fn.errors import NotReady
@@ -37,8 +47,49 @@ from lambda_fn.errors import NotReady
 log = logging.getLogger(__name__)
 
 
+# Waits between attempts to load a build that failed: the first, the longest, and the spread drawn around
+# each (+-20 %), so containers that failed together do not all retry in the same second.
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 60.0
+RETRY_JITTER = 0.2
+# Said instead of an unexpected exception's text, which may name paths or library internals.
+UNEXPECTED = "loading failed unexpectedly (the service's logs have the error)"
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class Backoff:
+    """When the next attempt to load may start, after ``failures`` failed ones in a row."""
+
+    def __init__(self, clock=time.monotonic, random=random.random):
+        self.clock, self.random = clock, random
+        self.failures = 0
+        self.retry_at = 0.0
+
+    def remaining(self) -> float:
+        """Seconds until the next attempt may start; 0 when it may start now."""
+        return max(0.0, self.retry_at - self.clock())
+
+    def failed(self) -> float:
+        """Count a failure; returns the wait before the next attempt."""
+        self.failures += 1
+        nominal = min(RETRY_FIRST_S * 2 ** min(self.failures - 1, 30), RETRY_MAX_S)
+        wait = min(nominal * (1 + RETRY_JITTER * (2 * self.random() - 1)), RETRY_MAX_S)
+        self.retry_at = self.clock() + wait
+        return wait
+
+    def succeeded(self) -> None:
+        self.failures, self.retry_at = 0, 0.0
+
+
+def _log_fields(exc: Exception) -> dict:
+    """What the log says about a failure, beyond the public message."""
+    fields = {"reason": str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"}
+    if isinstance(exc, UntrustedModel):
+        fields |= {"model_sha256": exc.published, "trusted_model_sha256": exc.trusted}
+    return fields
 
 
 class ServiceState:
@@ -47,7 +98,8 @@ class ServiceState:
         self._s3_client = s3_client
         self._lock = threading.Lock()
         self.engine: Engine | None = None
-        self.error: str | None = None
+        self.error: str | None = None  # why the build cannot be served, in words a client may read
+        self.backoff = Backoff()
         self.load_seconds: float | None = None
         # Every torch call (load, warm-up, each request's forward) runs on this one thread. Torch's OpenMP
         # pool belongs to the calling thread, so one thread keeps one warm pool (a forward on a different
@@ -65,6 +117,10 @@ class ServiceState:
         self.checked_at: str | None = None
         self.swapping = False
         self.check_error: str | None = None
+        try:  # downloads a killed process left half done
+            artifacts.clean_partials(settings.cache_dir)
+        except OSError as exc:
+            log.warning("could not clean the artifact cache", extra={"reason": str(exc)})
 
     async def run(self, fn, *args):
         """``fn(*args)`` on the torch thread, awaited."""
@@ -78,10 +134,22 @@ class ServiceState:
         self.poll()
         return engine
 
+    def _client(self, *, fresh: bool = False):
+        """The S3 client for the artifacts, None for a local folder: made once for the checks, and anew for
+        each attempt at a first load, which may be retrying after the endpoint or connections failed."""
+        if self._s3_client is not None or not artifacts.Location.parse(self.settings.artifacts_uri).is_s3:
+            return self._s3_client
+        if fresh or self._check_client is None:
+            self._check_client = artifacts.s3_client()
+        return self._check_client
+
     def _load(self) -> tuple[Engine, FetchedArtifacts]:
         started = time.perf_counter()
         torch.set_num_threads(self.settings.threads)
-        fetched = artifacts.fetch(self.settings.artifacts_uri, self.settings.cache_dir, self._s3_client)
+        uri, client = self.settings.artifacts_uri, self._client(fresh=True)
+        manifest, stamp = artifacts.read_manifest(uri, client)
+        artifacts.check_trusted(manifest, self.settings.trusted_model_sha256)
+        fetched = artifacts.fetch_build(uri, self.settings.cache_dir, manifest, stamp, client)
         engine = Engine.from_files(
             fetched.manifest, fetched.model, fetched.index, fetched.keys, search_k=self.settings.search_k
         )
@@ -95,30 +163,48 @@ class ServiceState:
                 "build_id": engine.build_id,
                 "model_sha256": fetched.manifest.model_sha256,
                 "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
             },
         )
         metrics.model_loaded(self.load_seconds)
         return engine, fetched
 
+    def _attempt(self) -> None:
+        try:
+            engine, self._live = self._load()
+        except Exception as exc:
+            wait = self.backoff.failed()
+            fields = _log_fields(exc) | {
+                "artifacts_uri": self.settings.artifacts_uri,
+                "failures": self.backoff.failures,
+                "retry_in_s": round(wait, 3),
+            }
+            if isinstance(exc, ArtifactError):
+                self.error = exc.public
+                log.error("artifacts unavailable", extra=fields)
+            else:
+                self.error = UNEXPECTED
+                log.exception("loading failed", extra=fields)
+            return
+        self._checked()
+        self.engine = engine
+        self.error = None
+        self.backoff.succeeded()
+
     def get(self) -> Engine:
-        """The loaded engine; raises NotReady (503) with the reason when it cannot be loaded now."""
+        """The loaded engine; raises NotReady (503) with the reason when it cannot be loaded now. A new attempt
+        starts only once the backoff after the last failure has passed."""
         if self.engine is not None:
             return self.engine
         with self._lock:
+            if self.engine is None and self.backoff.remaining() <= 0:
+                self._attempt()
             if self.engine is None:
-                try:
-                    engine, self._live = self._load()
-                    self._checked()
-                    self.engine = engine
-                    self.error = None
-                except ArtifactError as exc:
-                    self.error = str(exc)
-                    log.error("artifacts unavailable", extra={"reason": self.error})
-                except Exception as exc:
-                    self.error = f"loading failed: {type(exc).__name__}: {exc}"
-                    log.exception("loading failed")
-            if self.engine is None:
-                raise NotReady(f"the search index is not available: {self.error}. Retry in a few seconds.")
+                retry_after = max(1, math.ceil(self.backoff.remaining()))
+                raise NotReady(
+                    f"the search index is not available: {self.error}. Retry in {retry_after} s.", retry_after
+                )
             return self.engine
 
     def try_load(self) -> None:
@@ -171,9 +257,7 @@ class ServiceState:
         started = time.perf_counter()
         new_id = None
         try:
-            if self._s3_client is None and artifacts.Location.parse(self.settings.artifacts_uri).is_s3:
-                self._check_client = self._check_client or artifacts.s3_client()  # made once, not per check
-            client = self._s3_client or self._check_client
+            client = self._client()
             published = artifacts.read_manifest(self.settings.artifacts_uri, client, stamp=old.stamp)
             if published is None:
                 self.check_error = None
@@ -181,6 +265,7 @@ class ServiceState:
                 return
             manifest, stamp = published
             new_id = manifest.build_id
+            artifacts.check_trusted(manifest, self.settings.trusted_model_sha256)
             self.swapping = True
             log.info("new build published; loading it", extra={"build_id": new_id, "live_build_id": live.build_id})
             fetched = artifacts.fetch_build(
@@ -209,19 +294,19 @@ class ServiceState:
                     f"checking for a new build failed; build {live.build_id} keeps serving, "
                     f"the next check is in {interval:g} s"
                 )
+            elif isinstance(exc, UntrustedModel):
+                self.check_error = (
+                    f"build {new_id} was not swapped in: {exc.public}. Build {live.build_id} keeps serving"
+                )
             else:
                 self.check_error = (
                     f"build {new_id} could not be loaded (its files are missing, corrupt or do not belong "
                     f"together); build {live.build_id} keeps serving, the next check retries in {interval:g} s"
                 )
-            log.warning(
+            (log.error if isinstance(exc, UntrustedModel) else log.warning)(
                 "new build not swapped in; the live build keeps serving",
-                extra={
-                    "reason": str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}",
-                    "artifacts_uri": self.settings.artifacts_uri,
-                    "build_id": new_id,
-                    "live_build_id": live.build_id,
-                },
+                extra=_log_fields(exc)
+                | {"artifacts_uri": self.settings.artifacts_uri, "build_id": new_id, "live_build_id": live.build_id},
                 exc_info=not isinstance(exc, ArtifactError),
             )
         finally:

@@ -40,7 +40,7 @@ class BatchFailed(RuntimeError):
 
 
 def _run(changes: list[Change], *, newest_model_only: bool = False) -> IngestReport:
-    models = target_models(artifacts, settings.cache_dir)
+    models = target_models(artifacts, settings.cache_dir, trusted_model_sha256=settings.trusted_model_sha256)
     return ingest(
         changes,
         images=images,

@@ -1,16 +1,18 @@
-"""GET /health: ready or not, which build, model and index serve, and how the check for newer builds went."""
+"""GET /health: ready or not, which build, model and index serve, and how the check for newer builds went.
+
+Public, so it names no location (bucket, prefix, paths) and no library version: ``versions`` holds the
+service's own version only, which tells a client which release answers. Torch and Python versions would
+only tell an attacker which known flaws to try; they are in the "model and index loaded" log line instead.
+"""
 
 from __future__ import annotations
 
-import platform
-
-import torch
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from lambda_fn import __version__
 from lambda_fn.deps import StateDep
-from lambda_fn.errors import RETRY_HEADERS, NotReady
+from lambda_fn.errors import NotReady
 from lambda_fn.schemas import BuildInfo, ErrorDetail, HealthResponse, IndexInfo, ModelInfo, UpdatesInfo
 
 router = APIRouter(tags=["health"])
@@ -27,14 +29,14 @@ async def health(state: StateDep):
             "max_k": settings.max_k,
             "max_upload_bytes": settings.max_upload_bytes,
         },
-        versions={"service": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        versions={"service": __version__},
     )
     try:
         engine = await state.live()
     except NotReady as exc:
         body.status = "unavailable"
         body.error = ErrorDetail(code=exc.code, message=exc.message)
-        return JSONResponse(body.model_dump(mode="json"), status_code=503, headers=RETRY_HEADERS)
+        return JSONResponse(body.model_dump(mode="json"), status_code=503, headers=exc.headers)
     m, meta = engine.manifest, engine.meta
     body.build = BuildInfo(id=engine.build_id, built_at=m.built_at)
     body.updates = UpdatesInfo(

@@ -45,6 +45,7 @@ def _assert_unavailable(client, *fragments) -> str:
 
 
 def _assert_recovered(client, tally) -> None:
+    time.sleep(client.app.state.service.backoff.remaining())  # the next attempt waits out the backoff
     assert client.get("/health").status_code == 200
     r = client.post("/search?k=3", content=jpeg_bytes(), headers={"Content-Type": "image/jpeg"})
     assert r.status_code == 200 and len(r.json()["results"]) == 3, r.text
@@ -89,7 +90,7 @@ def test_s3_slower_than_the_timeouts_is_503_then_recovers(uploaded, make_client,
         impatient = S3_CONFIG.merge(Config(read_timeout=1, connect_timeout=1, retries={"total_max_attempts": 1}))
         s3_client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{proxy.port}", config=impatient)
         client = make_client(artifacts_uri=uploaded.uri, cache_dir=tmp_path / "cache", s3_client=s3_client)
-        _assert_unavailable(client, "S3 is unreachable", "manifest.json", "Read timeout")
+        _assert_unavailable(client, "S3 is unreachable", "manifest.json")
         tally["faults injected"] += 1
         _assert_cache_trustworthy(tmp_path / "cache")
         proxy.delay = 0.0
@@ -143,9 +144,9 @@ def test_object_corrupted_is_503_then_recovers(uploaded, s3, make_client, tmp_pa
 @pytest.mark.parametrize(
     ("change", "fragments"),
     [
-        ({"dim": 256}, ("256-d", "512-d", "rebuild the index")),
+        ({"dim": 256}, ("could not be loaded", "different builds", "publish the build again")),
         ({"model_sha256": "0" * 64}, ("model.pt", "sha256", "another build")),
-        ({"count": SAMPLE_COUNT + 1}, (f"{SAMPLE_COUNT + 1} images", "different builds")),
+        ({"count": SAMPLE_COUNT + 1}, ("could not be loaded", "different builds", "publish the build again")),
     ],
     ids=["embedding dim", "model hash", "image count"],
 )
@@ -173,7 +174,7 @@ def test_cache_disk_full_is_503_then_recovers(uploaded, make_client, tmp_path, m
 
             patch.setattr(artifacts_module, "file_sha256", full)
         client = make_client(artifacts_uri=uploaded.uri, cache_dir=cache)
-        _assert_unavailable(client, "no space left", str(cache), "ephemeral_storage_mb")
+        _assert_unavailable(client, "no space left", "ephemeral_storage_mb")
         tally["faults injected"] += 1
         _assert_cache_trustworthy(cache)
         if grow is None:

@@ -1,7 +1,9 @@
 """GET /health: the loaded model and index, or 503 with the reason until they load."""
 
 import shutil
+import time
 
+from lambda_fn import __version__
 from tests.helpers import (
     EMBED_DIM,
     SAMPLE_CLASSES,
@@ -19,7 +21,7 @@ def test_health_reports_identity(client):
     assert body["status"] == "ready" and body["error"] is None
     assert body["index"]["count"] == SAMPLE_COUNT and body["index"]["dim"] == body["model"]["dim"] == EMBED_DIM
     assert body["model"]["resize_size"] == TEST_RESIZE and body["model"]["classes"] == SAMPLE_CLASSES
-    assert body["limits"]["max_upload_bytes"] == 4_500_000 and "torch" in body["versions"]
+    assert body["limits"]["max_upload_bytes"] == 4_500_000 and body["versions"] == {"service": __version__}
 
 
 def test_not_ready_is_503_and_recovers_without_restart(make_client, tmp_path, artifacts_dir):
@@ -28,9 +30,10 @@ def test_not_ready_is_503_and_recovers_without_restart(make_client, tmp_path, ar
     client = make_client(artifacts_uri=str(broken))
     r = client.get("/health")
     assert r.status_code == 503 and r.json()["status"] == "unavailable"
-    assert "manifest.json does not exist" in r.json()["error"]["message"]
+    assert "manifest.json) does not exist" in r.json()["error"]["message"]
     error = assert_json_error(client.post("/search", content=jpeg_bytes(), headers={"Content-Type": "image/jpeg"}), 503)
     assert "Retry" in error["message"]
     for f in artifacts_dir.iterdir():
         shutil.copy(f, broken / f.name)
-    assert client.get("/health").status_code == 200  # the next request retried and loaded
+    time.sleep(client.app.state.service.backoff.remaining())
+    assert client.get("/health").status_code == 200  # the first request after the backoff retried and loaded
