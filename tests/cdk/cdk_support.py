@@ -22,6 +22,7 @@ TUNED_FUNCTION = {
     "ephemeral_storage_mb": 3072,
     "provisioned_concurrency": 2,
     "reserved_concurrency": None,
+    "trusted_model_sha256": "ab" * 32,
 }
 # The existing bucket in the tests encrypts with this customer-managed key (SSE-KMS).
 EXISTING_BUCKET_KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"

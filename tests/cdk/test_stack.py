@@ -327,3 +327,9 @@ def test_an_sse_kms_bucket_gets_its_key_granted_to_readers_and_writers(template,
     assert kms_actions(existing_bucket_template, INGEST_HANDLER) == {"kms:Decrypt", "kms:GenerateDataKey"}
     assert kms_actions(existing_bucket_template, REINDEX_HANDLER) == {"kms:Decrypt", "kms:GenerateDataKey"}
     assert kms_actions(template, SEARCH_HANDLER) == set()  # the created bucket uses SSE-S3
+
+
+def test_a_pinned_model_reaches_the_service_and_none_is_pinned_by_default(template, tuned_template):
+    name = env_name("trusted_model_sha256")
+    assert name not in search_function(template)["Environment"]["Variables"]
+    assert search_function(tuned_template)["Environment"]["Variables"][name] == TUNED_FUNCTION["trusted_model_sha256"]
