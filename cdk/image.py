@@ -16,7 +16,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from lambda_fn.config import Settings
+from lambda_fn.config import Settings, env_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = "Dockerfile.lambda"
@@ -41,6 +41,24 @@ def image_code(handler: str, architecture: lambda_.Architecture) -> lambda_.Dock
         platform=_PLATFORMS[architecture.name],
         cmd=[handler],
     )
+
+
+def worker_environment(
+    artifacts_uri: str, *, log_level: str, num_threads: int | None, tracing: bool, **settings: str
+) -> dict[str, str]:
+    """The environment of the ingest and reindex functions: where the artifacts are, the /tmp cache, logging,
+    optional thread count and tracing, and ``settings`` (field name -> value) of their own."""
+    environment = {
+        env_name("artifacts_uri"): artifacts_uri,
+        env_name("cache_dir"): str(SETTINGS_DEFAULTS["cache_dir"]),
+        env_name("log_level"): log_level,
+        **{env_name(field): value for field, value in settings.items()},
+    }
+    if num_threads is not None:
+        environment[env_name("num_threads")] = str(num_threads)
+    if tracing:
+        environment[env_name("tracing")] = "true"
+    return environment
 
 
 def execution_role(

@@ -13,10 +13,9 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from cdk.artifacts import Artifacts
-from cdk.image import INGEST_HANDLER, SETTINGS_DEFAULTS, execution_role, image_code
+from cdk.image import INGEST_HANDLER, SETTINGS_DEFAULTS, execution_role, image_code, worker_environment
 from cdk.monitoring import active_tracing
 from cdk.nag import acknowledge
-from lambda_fn.config import env_name
 
 # AWS's advice for an SQS event source: a visibility timeout of six times the function's timeout, so a
 # batch that is retried after throttling is not handed out again while it is still being worked on.
@@ -96,15 +95,7 @@ class Ingest(Construct):
             log_retention=log_retention,
         )
         artifacts.grant_ingest(role)
-        environment = {
-            env_name("artifacts_uri"): artifacts.uri,
-            env_name("cache_dir"): str(SETTINGS_DEFAULTS["cache_dir"]),
-            env_name("log_level"): log_level,
-        }
-        if num_threads is not None:
-            environment[env_name("num_threads")] = str(num_threads)
-        if tracing:
-            environment[env_name("tracing")] = "true"
+        environment = worker_environment(artifacts.uri, log_level=log_level, num_threads=num_threads, tracing=tracing)
         self.function = lambda_.DockerImageFunction(
             self,
             "Function",

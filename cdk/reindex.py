@@ -10,9 +10,9 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from cdk.artifacts import Artifacts
-from cdk.image import REINDEX_HANDLER, SETTINGS_DEFAULTS, execution_role, image_code
+from cdk.image import REINDEX_HANDLER, SETTINGS_DEFAULTS, execution_role, image_code, worker_environment
 from cdk.monitoring import active_tracing
-from lambda_fn.config import Settings, env_name
+from lambda_fn.config import Settings
 
 
 def _least_lease_s() -> int:
@@ -74,16 +74,9 @@ class Reindex(Construct):
             log_retention=log_retention,
         )
         artifacts.grant_reindex(role)
-        environment = {
-            env_name("artifacts_uri"): artifacts.uri,
-            env_name("cache_dir"): str(SETTINGS_DEFAULTS["cache_dir"]),
-            env_name("reindex_lease_s"): str(lease_s),
-            env_name("log_level"): log_level,
-        }
-        if num_threads is not None:
-            environment[env_name("num_threads")] = str(num_threads)
-        if tracing:
-            environment[env_name("tracing")] = "true"
+        environment = worker_environment(
+            artifacts.uri, log_level=log_level, num_threads=num_threads, tracing=tracing, reindex_lease_s=str(lease_s)
+        )
         self.function = lambda_.DockerImageFunction(
             self,
             "Function",
