@@ -4,12 +4,16 @@ Written as CloudWatch embedded metric format (EMF) lines on stdout by Powertools
 sends stdout to CloudWatch Logs, which turns each line into metric values, so recording costs no API call
 and no network time on the request path. Each function has its own provider (``search``, ``ingest``,
 ``reindex``), whose ``service`` dimension names the function; a handler flushes its provider once per
-invocation (``log_metrics``, or ``flush`` for the search function), the local server once per request.
+invocation (Powertools' ``log_metrics``, or ``flushed`` where an invocation may record nothing), the local
+server once per request.
 
 Dimensions are ``service`` plus, on two metrics, a value from a closed set: ``ErrorCode`` (an
 ``ErrorCode``'s value) and ``Status`` (a reindex outcome). Keys, ids, labels and build ids never become
 dimensions: each distinct value is a new metric, billed and kept for 15 months. ``cdk/monitoring.py``
 builds the dashboard and alarms from these constants, so the two cannot drift.
+
+``traced`` puts a handler under Powertools' X-Ray tracer when DEEPFOOD_TRACING is on: the other half of
+what an operator sees, kept next to the metrics so the handlers wrap themselves in one place.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ IMAGES_FAILED = "ImagesFailed"  # transient: delivered again by SQS or the backf
 OLDEST_MESSAGE_AGE = "OldestMessageAge"  # s, since SQS received the batch's oldest message
 INGEST_DURATION = "IngestDuration"  # s
 # Reindex (service deepfood-reindex), per run.
-REINDEX_RUNS = "ReindexRuns"  # with Status: published, unchanged, busy, no_model, empty, failed
+REINDEX_RUNS = "ReindexRuns"  # with Status: published, busy, empty or failed (see QUIET_STATUSES)
 REINDEX_DURATION = "ReindexDuration"  # s
 LIVE_VECTORS = "LiveVectors"  # images in the live build
 INDEX_SIZE = "IndexSize"  # bytes of the live build's index.ann
@@ -62,6 +66,10 @@ STALE_BUILD_AGE = "StaleBuildAge"
 REINDEX_FAILED = "failed"  # the Status of a run that raised
 # Run outcomes after which nothing waits to be merged: the shards are all in the live build, or none can be.
 SETTLED_STATUSES = frozenset({"published", "unchanged", "no_model"})
+# Runs that found nothing to do record no metric: CloudWatch bills a custom metric for every hour it is sent,
+# and a run every 5 minutes would keep six of them alive (~$1.80 a month) on a stack that is otherwise free
+# at rest. Lambda's own Invocations metric still shows the schedule running.
+QUIET_STATUSES = frozenset({"unchanged", "no_model"})
 
 search = EphemeralMetrics(namespace=NAMESPACE, service=SEARCH_SERVICE)
 ingest = EphemeralMetrics(namespace=NAMESPACE, service=INGEST_SERVICE)

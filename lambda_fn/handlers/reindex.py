@@ -3,8 +3,9 @@
 Invoked by the schedule (an EventBridge event, ignored) and as the step after a backfill's map; answers
 the run's report (``published``, ``unchanged``, ``busy``, ...), which the state machine records.
 
-Each run also reports its outcome and the live build it leaves behind (``lambda_fn.metrics``): age, size,
-and whether embedding shards still wait to be merged, which is what the stale-build alarm watches.
+A run that does something (or fails) also reports its outcome and the live build it leaves behind
+(``lambda_fn.metrics``): age, size, and whether embedding shards still wait to be merged, which is what the
+stale-build alarm watches. A run that finds nothing to do reports nothing (``QUIET_STATUSES``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def record_live_build(store: Store, *, pending: bool) -> None:
         log.warning("live build metrics not recorded", exc_info=True)
 
 
-@metrics.reindex.log_metrics
+@metrics.flushed(metrics.reindex)  # log_metrics, minus its warning on the quiet runs that record nothing
 @logger.inject_lambda_context(clear_state=True)
 def invoke(event: dict, context: Any) -> dict:
     started = time.perf_counter()
@@ -59,8 +60,9 @@ def invoke(event: dict, context: Any) -> dict:
         metrics.reindexed(metrics.REINDEX_FAILED, time.perf_counter() - started)
         record_live_build(artifacts, pending=True)
         raise
-    metrics.reindexed(report.status, report.seconds)
-    record_live_build(artifacts, pending=report.status not in metrics.SETTLED_STATUSES)
+    if report.status not in metrics.QUIET_STATUSES:
+        metrics.reindexed(report.status, report.seconds)
+        record_live_build(artifacts, pending=report.status not in metrics.SETTLED_STATUSES)
     return report.as_dict()
 
 
