@@ -98,11 +98,15 @@ def load_verified(store: Store, key: str, sha256: str, cache_dir: Path) -> Loade
     return _loaded[sha256]
 
 
-def target_models(store: Store, cache_dir: Path, *, trusted_model_sha256: str | None = None) -> list[LoadedModel]:
-    """The live model, then the announced new one when it differs: what ingest embeds with. With
-    ``trusted_model_sha256`` set, any other model is skipped (logged as an error) before it is downloaded; when
-    that leaves none of the models there are, ``UntrustedModel`` is raised, so the changes are retried rather
-    than acknowledged unembedded."""
+def target_models(
+    store: Store, cache_dir: Path, *, trusted_model_sha256: str | None = None, newest_only: bool = False
+) -> list[LoadedModel]:
+    """The live model, then the announced new one when it differs: what ingest embeds with; with
+    ``newest_only``, only the model that is to go live (the announced one, else the live one), which is what a
+    backfill embeds the collection with. With ``trusted_model_sha256`` set, any other model is skipped (logged
+    as an error) before it is downloaded; when that leaves none of the models asked for, ``UntrustedModel`` is
+    raised, so the changes are retried rather than acknowledged unembedded (or a backfill embedding the
+    collection with another model than the one it is for)."""
     manifest, _ = read_manifest(store)
     pointer = read_pointer(store)
     wanted: dict[str, str] = {}
@@ -110,6 +114,9 @@ def target_models(store: Store, cache_dir: Path, *, trusted_model_sha256: str | 
         wanted[manifest.model_sha256] = manifest.model_file
     if pointer is not None:
         wanted.setdefault(pointer.model_sha256, pointer.model_file)
+    if newest_only and wanted:
+        newest = pointer.model_sha256 if pointer is not None else manifest.model_sha256
+        wanted = {newest: wanted[newest]}
     refused = None
     if trusted_model_sha256:
         for sha in [sha for sha in wanted if sha != trusted_model_sha256]:

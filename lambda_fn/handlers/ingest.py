@@ -40,14 +40,19 @@ class BatchFailed(RuntimeError):
 
 
 def _run(changes: list[Change], *, newest_model_only: bool = False) -> IngestReport:
-    models = target_models(artifacts, settings.cache_dir, trusted_model_sha256=settings.trusted_model_sha256)
+    # A backfill embeds the collection for the model that is to go live (the announced one, else the live
+    # one); new photos from S3 events are embedded with both while a new model waits.
+    models = target_models(
+        artifacts,
+        settings.cache_dir,
+        trusted_model_sha256=settings.trusted_model_sha256,
+        newest_only=newest_model_only,
+    )
     return ingest(
         changes,
         images=images,
         artifacts=artifacts,
-        # A backfill embeds the collection for the model that is to go live (the announced one, else the live
-        # one); new photos from S3 events are embedded with both while a new model waits.
-        models=models[-1:] if newest_model_only else models,
+        models=models,
         max_bytes=settings.max_ingest_bytes,
         max_pixels=settings.max_image_pixels,
     )

@@ -175,3 +175,15 @@ def test_ingest_with_no_trusted_model_fails_instead_of_dropping_the_changes(
         target_models(store, tmp_path / "cache", trusted_model_sha256=OTHER_SHA)
     assert loads == []
     assert [m.sha256 for m in target_models(store, tmp_path / "cache")] != []  # unpinned: both load
+
+
+def test_a_backfill_embeds_with_the_announced_model_or_not_at_all(artifacts_dir, retrained, tmp_path, monkeypatch):
+    """Regression: a backfill took the last of the models ingest would use; with the announced model refused,
+    that was the live one, so the collection would have been re-embedded for the wrong model."""
+    monkeypatch.setattr(models_module, "_loaded", {})
+    store, live_sha, new_sha = _store_with_pointer(artifacts_dir, retrained, tmp_path / "deployment")
+    cache = tmp_path / "cache"
+    assert [m.sha256 for m in target_models(store, cache, newest_only=True)] == [new_sha]
+    assert [m.sha256 for m in target_models(store, cache, trusted_model_sha256=new_sha, newest_only=True)] == [new_sha]
+    with pytest.raises(ArtifactError, match=TRUSTS):
+        target_models(store, cache, trusted_model_sha256=live_sha, newest_only=True)
