@@ -7,7 +7,10 @@ Context (``-c key=value``):
 - ``searchReservedConcurrency``: containers reserved for (and capping) search; ``none`` on an account whose
   concurrency quota is still 10 (default: ``cdk.search_function.DEFAULT_RESERVED_CONCURRENCY``);
 - ``wafRateLimit``: requests per client IP per 5 minutes, enforced by AWS WAF on the API (default: off);
-- ``trustedModelSha256``: the only model the search service will load (default: any published model).
+- ``trustedModelSha256``: the only model the search service will load (default: any published model);
+- ``alarmEmail`` / ``alarmTopicArn``: where the alarms notify (an SNS topic the stack creates and subscribes
+  the address to, or an existing topic); default: the alarms only show on the dashboard;
+- ``tracing``: ``true`` turns on X-Ray tracing for the three functions (default: off, it costs extra).
 """
 
 from __future__ import annotations
@@ -47,6 +50,11 @@ stack = DeepFoodStack(
     artifacts_prefix=app.node.try_get_context("artifactsPrefix") or DEFAULT_PREFIX,
     function_options=function_options,
     api_options={"waf_rate_limit": _context_int("wafRateLimit", None)},
+    monitoring_options={
+        "alarm_email": app.node.try_get_context("alarmEmail") or None,
+        "alarm_topic_arn": app.node.try_get_context("alarmTopicArn") or None,
+    },
+    tracing=str(app.node.try_get_context("tracing") or "false").lower() == "true",
 )
 add_nag_checks(app)
 app.synth()
