@@ -32,6 +32,7 @@ from training.model import (
     weights_sha256,
 )
 from training.quantize import BACKEND, quantize_int8
+from training.train import read_checkpoint
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -59,7 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def load_checkpoint(path: Path) -> tuple[EmbeddingNet, dict]:
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; train first with `python -m training.train`")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_checkpoint(path)
     net = EmbeddingNet(len(state["classes"]))
     net.load_state_dict(state["model"])
     return net.eval(), state

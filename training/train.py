@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import pickle
+import re
 import sys
 import time
 from pathlib import Path
@@ -164,7 +166,7 @@ def initial_weights(model: EmbeddingNet, spec: str) -> str:
         path = Path(spec)
         if not path.is_file():
             raise FileNotFoundError(f"--weights {spec}: no such file (use 'imagenet', 'none' or a path)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_checkpoint(path)
         state = state.get("model", state)
     missing = load_backbone_weights(model, state)
     return f"{spec} (not loaded: {', '.join(missing) or 'nothing'})"
@@ -182,7 +184,31 @@ def build_optimizer(model, phase: str, args, full_epochs: int):
     return optimizer, scheduler
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read, or not without running code that it carries."""
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint or state dict read with ``torch.load(weights_only=True)``: tensors and plain data (dicts,
+    lists, strings, numbers) only. A pickled object of any other class is refused, since unpickling it would
+    run code and checkpoints are passed around; ``save_checkpoint``'s contents are all plain data."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found is None:
+            raise CheckpointError(f"{path} is not a checkpoint: torch could not unpickle it") from None
+        raise CheckpointError(
+            f"{path} holds a pickled Python object ({found[1]}), not only tensors and plain data; refused, as "
+            "unpickling it could run code (torch.load weights_only=True). Use a checkpoint training.train "
+            "wrote; load this one with weights_only=False only if you made it yourself"
+        ) from None
+    except (RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"{path} is not a checkpoint: {str(exc).splitlines()[0]}") from None
+
+
 def save_checkpoint(path: Path, **state) -> None:
+    """Write ``state`` (plain data and tensors only, so ``read_checkpoint`` can load it) atomically."""
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
@@ -206,7 +232,7 @@ def main(args: argparse.Namespace) -> int:
     start_epoch, best_top1, history = 0, -1.0, []
     resume_state = None
     if args.resume:
-        resume_state = torch.load(args.resume, map_location="cpu", weights_only=False)
+        resume_state = read_checkpoint(args.resume)
         if resume_state["classes"] != data.classes:
             raise ValueError(f"{args.resume} was trained on other classes than {args.data}")
         model.load_state_dict(resume_state["model"])
