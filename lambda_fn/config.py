@@ -19,6 +19,8 @@ from lambda_fn.manifest import Sha256
 ENV_PREFIX = "DEEPFOOD_"
 # API Gateway + Lambda accept a 6 MB payload, and binary bodies arrive base64-encoded (x4/3): ~4.5 MB raw.
 DEFAULT_MAX_UPLOAD_BYTES = 4_500_000
+# Cosine similarity above which two results are near-duplicates (dedupe); measured in docs/benchmarks.md.
+DEFAULT_DEDUPE_SIMILARITY = 0.99
 # How long browsers may cache a CORS preflight answer, from the app locally and from API Gateway in AWS.
 CORS_MAX_AGE_S = 3600
 
@@ -64,6 +66,25 @@ class Settings(BaseSettings):
     )
     reindex_lease_s: int = Field(
         900, ge=30, description="How long a reindex holds its lease; longer than the reindex function's timeout"
+    )
+    url_connect_timeout_s: float = Field(
+        3, gt=0, le=30, description="Seconds to connect (TCP and TLS) when fetching an image by URL"
+    )
+    url_read_timeout_s: float = Field(5, gt=0, le=30, description="Seconds a URL fetch waits for each read")
+    url_fetch_timeout_s: float = Field(
+        10, gt=0, le=25, description="Seconds a whole URL fetch may take, redirects included (API Gateway stops at 29)"
+    )
+    url_max_redirects: int = Field(3, ge=0, le=10, description="Redirects a URL fetch follows, each hop checked again")
+    url_allow_http: bool = Field(False, description="Fetch plain http:// image URLs too (default: https only)")
+    url_allow_private: bool = Field(
+        False,
+        description="Fetch from loopback and private addresses too (tests only); cloud metadata addresses stay refused",
+    )
+    dedupe_similarity: float = Field(
+        DEFAULT_DEDUPE_SIMILARITY,
+        ge=0,
+        le=1,
+        description="Cosine above which a result is a near-duplicate of a higher-ranked one and is collapsed",
     )
 
     @field_validator("cors_origins", mode="before")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 from annoy import AnnoyIndex
 
 from lambda_fn.artifacts import ArtifactError
+from lambda_fn.labels import LabelIndex, item_vectors
 from lambda_fn.manifest import MODEL_META_FILE, KeyEntry, Manifest, ModelMeta, read_keys
 
 # torch 2.14 marks TorchScript deprecated with a FutureWarning on every script/save/load. It still works and
@@ -80,7 +82,9 @@ class Engine:
         keys: list[KeyEntry],
         *,
         search_k: int | None = None,
+        vectors: np.ndarray | None = None,
     ):
+        """``vectors``: the index's item vectors read in place (``labels.item_vectors``), for exact label scans."""
         _check_dim(manifest, meta)
         if index.get_n_items() != manifest.count or len(keys) != manifest.count:
             raise ArtifactError(
@@ -93,6 +97,7 @@ class Engine:
         self.build_id = manifest.build_id
         # Ids are dense per build, keys are not: a look-up by key means the same image in every build.
         self.ids = {entry.key: i for i, entry in enumerate(keys)}
+        self.labels = LabelIndex(keys, index, manifest.n_trees, vectors=vectors)
 
     @classmethod
     def from_files(
@@ -113,7 +118,8 @@ class Engine:
             model, meta = load_model(model_path)
         _check_dim(manifest, meta)  # before loading: Annoy's own complaint about a wrong dim is cryptic
         index = load_index(index_path, manifest.dim, manifest.metric)
-        return cls(model, meta, index, manifest, read_keys(keys_path), search_k=search_k)
+        vectors = item_vectors(index_path, index, manifest.dim) if manifest.metric == "angular" else None
+        return cls(model, meta, index, manifest, read_keys(keys_path), search_k=search_k, vectors=vectors)
 
     @torch.inference_mode()
     def embed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -128,8 +134,14 @@ class Engine:
         order = np.argsort(-probs)[:top]
         return [(self.meta.class_names[i], float(probs[i])) for i in order]
 
-    def search(self, vector: np.ndarray, k: int, *, exclude: int | None = None) -> list[Neighbour]:
-        """The k nearest indexed images to ``vector``, nearest first, optionally leaving one id out."""
+    def search(
+        self, vector: np.ndarray, k: int, *, exclude: int | None = None, labels: Collection[str] = ()
+    ) -> list[Neighbour]:
+        """The k nearest indexed images to ``vector``, nearest first, optionally leaving one id out and keeping
+        only images with one of ``labels`` (all known: see ``LabelIndex.unknown``)."""
+        if labels:
+            found = self.labels.search(vector, k, labels, exclude=exclude, search_k=self.search_k)
+            return [Neighbour(i, d) for i, d in found]
         n = k + (1 if exclude is not None else 0)
         search_k = max(self.search_k, n * self.manifest.n_trees)
         ids, dists = self.index.get_nns_by_vector(vector.tolist(), n, search_k=search_k, include_distances=True)
@@ -137,6 +149,8 @@ class Engine:
         return found[:k]
 
     def vector(self, image_id: int) -> np.ndarray:
+        if self.labels.vectors is not None:  # read in place: no Python list of floats
+            return np.array(self.labels.vectors[image_id])
         return np.asarray(self.index.get_item_vector(image_id), dtype=np.float32)
 
     def warm_up(self) -> None:

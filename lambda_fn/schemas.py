@@ -7,6 +7,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+# Longest image link accepted (browsers and CDNs cap URLs near 2 kB too).
+MAX_URL_LENGTH = 2048
+# Labels listed by /health and in an unknown-label error; a collection may have thousands.
+MAX_LISTED_LABELS = 50
+
 
 class ErrorCode(StrEnum):
     """Every error code the API answers with; each belongs to exactly one HTTP status (``STATUS``)."""
@@ -21,6 +26,9 @@ class ErrorCode(StrEnum):
     UNKNOWN_IMAGE = "unknown_image"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     STALE_BUILD = "stale_build"
+    UNKNOWN_LABEL = "unknown_label"
+    URL_NOT_ALLOWED = "url_not_allowed"
+    URL_UNREACHABLE = "url_unreachable"
     TOO_LARGE = "too_large"
     UNSUPPORTED_TYPE = "unsupported_type"
     MISSING_IMAGE = "missing_image"
@@ -49,6 +57,12 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNSUPPORTED_TYPE: 415,  # the content type or the image format
     ErrorCode.MISSING_IMAGE: 422,
     ErrorCode.INVALID_PARAMETERS: 422,
+    ErrorCode.UNKNOWN_LABEL: 422,  # a label filter naming no label of the live build; the message lists them
+    # The service will not fetch from there: a scheme other than https, or an address that is not public.
+    ErrorCode.URL_NOT_ALLOWED: 422,
+    # The URL gave no image: DNS, connection, TLS, timeout, an error status or too many redirects. A 4xx, not a
+    # 502: the service is healthy and the client has to change the link; 5xx would count against its alarms.
+    ErrorCode.URL_UNREACHABLE: 422,
     ErrorCode.INTERNAL_ERROR: 500,
     ErrorCode.NOT_READY: 503,
 }
@@ -64,7 +78,18 @@ class ErrorResponse(BaseModel):
 
 
 class JsonSearchRequest(BaseModel):
-    image: str = Field(description="The image as base64, or as a data: URL (data:image/jpeg;base64,...)")
+    """Exactly one of ``image`` and ``url``."""
+
+    image: str | None = Field(
+        None, description="The image as base64, or as a data: URL (data:image/jpeg;base64,...); or give `url`"
+    )
+    url: str | None = Field(
+        None,
+        max_length=MAX_URL_LENGTH,
+        json_schema_extra={"format": "uri"},
+        description="An https:// link to the image, fetched by the service (public addresses only, at most "
+        "3 redirects, the upload size limit applies); or give `image`",
+    )
     k: int | None = Field(None, description="Number of results; default and maximum come from the settings")
 
 
@@ -94,6 +119,17 @@ class Timings(BaseModel):
 
 class SearchResponse(BaseModel):
     k: int
+    offset: int = Field(0, description="Rank of the first result: results are ranks offset .. offset+k-1")
+    next_offset: int | None = Field(
+        None, description="Pass as `offset` for the next results; null when there are no more (or max_k is reached)"
+    )
+    labels: list[str] = Field(default_factory=list, description="The label filter applied; empty: none")
+    cut_below_similarity: int = Field(
+        0, description="Results of this page left out because their similarity is below `min_similarity`"
+    )
+    duplicates_collapsed: int = Field(
+        0, description="Near-duplicates of a higher-ranked result left out of this page (`dedupe=true`)"
+    )
     build_id: str = Field(
         description="The index build that answered; ids are only meaningful within it (pass it back as `build`)"
     )
@@ -120,6 +156,10 @@ class IndexInfo(BaseModel):
     metric: str
     n_trees: int
     search_k: int
+    label_count: int = Field(0, description="Distinct labels in the index (values for the `label` filter)")
+    labels: list[str] = Field(
+        default_factory=list, description=f"The most frequent labels, at most {MAX_LISTED_LABELS}"
+    )
 
 
 class BuildInfo(BaseModel):

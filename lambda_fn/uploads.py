@@ -3,7 +3,8 @@
 - ``multipart/form-data`` with a file field ``image``, or a form (multipart or url-encoded) whose string
   field ``image`` holds a ``data:image/...;base64,`` URL, as the original DeepFood client sends;
 - a raw ``image/*`` (or ``application/octet-stream``) body;
-- JSON ``{"image": "<base64 or data: URL>", "k": 10}``.
+- JSON ``{"image": "<base64 or data: URL>", "k": 10}``, or ``{"url": "https://...", "k": 10}``: a link the
+  service fetches itself (``lambda_fn.fetch``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from dataclasses import dataclass
 
 from fastapi import Request
 from pydantic import ValidationError
@@ -89,8 +91,35 @@ def _body_too_large(size: int, settings: Settings) -> ApiError:
     )
 
 
-async def read_query(request: Request, settings: Settings) -> tuple[bytes, str | None]:
-    """The uploaded image bytes and the k the body gave (if any); raises ApiError for anything unusable."""
+@dataclass(frozen=True)
+class ImageLink:
+    """A link to the query image, which the service fetches itself (``lambda_fn.fetch``)."""
+
+    url: str
+
+
+_JSON_SHAPE = 'JSON body must be {"image": "<base64>", "k": <int>} or {"url": "https://...", "k": <int>}'
+
+
+def _from_json(body: bytes) -> tuple[bytes | ImageLink, str | None]:
+    try:
+        parsed = JsonSearchRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise ApiError(
+            ErrorCode.INVALID_PARAMETERS,
+            f"{_JSON_SHAPE}: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()),
+        ) from exc
+    if (parsed.image is None) == (parsed.url is None):
+        raise ApiError(ErrorCode.INVALID_PARAMETERS, f"{_JSON_SHAPE}: give exactly one of image and url")
+    k = str(parsed.k) if parsed.k is not None else None
+    if parsed.url is not None:
+        return ImageLink(parsed.url), k
+    return decode_base64_image(parsed.image), k
+
+
+async def read_query(request: Request, settings: Settings) -> tuple[bytes | ImageLink, str | None]:
+    """The uploaded image bytes (or the link to them) and the k the body gave (if any); raises ApiError for
+    anything unusable."""
     declared = request.headers.get("content-length")
     ceiling = settings.max_upload_bytes * 4 // 3 + _ENVELOPE_ALLOWANCE
     if declared and declared.isdigit() and int(declared) > ceiling:
@@ -104,15 +133,9 @@ async def read_query(request: Request, settings: Settings) -> tuple[bytes, str |
     if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         data, k = await _from_form(request, settings)
     elif ctype == "application/json":
-        try:
-            parsed = JsonSearchRequest.model_validate_json(body)
-        except ValidationError as exc:
-            raise ApiError(
-                ErrorCode.INVALID_PARAMETERS,
-                'JSON body must be {"image": "<base64>", "k": <int>}: '
-                + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()),
-            ) from exc
-        data, k = decode_base64_image(parsed.image), (str(parsed.k) if parsed.k is not None else None)
+        data, k = _from_json(body)
+        if isinstance(data, ImageLink):
+            return data, k
     elif ctype.startswith("image/") or ctype == "application/octet-stream":
         data, k = body, None
     else:

@@ -13,7 +13,15 @@ from fastapi.responses import JSONResponse
 from lambda_fn import __version__
 from lambda_fn.deps import StateDep
 from lambda_fn.errors import NotReady
-from lambda_fn.schemas import BuildInfo, ErrorDetail, HealthResponse, IndexInfo, ModelInfo, UpdatesInfo
+from lambda_fn.schemas import (
+    MAX_LISTED_LABELS,
+    BuildInfo,
+    ErrorDetail,
+    HealthResponse,
+    IndexInfo,
+    ModelInfo,
+    UpdatesInfo,
+)
 
 router = APIRouter(tags=["health"])
 
@@ -54,6 +62,13 @@ async def health(state: StateDep):
         classes=len(meta.class_names),
     )
     body.index = IndexInfo(
-        sha256=m.index_sha256, count=m.count, dim=m.dim, metric=m.metric, n_trees=m.n_trees, search_k=engine.search_k
+        sha256=m.index_sha256,
+        count=m.count,
+        dim=m.dim,
+        metric=m.metric,
+        n_trees=m.n_trees,
+        search_k=engine.search_k,
+        label_count=len(engine.labels.names),
+        labels=engine.labels.names[:MAX_LISTED_LABELS],
     )
     return body

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Depends, Path, Query
 from starlette.concurrency import run_in_threadpool
 
 from lambda_fn.deps import EngineDep, LinkerDep, SettingsDep
 from lambda_fn.errors import ERROR_RESPONSES
 from lambda_fn.pipeline import check_build, image_id_of, search_similar
+from lambda_fn.routes.params import Refine, refine
 from lambda_fn.schemas import ErrorResponse, SearchResponse
-from lambda_fn.uploads import parse_k
 
 router = APIRouter(tags=["images"])
-
-K = Annotated[str | None, Query(description="Number of results")]
 
 
 @router.get(
@@ -35,7 +33,7 @@ async def similar(
     settings: SettingsDep,
     linker: LinkerDep,
     image_id: Annotated[int, Path(ge=0, le=2**31 - 1, description="Image id from a previous result")],
-    k: K = None,
+    options: Annotated[Refine, Depends(refine)],
     build: Annotated[
         str | None,
         Query(
@@ -46,7 +44,8 @@ async def similar(
 ) -> SearchResponse:
     """Find the images most similar to an indexed image, leaving the image itself out."""
     check_build(engine, build)
-    return await run_in_threadpool(search_similar, image_id, parse_k(k, settings), engine, linker)
+    chosen = options.options(settings)
+    return await run_in_threadpool(search_similar, image_id, chosen, engine, settings, linker)
 
 
 @router.get(
@@ -62,8 +61,9 @@ async def similar_by_key(
         str,
         Query(min_length=1, max_length=1024, description="The image's `key` in the collection; valid in every build"),
     ],
-    k: K = None,
+    options: Annotated[Refine, Depends(refine)],
 ) -> SearchResponse:
     """Find the images most similar to an indexed image named by its key, leaving the image itself out."""
     image_id = image_id_of(key, engine)
-    return await run_in_threadpool(search_similar, image_id, parse_k(k, settings), engine, linker)
+    chosen = options.options(settings)
+    return await run_in_threadpool(search_similar, image_id, chosen, engine, settings, linker)

@@ -1,16 +1,19 @@
-"""POST /search: images similar to an uploaded one."""
+"""POST /search: images similar to an uploaded one, or to one behind a link."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from lambda_fn.deps import EngineDep, LinkerDep, SettingsDep, StateDep
 from lambda_fn.errors import ERROR_RESPONSES
-from lambda_fn.pipeline import search_image
+from lambda_fn.fetch import fetch_image
+from lambda_fn.pipeline import check_labels, search_image
+from lambda_fn.routes.params import Refine, refine
 from lambda_fn.schemas import JsonSearchRequest, SearchResponse
-from lambda_fn.uploads import parse_k, read_query
+from lambda_fn.uploads import ImageLink, read_query
 
 router = APIRouter(tags=["search"])
 
@@ -38,17 +41,32 @@ _BODY_DOC = {
     }
 }
 
+_URL_NOTE = (
+    "; for a `url`: `url_not_allowed` when it is not https or points at a loopback, private, link-local or "
+    "metadata address (also after a redirect), `url_unreachable` when it gives no image (DNS, connection, TLS, "
+    "timeout, an error status, more than 3 redirects)"
+)
+_RESPONSES = {
+    **ERROR_RESPONSES,
+    413: {**ERROR_RESPONSES[413], "description": ERROR_RESPONSES[413]["description"] + ", also a linked image's"},
+    415: {**ERROR_RESPONSES[415], "description": ERROR_RESPONSES[415]["description"] + "; a link that is no image/*"},
+    422: {**ERROR_RESPONSES[422], "description": ERROR_RESPONSES[422]["description"] + _URL_NOTE},
+}
 
-@router.post("/search", response_model=SearchResponse, responses=ERROR_RESPONSES, openapi_extra=_BODY_DOC)
+
+@router.post("/search", response_model=SearchResponse, responses=_RESPONSES, openapi_extra=_BODY_DOC)
 async def search(
     request: Request,
     state: StateDep,
     engine: EngineDep,
     settings: SettingsDep,
     linker: LinkerDep,
-    k: Annotated[str | None, Query(description="Number of results (also accepted in the body)")] = None,
+    options: Annotated[Refine, Depends(refine)],
 ) -> SearchResponse:
-    """Find the indexed images most similar to the uploaded one."""
+    """Find the indexed images most similar to the uploaded one, or to the one a JSON `url` links to."""
     data, body_k = await read_query(request, settings)
-    k_value = parse_k(k if k else body_k, settings)  # an empty ?k= does not hide the body's k
-    return await state.run(search_image, data, k_value, engine, settings, linker)
+    chosen = options.options(settings, body_k)
+    check_labels(engine, chosen.labels)  # before any fetching or model work
+    if isinstance(data, ImageLink):
+        data = await run_in_threadpool(fetch_image, data.url, settings)
+    return await state.run(search_image, data, chosen, engine, settings, linker)

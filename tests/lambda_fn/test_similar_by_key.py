@@ -74,6 +74,10 @@ def test_openapi_documents_builds_and_key_look_ups(client):
     assert [(p["name"], p["required"]) for p in by_key["parameters"] if p["in"] == "query"] == [
         ("key", True),
         ("k", False),
+        ("offset", False),
+        ("label", False),
+        ("min_similarity", False),
+        ("dedupe", False),
     ]
     assert {"200", "404", "422"} <= set(by_key["responses"])
     by_id = spec["paths"]["/images/{image_id}/similar"]["get"]

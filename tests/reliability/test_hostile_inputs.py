@@ -2,21 +2,26 @@
 
 Valid-but-odd images (16-bit, CMYK, palette with transparency, animated, 1x1, strips, every EXIF
 orientation, WebP) answer 200; everything else gets the specific 4xx of the contract (400 not an image /
-corrupt / bad base64, 413 too large, 415 unsupported, 422 bad parameters, 404 unknown id) with
-``{"error": {"code", "message"}}``. No input may produce a 5xx, and a normal query must succeed right after
-each one.
+corrupt / bad base64, 413 too large, 415 unsupported, 422 bad parameters, unknown label or a refused or
+unreachable image link, 404 unknown id) with ``{"error": {"code", "message"}}``. No input may produce a 5xx,
+and a normal query must succeed right after each one.
+
+The corpus runs offline: host names do not resolve (as without a DNS server) and no image link may open a
+connection, so every link case is answered by the checks before any network.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import socket
 from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from lambda_fn import fetch
 from lambda_fn.config import DEFAULT_MAX_UPLOAD_BYTES
 from lambda_fn.schemas import STATUS
 from tests.helpers import SAMPLE_COUNT, assert_json_error, jpeg_bytes, png_bomb
@@ -231,10 +236,75 @@ def _corpus() -> list[Case]:
     cases.append(
         Case("similar id from another build", 409, "stale_build", method="GET", url="/images/1/similar?build=old")
     )
+    links = {
+        "http link": ("http://photos.example/a.jpg", "url_not_allowed"),
+        "loopback link": ("https://127.0.0.1/a.jpg", "url_not_allowed"),
+        "loopback link, one number": ("https://2130706433/a.jpg", "url_not_allowed"),
+        "IPv6 loopback link": ("https://[::1]:8443/a.jpg", "url_not_allowed"),
+        "IPv4-mapped loopback link": ("https://[::ffff:127.0.0.1]/a.jpg", "url_not_allowed"),
+        "private address link": ("https://10.0.0.8/a.jpg", "url_not_allowed"),
+        "metadata link": ("https://169.254.169.254/latest/meta-data/iam/", "url_not_allowed"),
+        "IPv6 metadata link": ("https://[fd00:ec2::254]/latest/meta-data/", "url_not_allowed"),
+        "link with a password": ("https://user:secret@photos.example/a.jpg", "url_not_allowed"),
+        "file link": ("file:///etc/passwd", "url_not_allowed"),
+        "javascript link": ("javascript:alert(1)", "url_not_allowed"),
+        "gopher link": ("gopher://127.0.0.1:6379/_FLUSHALL", "url_not_allowed"),
+        "link to a host that does not resolve": ("https://photos.example.invalid/a.jpg", "url_unreachable"),
+        "relative link": ("/images/a.jpg", "invalid_parameters"),
+        "empty link": ("", "invalid_parameters"),
+        "link with a bad port": ("https://photos.example:70000/a.jpg", "invalid_parameters"),
+        "link over 2048 characters": ("https://photos.example/" + "a" * 2048, "invalid_parameters"),
+    }
+    for name, (link, code) in links.items():
+        cases.append(Case(name, 422, code, kwargs={"json": {"url": link}}))
+    cases += [
+        Case("link is a number", 422, "invalid_parameters", kwargs={"json": {"url": 5}}),
+        Case("link and image both", 422, "invalid_parameters", kwargs={"json": {"url": "https://a.b/c", "image": b64}}),
+        Case("link is null, no image", 422, "invalid_parameters", kwargs={"json": {"url": None}}),
+    ]
+    for query, status, code in (
+        ("label=no-such-dish", 422, "unknown_label"),
+        ("label=", 422, "invalid_parameters"),
+        ("label=" + "x" * 201, 422, "invalid_parameters"),
+        ("&".join(["label=soup"] * 21), 422, "invalid_parameters"),
+        ("label=%00", 422, "unknown_label"),
+        ("label=%F0%9F%8D%95", 422, "unknown_label"),
+        ("offset=-1", 422, "invalid_parameters"),
+        ("offset=abc", 422, "invalid_parameters"),
+        ("offset=99&k=2", 422, "invalid_parameters"),
+        (f"offset={2**31}", 422, "invalid_parameters"),
+        ("offset=1e3", 422, "invalid_parameters"),
+        ("min_similarity=1.5", 422, "invalid_parameters"),
+        ("min_similarity=-1.01", 422, "invalid_parameters"),
+        ("min_similarity=nan", 422, "invalid_parameters"),
+        ("min_similarity=-inf", 422, "invalid_parameters"),
+        ("min_similarity=abc", 422, "invalid_parameters"),
+        ("dedupe=maybe", 422, "invalid_parameters"),
+        ("dedupe=", 422, "invalid_parameters"),
+        ("min_similarity=-1&dedupe=false&offset=5", 200, None),
+        ("min_similarity=1", 200, None),
+    ):
+        cases.append(Case(f"search {query[:40]}", status, code, url=f"/search?{query}", kwargs=_raw(jpeg)))
+        cases.append(Case(f"similar {query[:40]}", status, code, method="GET", url=f"/images/1/similar?{query}"))
     return cases
 
 
 CORPUS = _corpus()
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Host names do not resolve (numbers still parse), and opening a connection fails the test."""
+    real = socket.getaddrinfo
+
+    def numbers_only(host, port, family=0, type=0, proto=0, flags=0):
+        return real(host, port, family, type, proto, flags | socket.AI_NUMERICHOST)
+
+    def no_connection(address, port, timeout):
+        pytest.fail(f"an image link opened a connection to {address}:{port}")
+
+    monkeypatch.setattr(fetch.socket, "getaddrinfo", numbers_only)
+    monkeypatch.setattr(fetch, "open_socket", no_connection)
 
 
 def test_corpus_reaches_every_client_error_code():
@@ -251,7 +321,8 @@ def test_hostile_input_gets_its_documented_answer(hardened, assert_still_serves,
     if case.status == 200:
         assert response.status_code == 200, response.text[:300]
         body = response.json()
-        assert body["results"] and all(0 <= r["id"] < SAMPLE_COUNT for r in body["results"])
+        assert all(0 <= r["id"] < SAMPLE_COUNT for r in body["results"])
+        assert body["results"] or body["cut_below_similarity"] > 0
     else:
         assert_json_error(response, case.status, case.code)
     assert_still_serves()
