@@ -66,6 +66,7 @@ class Ingest(Construct):
         log_level: str = SETTINGS_DEFAULTS["log_level"],
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
         tracing: bool = False,
+        trusted_model_sha256: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         timeout = timeout or cdk.Duration.minutes(5)
@@ -95,7 +96,10 @@ class Ingest(Construct):
             log_retention=log_retention,
         )
         artifacts.grant_ingest(role)
-        environment = worker_environment(artifacts.uri, log_level=log_level, num_threads=num_threads, tracing=tracing)
+        pin = {"trusted_model_sha256": trusted_model_sha256} if trusted_model_sha256 else {}
+        environment = worker_environment(
+            artifacts.uri, log_level=log_level, num_threads=num_threads, tracing=tracing, **pin
+        )
         self.function = lambda_.DockerImageFunction(
             self,
             "Function",

@@ -68,7 +68,16 @@ class DeepFoodStack(cdk.Stack):
             tracing=tracing,
             **(function_options or {}),
         )
-        ingest = Ingest(self, "Ingest", artifacts=artifacts, tracing=tracing, **(ingest_options or {}))
+        # A pinned model binds ingest too: it must never run a model the search service would refuse.
+        pinned = (function_options or {}).get("trusted_model_sha256")
+        ingest = Ingest(
+            self,
+            "Ingest",
+            artifacts=artifacts,
+            tracing=tracing,
+            **({"trusted_model_sha256": pinned} if pinned else {}),
+            **(ingest_options or {}),
+        )
         reindex = Reindex(self, "Reindex", artifacts=artifacts, tracing=tracing, **(reindex_options or {}))
         backfill = Backfill(
             self,

@@ -333,3 +333,8 @@ def test_a_pinned_model_reaches_the_service_and_none_is_pinned_by_default(templa
     name = env_name("trusted_model_sha256")
     assert name not in search_function(template)["Environment"]["Variables"]
     assert search_function(tuned_template)["Environment"]["Variables"][name] == TUNED_FUNCTION["trusted_model_sha256"]
+
+
+def test_a_pinned_model_binds_ingest_too(tuned_template):
+    variables = image_function(tuned_template, INGEST_HANDLER)["Environment"]["Variables"]
+    assert variables[env_name("trusted_model_sha256")] == TUNED_FUNCTION["trusted_model_sha256"]
