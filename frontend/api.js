@@ -119,6 +119,21 @@ async function errorFrom(response) {
 }
 
 /**
+ * The query string of a search: `k` (unless null or sent in the body), each label as `label=`, and `offset`
+ * (unless 0).
+ * @param {{k?: number|null, labels?: string[], offset?: number}} options
+ * @returns {string} "" or "?..."
+ */
+export function searchQuery({ k = null, labels = [], offset = 0 } = {}) {
+  const params = new URLSearchParams();
+  if (k !== null) params.append("k", String(k));
+  for (const label of labels) params.append("label", label);
+  if (offset > 0) params.append("offset", String(offset));
+  const text = params.toString();
+  return text ? `?${text}` : "";
+}
+
+/**
  * A client for the search service at `config.apiBaseUrl` ("" = this page's origin).
  * @param {{apiBaseUrl: string, retries?: number, retryBaseMs?: number, retryMaxMs?: number}} config
  */
@@ -143,10 +158,13 @@ export function createApi(config) {
     try {
       let response;
       try {
+        const { json, ...options } = init;
         response = await fetch(endpoint(path), {
-          ...init,
+          ...options,
           signal: controller.signal,
-          headers: { Accept: "application/json" },
+          headers: json
+            ? { Accept: "application/json", "Content-Type": "application/json" }
+            : { Accept: "application/json" },
         });
       } catch {
         throw networkError();
@@ -212,31 +230,63 @@ export function createApi(config) {
      * `POST /search` with the image as multipart field `image`; retries while the service warms up.
      * @param {Blob} image
      * @param {number|null} k null: the service's default
-     * @param {{signal?: AbortSignal, onRetry?: Function, filename?: string}} [options]
+     * @param {{signal?: AbortSignal, onRetry?: Function, filename?: string, labels?: string[],
+     *   offset?: number}} [options] `labels`: only results with one of them; `offset`: results to skip
      * @returns {Promise<object>} the SearchResponse
      */
-    async search(image, k, { signal, onRetry, filename = "query.jpg" } = {}) {
+    async search(image, k, { signal, onRetry, filename = "query.jpg", labels = [], offset = 0 } = {}) {
+      const path = `/search${searchQuery({ labels, offset })}`;
       return withRetry(
         async () => {
           const form = new FormData();
           form.append("image", image, filename);
           if (k !== null) form.append("k", String(k));
-          return (await request("/search", { method: "POST", body: form }, { signal })).body;
+          return (await request(path, { method: "POST", body: form }, { signal })).body;
         },
         { signal, onRetry },
       );
     },
 
     /**
-     * `GET /images/{id}/similar?k=`: neighbours of an image already in the collection.
+     * `POST /search` with JSON `{"url": ...}`: the service fetches the image behind the link itself.
+     * @param {string} url an https:// link to an image
+     * @param {number|null} k null: the service's default
+     * @param {{signal?: AbortSignal, onRetry?: Function, labels?: string[], offset?: number}} [options]
+     * @returns {Promise<object>} the SearchResponse
+     */
+    async searchUrl(url, k, { signal, onRetry, labels = [], offset = 0 } = {}) {
+      const path = `/search${searchQuery({ k, labels, offset })}`;
+      const init = { method: "POST", body: JSON.stringify({ url }), json: true };
+      return withRetry(async () => (await request(path, init, { signal })).body, { signal, onRetry });
+    },
+
+    /**
+     * `GET /similar?key=`: neighbours of an image of the collection named by its key, which means the same
+     * image in every build of the index (ids do not).
+     * @param {string} key
+     * @param {number|null} k null: the service's default
+     * @param {{signal?: AbortSignal, onRetry?: Function, labels?: string[], offset?: number}} [options]
+     * @returns {Promise<object>} the SearchResponse (query set)
+     */
+    async similarByKey(key, k, { signal, onRetry, labels = [], offset = 0 } = {}) {
+      const query = searchQuery({ k, labels, offset }).replace(/^\?/, "&");
+      const path = `/similar?key=${encodeURIComponent(key)}${query}`;
+      return withRetry(async () => (await request(path, { method: "GET" }, { signal })).body, {
+        signal,
+        onRetry,
+      });
+    },
+
+    /**
+     * `GET /images/{id}/similar?k=`: neighbours of the image with id `id` in the live build. Only for links
+     * made before results carried keys (`?similar=ID`); results are looked up by key.
      * @param {number} id
      * @param {number|null} k null: the service's default
-     * @param {{signal?: AbortSignal, onRetry?: Function}} [options]
+     * @param {{signal?: AbortSignal, onRetry?: Function, labels?: string[], offset?: number}} [options]
      * @returns {Promise<object>} the SearchResponse (query_id set)
      */
-    async similar(id, k, { signal, onRetry } = {}) {
-      const query = k === null ? "" : `?k=${encodeURIComponent(k)}`;
-      const path = `/images/${encodeURIComponent(id)}/similar${query}`;
+    async similar(id, k, { signal, onRetry, labels = [], offset = 0 } = {}) {
+      const path = `/images/${encodeURIComponent(id)}/similar${searchQuery({ k, labels, offset })}`;
       return withRetry(async () => (await request(path, { method: "GET" }, { signal })).body, {
         signal,
         onRetry,

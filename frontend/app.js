@@ -25,8 +25,43 @@ function seconds(ms) {
   return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
 }
 
-/** What to tell a person about an error, in words. */
-function describe(error) {
+/** Label chips offered at most, taken from the results of a search without a filter. */
+const MAX_CHIPS = 12;
+
+/** The labels of `results`, nearest first, each once. */
+function chipLabels(results) {
+  return [...new Set(results.map((m) => m.label).filter(Boolean))].slice(0, MAX_CHIPS);
+}
+
+/** True when index.html's Content-Security-Policy (img-src) lets the page show the picture at `url`. */
+function showable(url) {
+  try {
+    const { protocol, hostname } = new URL(url);
+    return protocol === "https:" || (protocol === "http:" && ["localhost", "127.0.0.1"].includes(hostname));
+  } catch {
+    return false;
+  }
+}
+
+function hostOf(url) {
+  try {
+    return new URL(url).host;
+  } catch {
+    return url;
+  }
+}
+
+/** The address bar for a search: `?key=` for an image of the collection, the bare page otherwise. */
+function addressOf(query) {
+  if (query.kind !== "similar") return location.pathname;
+  return query.key ? `?key=${encodeURIComponent(query.key)}` : `?similar=${query.id}`;
+}
+
+/** What to tell a person about an error, in words; `link`: the search was for a pasted link. */
+function describe(error, { link = false } = {}) {
+  if (link && error instanceof ApiError && error.status >= 400 && error.status < 500 && error.status !== 429) {
+    return `That link could not be searched: ${withStop(error.message)}`;
+  }
   if (error instanceof ApiError) return explain(error.status, error.message);
   if (error instanceof NotDecodableError) return sentence(error.message);
   return `Something went wrong in this page: ${error?.message ?? error}`;
@@ -54,12 +89,20 @@ export class App {
     this.previewUrl = null;
     /** Resized uploads by their object URL, so history entries can be searched again with another k. */
     this.uploads = new Map();
+    /** The labels the results are filtered by, and the label chips offered. */
+    this.labels = [];
+    this.chips = [];
+    /** The service's max_k once /health has told it: offset + k may not pass it. */
+    this.maxK = null;
   }
 
   /** Binds the view and starts the health check; restores the history entry after a reload. */
   start() {
     this.view.bindFile((file) => this.searchFile(file));
     this.view.bindResult((match) => this.searchSimilar(match, { focus: true }));
+    this.view.bindUrl((url) => this.searchUrl(url));
+    this.view.bindChip((label) => this.toggleLabel(label));
+    this.view.bindMore(() => this.showMore());
     this.view.bindK(() => {
       this.userChoseK = true;
       this.rerun();
@@ -69,9 +112,13 @@ export class App {
     this.checkHealth();
 
     const state = history.state;
-    const similarId = new URLSearchParams(location.search).get("similar");
+    const params = new URLSearchParams(location.search);
+    const key = params.get("key");
+    const similarId = params.get("similar"); // links from before results carried keys
     if (state?.response) {
       this.restore(state);
+    } else if (key) {
+      this.searchSimilar({ key }, { replace: true });
     } else if (similarId !== null && /^\d+$/.test(similarId)) {
       this.searchSimilar({ id: Number(similarId) }, { replace: true });
     }
@@ -127,12 +174,16 @@ export class App {
     const { default_k: defaultK, max_k: maxK, max_upload_bytes: maxUploadBytes } = limits ?? {};
     if (Number.isInteger(maxUploadBytes) && maxUploadBytes > 0) this.maxUploadBytes = maxUploadBytes;
     if (!(Number.isInteger(maxK) && maxK > 0 && Number.isInteger(defaultK) && defaultK > 0)) return;
+    this.maxK = maxK;
     this.view.setKOptions(Math.min(defaultK, maxK), maxK, this.userChoseK || this.knowsLimits);
     this.knowsLimits = true;
   }
 
-  /** Runs `task(signal)` as the one current search, cancelling the previous one; shows its errors. */
-  async run(task) {
+  /**
+   * Runs `task(signal)` as the one current search, cancelling the previous one; shows its errors (`link`: as
+   * the errors of a pasted link).
+   */
+  async run(task, { link = false } = {}) {
     this.inflight?.abort();
     const controller = new AbortController();
     this.inflight = controller;
@@ -142,7 +193,7 @@ export class App {
     } catch (error) {
       if (controller.signal.aborted || isAbort(error)) return; // superseded by a newer search
       this.view.setStatus("");
-      this.view.showError(describe(error));
+      this.view.showError(describe(error, { link }));
       if (!(error instanceof ApiError) && !(error instanceof NotDecodableError)) console.error(error);
     } finally {
       if (this.inflight === controller) {
@@ -198,27 +249,104 @@ export class App {
       }
       signal.throwIfAborted();
       this.query = { ...query, blob: upload, filename: upload === file ? file.name || "upload" : "query.jpg" };
+      this.labels = [];
       await this.searchQuery(this.query, signal, "push");
     });
   }
 
   /**
-   * Searches from an image of the collection (a clicked result, or `?similar=ID`).
-   * @param {{id: number, key?: string, label?: string|null, url?: string}} match
+   * Searches with the photo a link points to: the service fetches it.
+   * @param {string} url
+   */
+  searchUrl(url) {
+    const caption = `Photo from ${hostOf(url)}`;
+    const query = { kind: "url", url, caption, src: showable(url) ? url : null };
+    if (query.src) this.view.showQuery(query.src, caption);
+    else this.view.hideQuery();
+    this.view.renderPredictions([]);
+    this.recheckHealth();
+    return this.run(
+      async (signal) => {
+        this.query = query;
+        this.labels = [];
+        await this.searchQuery(query, signal, "push");
+      },
+      { link: true },
+    );
+  }
+
+  /**
+   * Searches from an image of the collection: a clicked result or a `?key=` link, both by its key, which names
+   * the same image in every build of the index; or an old `?similar=ID` link, by id.
+   * @param {{key?: string, id?: number, label?: string|null, url?: string}} match
    * @param {{focus?: boolean, replace?: boolean}} [options]
    */
   searchSimilar(match, { focus = false, replace = false } = {}) {
     const name = match.label || match.key?.split("/").pop() || `photo #${match.id}`;
     const caption = `Dishes similar to ${name}`;
-    const query = { kind: "similar", id: match.id, name, caption, src: match.url ?? null };
+    const query = {
+      kind: "similar",
+      key: match.key ?? null,
+      id: match.key ? null : match.id,
+      name,
+      caption,
+      src: match.url ?? null,
+    };
     if (query.src) this.view.showQuery(query.src, query.caption);
     this.view.renderPredictions([]);
     this.recheckHealth();
     return this.run(async (signal) => {
       this.query = query;
+      this.labels = [];
       await this.searchQuery(query, signal, replace ? "replace" : "push");
       if (focus) this.view.focusResults();
     });
+  }
+
+  /**
+   * Turns the filter by `label` on or off and searches the current query again.
+   * @param {string} label
+   */
+  toggleLabel(label) {
+    const query = this.query;
+    if (!query) return;
+    this.labels = this.labels.includes(label) ? this.labels.filter((l) => l !== label) : [...this.labels, label];
+    this.view.renderChips(this.chips, this.labels);
+    return this.run((signal) => this.searchQuery(query, signal, "replace"));
+  }
+
+  /** Asks for the results after the ones shown (the answer's `next_offset`) and adds them below. */
+  showMore() {
+    const query = this.query;
+    const state = history.state;
+    const offset = state?.response?.next_offset;
+    if (!query || !Number.isInteger(offset)) return;
+    const k = this.maxK ? Math.min(state.response.k, this.maxK - offset) : state.response.k;
+    return this.run(async (signal) => {
+      this.view.setBusy(true, "Finding more dishes…");
+      const page = await this.ask(query, { k, offset, signal, onRetry: this.retryNotice(signal) });
+      signal.throwIfAborted();
+      const shown = state.response.results.length;
+      const response = {
+        ...state.response,
+        results: [...state.response.results, ...page.results],
+        next_offset: page.next_offset,
+        duplicates_collapsed: (state.response.duplicates_collapsed ?? 0) + (page.duplicates_collapsed ?? 0),
+      };
+      const next = { ...state, response }; // savedAt stays: the first thumbnails' links expire first
+      history.replaceState(next, "", location.href);
+      this.render(next);
+      this.view.focusResult(shown);
+    });
+  }
+
+  /** One request for `query`'s results, with the current label filter. */
+  ask(query, { k, offset = 0, signal, onRetry }) {
+    const options = { signal, onRetry, labels: this.labels, offset };
+    if (query.kind === "upload") return this.api.search(query.blob, k, { ...options, filename: query.filename });
+    if (query.kind === "url") return this.api.searchUrl(query.url, k, options);
+    if (query.key) return this.api.similarByKey(query.key, k, options);
+    return this.api.similar(query.id, k, options);
   }
 
   /** Searches the current query again with the newly chosen k, replacing the history entry. */
@@ -231,34 +359,40 @@ export class App {
   async searchQuery(query, signal, historyMode) {
     const k = this.view.k;
     const onRetry = this.retryNotice(signal);
-    let response;
-    if (query.kind === "upload") {
-      this.view.setBusy(true, "Searching for similar dishes…");
-      response = await this.api.search(query.blob, k, { signal, onRetry, filename: query.filename });
-    } else {
-      this.view.setBusy(true, `${query.caption}: searching…`);
-      response = await this.api.similar(query.id, k, { signal, onRetry });
-    }
+    const busy = {
+      upload: "Searching for similar dishes…",
+      url: "Fetching the photo and searching…",
+    };
+    this.view.setBusy(true, busy[query.kind] ?? `${query.caption}: searching…`);
+    const response = await this.ask(query, { k, signal, onRetry });
     signal.throwIfAborted();
     if (!query.src && response.query?.url) {
-      // a `?similar=ID` link knows only the id; the service answers with the image itself
+      // a `?key=` or `?similar=ID` link knows no picture; the service answers with the image itself
       query.src = this.api.resolveUrl(response.query.url);
     }
+    if (query.kind === "similar" && !query.key && response.query?.key) {
+      query.key = response.query.key; // an old `?similar=ID` link: from now on, by key
+      query.id = null;
+    }
+    if (this.labels.length === 0) this.chips = chipLabels(response.results);
     const state = {
       query: {
         kind: query.kind,
+        key: query.key ?? null,
         id: query.id ?? null,
+        url: query.url ?? null,
         name: query.name ?? null,
         caption: query.caption,
         src: query.src,
       },
       k,
+      labels: this.labels,
+      chips: this.chips,
       response,
       savedAt: Date.now(),
     };
-    const url = query.kind === "similar" ? `?similar=${query.id}` : location.pathname;
-    if (historyMode === "push") history.pushState(state, "", url);
-    else history.replaceState(state, "", url);
+    if (historyMode === "push") history.pushState(state, "", addressOf(query));
+    else history.replaceState(state, "", addressOf(query));
     this.render(state);
   }
 
@@ -269,10 +403,14 @@ export class App {
     this.view.setBusy(false);
     if (!state?.response) {
       this.query = null;
+      this.labels = [];
+      this.chips = [];
       this.view.reset();
       return;
     }
     const { query } = state;
+    this.labels = state.labels ?? [];
+    this.chips = state.chips ?? [];
     this.query =
       query.kind === "upload"
         ? { ...query, blob: this.uploads.get(query.src), filename: "query.jpg" }
@@ -288,18 +426,26 @@ export class App {
 
   render(state) {
     const { query, response, k } = state;
+    const labels = state.labels ?? [];
     this.view.clearError();
     if (query.src) this.view.showQuery(query.src, query.caption);
     else this.view.hideQuery();
+    if (query.kind === "url") this.view.setUrl(query.url);
     this.view.selectK(k);
     this.view.renderPredictions(response.predictions ?? []);
     const matches = response.results.map((m) => ({ ...m, url: this.api.resolveUrl(m.url) }));
     const n = matches.length;
     const took = response.timings ? `, found in ${seconds(response.timings.total_ms)}` : "";
     const dishes = n === 1 ? "dish" : "dishes";
-    const what = query.kind === "upload" ? `${n} similar ${dishes}` : `${n} ${dishes} similar to ${query.name}`;
-    const summary = n === 0 ? "No similar dishes found." : `${what}${took}.`;
+    const what = query.kind === "similar" ? `${n} ${dishes} similar to ${query.name}` : `${n} similar ${dishes}`;
+    const only = labels.length ? ` labelled ${labels.join(" or ")}` : "";
+    const collapsed = response.duplicates_collapsed ?? 0;
+    const hidden = collapsed ? ` ${collapsed} near-duplicate${collapsed === 1 ? "" : "s"} left out.` : "";
+    const none = labels.length ? `No similar dishes labelled ${labels.join(" or ")}.` : "No similar dishes found.";
+    const summary = n === 0 ? none : `${what}${only}${took}.${hidden}`;
     this.view.renderResults(matches, summary);
+    this.view.renderChips(state.chips ?? [], labels);
+    this.view.setMore(Number.isInteger(response.next_offset));
     this.view.setStatus(summary, { visible: false });
   }
 }

@@ -54,6 +54,11 @@ export class View {
     this.resultsSummary = $("results-summary");
     this.results = $("results");
     this.service = $("service");
+    this.urlForm = $("url-form");
+    this.urlInput = $("url");
+    this.filters = $("filters");
+    this.chips = $("chips");
+    this.more = $("more");
     this.queryImage.addEventListener("error", () => {
       this.query.hidden = true;
     });
@@ -106,6 +111,37 @@ export class View {
       event.preventDefault();
       handler(file);
     });
+  }
+
+  /**
+   * Calls `handler(url)` when a link to a photo is submitted (the browser has checked it is a URL).
+   * @param {(url: string) => void} handler
+   */
+  bindUrl(handler) {
+    this.urlForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const url = this.urlInput.value.trim();
+      if (url) handler(url);
+    });
+  }
+
+  /**
+   * Calls `handler(label)` when a label chip is pressed (click, Enter or Space).
+   * @param {(label: string) => void} handler
+   */
+  bindChip(handler) {
+    this.chips.addEventListener("click", (event) => {
+      const chip = event.target.closest("button[data-label]");
+      if (chip && this.chips.contains(chip)) handler(chip.dataset.label);
+    });
+  }
+
+  /**
+   * Calls `handler()` when "Show more" is pressed.
+   * @param {() => void} handler
+   */
+  bindMore(handler) {
+    this.more.addEventListener("click", () => handler());
   }
 
   /**
@@ -187,6 +223,58 @@ export class View {
     this.queryImage.removeAttribute("src");
   }
 
+  /**
+   * Puts `url` in the link box (a restored search by link), or empties it.
+   * @param {string} url
+   */
+  setUrl(url) {
+    this.urlInput.value = url;
+  }
+
+  /**
+   * Shows a toggle chip per label (`aria-pressed` says which are on); hidden when there are none.
+   * @param {string[]} labels the labels offered, in order
+   * @param {string[]} selected the labels the results are filtered by
+   */
+  renderChips(labels, selected) {
+    const all = [...new Set([...labels, ...selected])];
+    this.filters.hidden = all.length === 0;
+    const focused = this.doc.activeElement?.closest?.("button[data-label]")?.dataset.label;
+    this.chips.replaceChildren(
+      ...all.map((label) => {
+        const li = this.doc.createElement("li");
+        const chip = this.doc.createElement("button");
+        chip.type = "button";
+        chip.className = "chip";
+        chip.dataset.label = label;
+        chip.textContent = label;
+        chip.setAttribute("aria-pressed", String(selected.includes(label)));
+        li.append(chip);
+        return li;
+      }),
+    );
+    if (focused !== undefined) {
+      // the pressed chip was replaced: keep the keyboard where it was
+      [...this.chips.querySelectorAll("button[data-label]")].find((b) => b.dataset.label === focused)?.focus();
+    }
+  }
+
+  /**
+   * Shows or hides the "Show more" button.
+   * @param {boolean} visible
+   */
+  setMore(visible) {
+    this.more.hidden = !visible;
+  }
+
+  /**
+   * Moves keyboard focus to the result at `index` (the first one "Show more" added).
+   * @param {number} index
+   */
+  focusResult(index) {
+    this.results.querySelectorAll("button.result")[index]?.focus();
+  }
+
   /** Hides the query picture, the predictions and the results: the page as first opened. */
   reset() {
     this.query.hidden = true;
@@ -196,6 +284,8 @@ export class View {
     this.results.replaceChildren();
     this.resultsSection.hidden = true;
     this.resultsSummary.textContent = "";
+    this.renderChips([], []);
+    this.setMore(false);
     this.clearError();
     this.setStatus("");
   }

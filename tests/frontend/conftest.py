@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import start_local_server
+from bench.harness import service_env, start_local_server
 from tests.helpers import REPO_ROOT
 
 CHROMIUM = Path(os.environ.get("DEEPFOOD_CHROMIUM", "/usr/bin/chromium"))
@@ -69,8 +69,12 @@ def page_host() -> str:
 
 @pytest.fixture(scope="session")
 def site(artifacts_dir, sample_dir, page_host) -> str:
-    """Base URL of the local server with the small real model, its index and the page (CORS open to page_host)."""
-    env = {"DEEPFOOD_CORS_ORIGINS": page_host}
+    """Base URL of the local server with the small real model, its index and the page (CORS open to page_host).
+
+    It may fetch image links from 127.0.0.1 over http (url_allow_private, url_allow_http), so a search by link
+    can point at its own /files; cloud metadata addresses stay refused.
+    """
+    env = service_env(cors_origins=page_host, url_allow_private=True, url_allow_http=True)
     with start_local_server(artifacts_dir, sample_dir, frontend=FRONTEND, env=env, threads=2) as base:
         yield base
 

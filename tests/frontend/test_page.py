@@ -7,6 +7,7 @@ import io
 from email.parser import BytesParser
 from email.policy import HTTP
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -255,7 +256,7 @@ def test_result_click_searches_similar_and_back_restores(page: Page, site, sampl
     after = result_keys(page)
     assert after != before
     assert clicked not in after  # the image itself is left out
-    assert "similar=" in page.url
+    assert f"key={quote(clicked, safe='')}" in page.url
     expect(page.locator("#results-heading")).to_be_focused()
 
     requests: list[str] = []
@@ -268,7 +269,7 @@ def test_result_click_searches_similar_and_back_restores(page: Page, site, sampl
     assert result_keys(page) == after
     assert requests == [], "back/forward should re-render from history.state, not search again"
 
-    page.reload()  # ?similar=ID is a link to the same search
+    page.reload()  # ?key=KEY is a link to the same search
     expect(page.locator("#results-summary")).to_contain_text("similar to")
     assert result_keys(page) == after
 
