@@ -172,6 +172,11 @@ class UpdatesInfo(BaseModel):
     checked_at: str | None = Field(None, description="When the published manifest was last checked (ISO 8601)")
     swapping: bool = Field(False, description="A newer build is being fetched and loaded; the live one serves")
     error: str | None = Field(None, description="Why the last check failed; the live build keeps serving")
+    pending_model: str | None = Field(
+        None,
+        description="sha256 of a model announced in models/current.json but not live yet: the collection is "
+        "being embedded with it, and the live build serves until a build of the new model covers it",
+    )
 
 
 class HealthResponse(BaseModel):

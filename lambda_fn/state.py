@@ -43,6 +43,8 @@ from lambda_fn.artifacts import ArtifactError, FetchedArtifacts, UntrustedModel
 from lambda_fn.config import Settings
 from lambda_fn.engine import Engine
 from lambda_fn.errors import NotReady
+from lambda_fn.models import read_pointer
+from lambda_fn.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,7 @@ class ServiceState:
         self.checked_at: str | None = None
         self.swapping = False
         self.check_error: str | None = None
+        self.pending_model: str | None = None  # announced in models/current.json, not live yet
         try:  # downloads a killed process left half done
             artifacts.clean_partials(settings.cache_dir)
         except OSError as exc:
@@ -252,12 +255,23 @@ class ServiceState:
             engine.warm_up()
         return engine
 
+    def _note_pending_model(self, client, live: Engine) -> None:
+        """Whether a new model is announced but not live yet (its backfill is running): /health says so."""
+        try:
+            pointer = read_pointer(open_store(self.settings.artifacts_uri, client))
+        except Exception as exc:  # a broken pointer must not stop the manifest check
+            log.warning("model pointer unreadable", extra=_log_fields(exc))
+            return
+        sha = pointer.model_sha256 if pointer is not None else None
+        self.pending_model = sha if sha and sha != live.manifest.model_sha256 else None
+
     def _check(self) -> None:
         live, old = self.engine, self._live
         started = time.perf_counter()
         new_id = None
         try:
             client = self._client()
+            self._note_pending_model(client, live)
             published = artifacts.read_manifest(self.settings.artifacts_uri, client, stamp=old.stamp)
             if published is None:
                 self.check_error = None

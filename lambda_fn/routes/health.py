@@ -52,6 +52,7 @@ async def health(state: StateDep):
         checked_at=state.checked_at,
         swapping=state.swapping,
         error=state.check_error,
+        pending_model=state.pending_model,
     )
     body.model = ModelInfo(
         sha256=m.model_sha256,

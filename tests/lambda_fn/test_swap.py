@@ -294,3 +294,25 @@ def test_a_corrupt_new_build_keeps_the_old_one_serving_until_it_is_fixed(s3, buc
         s3.put_object(Bucket=bucket, Key=folder + local.keys_file, Body=good_keys)  # fixed: the next check loads it
         health = _health_until(client, _swapped_to(local.build_id))
         assert health["updates"]["error"] is None
+
+
+def test_health_says_when_a_new_model_waits_for_its_backfill(tmp_path, artifacts_dir, make_client):
+    """Announcing a model (models/current.json) keeps the live build serving; /health names the waiting one."""
+    from lambda_fn.models import POINTER_FILE, ModelPointer
+
+    art = tmp_path / "art"
+    shutil.copytree(artifacts_dir, art)
+    with make_client(artifacts_uri=str(art), manifest_check_s=0.1) as client:
+        assert client.get("/health").json()["updates"]["pending_model"] is None
+        (art / POINTER_FILE).parent.mkdir(parents=True, exist_ok=True)
+        (art / POINTER_FILE).write_text(
+            ModelPointer(model_file="models/x/model.pt", model_sha256="c" * 64).model_dump_json()
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            body = client.get("/health").json()
+            if body["updates"]["pending_model"]:
+                break
+            time.sleep(0.1)
+        assert body["updates"]["pending_model"] == "c" * 64
+        assert body["status"] == "ready" and body["build"]["id"] == Manifest.read(art / "manifest.json").build_id
