@@ -6,7 +6,9 @@
 Reports, for labelled collections, precision@k and mAP@k of same-label neighbours (a query that is itself
 in the index is left out of its own results), overall and per source; Annoy recall@10 against exact
 brute-force search over the same vectors at several ``search_k`` values, with per-query latency; a contact
-sheet PNG; a JSON report. Without ``--queries`` every indexed image is used as a query.
+sheet PNG; a JSON report. Without ``--queries`` every indexed image is used as a query. It also lists the
+near-duplicate groups in the index: images whose cosine is above the service's dedupe threshold, which the
+search collapses into one result.
 
 Each source keeps its own taxonomy: a neighbour is relevant when it has the query's source and label, or
 when ``--label-map`` pairs the two labels. That file is CSV with the header
@@ -28,6 +30,7 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 
 from lambda_fn.artifacts import ArtifactError, fetch
+from lambda_fn.config import DEFAULT_DEDUPE_SIMILARITY
 from lambda_fn.engine import Engine
 from lambda_fn.manifest import EMBEDDINGS_FILE
 from training.build_index import Sources, embed_collection, named_source, scan_sources
@@ -176,6 +179,53 @@ def annoy_sweep(
     return rows
 
 
+def near_duplicates(
+    engine: Engine, threshold: float = DEFAULT_DEDUPE_SIMILARITY, neighbours: int = 10, listed: int = 20
+) -> dict:
+    """Groups of indexed images joined by a cosine above ``threshold`` (each image against its ``neighbours``
+    nearest in the index), largest first; prints them as the report's near-duplicate section."""
+    count = engine.manifest.count
+    parent = list(range(count))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    closest: dict[int, float] = {}
+    for i in range(count):
+        ids, distances = engine.index.get_nns_by_item(i, neighbours + 1, include_distances=True)
+        for j, d in zip(ids, distances, strict=True):
+            cos = 1.0 - d * d / 2.0
+            if j != i and cos > threshold:
+                parent[root(i)] = root(j)
+                for member in (i, j):
+                    closest[member] = max(closest.get(member, -1.0), cos)
+    members: dict[int, list[int]] = {}
+    for i in closest:
+        members.setdefault(root(i), []).append(i)
+    groups = sorted((sorted(g) for g in members.values()), key=lambda g: (-len(g), g[0]))
+    rows = [
+        {"keys": [engine.keys[i].key for i in g], "max_similarity": round(max(closest[i] for i in g), 4)}
+        for g in groups
+    ]
+    print(
+        f"near-duplicates (cosine > {threshold:g}, the search collapses them): {len(groups)} groups, "
+        f"{sum(len(g) for g in groups)} images"
+    )
+    for row in rows[:listed]:
+        print(
+            f"  {row['max_similarity']:.4f}  " + ", ".join(row["keys"][:6]) + (" ..." if len(row["keys"]) > 6 else "")
+        )
+    return {
+        "threshold": threshold,
+        "groups": len(groups),
+        "images": sum(len(g) for g in groups),
+        "largest": rows[:listed],
+    }
+
+
 def contact_sheet(
     rows: list[tuple[Path, str | None, str | None, list[tuple[Path, str | None, str | None, float]]]],
     out: Path,
@@ -298,6 +348,7 @@ def main(args: argparse.Namespace) -> int:
         "annoy": sweep,
         "exact_p_mean_ms": exact_ms,
     }
+    report["near_duplicates"] = near_duplicates(engine)
     out = args.out or args.artifacts / "evaluation.json"
     out.write_text(json.dumps(report, indent=2))
     print(f"{len(queries)} queries against {m.count} images (n_trees={m.n_trees})")
