@@ -97,6 +97,7 @@ class Engine:
         self.build_id = manifest.build_id
         # Ids are dense per build, keys are not: a look-up by key means the same image in every build.
         self.ids = {entry.key: i for i, entry in enumerate(keys)}
+        self.item_vectors = vectors
         self.labels = LabelIndex(keys, index, manifest.n_trees, vectors=vectors)
 
     @classmethod
@@ -149,8 +150,8 @@ class Engine:
         return found[:k]
 
     def vector(self, image_id: int) -> np.ndarray:
-        if self.labels.vectors is not None:  # read in place: no Python list of floats
-            return np.array(self.labels.vectors[image_id])
+        if self.item_vectors is not None:  # read in place: no Python list of floats
+            return np.array(self.item_vectors[image_id])
         return np.asarray(self.index.get_item_vector(image_id), dtype=np.float32)
 
     def warm_up(self) -> None:

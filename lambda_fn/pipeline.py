@@ -108,8 +108,8 @@ _RANK_TRIES = 4
 def rank(
     engine: Engine, vector: np.ndarray, options: SearchOptions, settings: Settings, exclude: int | None = None
 ) -> Ranked:
-    """The page of neighbours ``options`` asks for; see the module's docstring."""
-    check_labels(engine, options.labels)
+    """The page of neighbours ``options`` asks for (its labels known: ``check_labels``); see the module's
+    docstring."""
     end = options.offset + options.k
     n = end + 1 + (int(end * _DEDUPE_MARGIN) + 2 if options.dedupe else 0)  # one more tells of a next page
     for _ in range(_RANK_TRIES):

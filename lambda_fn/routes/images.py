@@ -44,7 +44,7 @@ async def similar(
 ) -> SearchResponse:
     """Find the images most similar to an indexed image, leaving the image itself out."""
     check_build(engine, build)
-    chosen = options.options(settings)
+    chosen = options.options(engine, settings)
     return await run_in_threadpool(search_similar, image_id, chosen, engine, settings, linker)
 
 
@@ -65,5 +65,5 @@ async def similar_by_key(
 ) -> SearchResponse:
     """Find the images most similar to an indexed image named by its key, leaving the image itself out."""
     image_id = image_id_of(key, engine)
-    chosen = options.options(settings)
+    chosen = options.options(engine, settings)
     return await run_in_threadpool(search_similar, image_id, chosen, engine, settings, linker)

@@ -9,8 +9,9 @@ from fastapi import Query
 from pydantic import StringConstraints
 
 from lambda_fn.config import Settings
+from lambda_fn.engine import Engine
 from lambda_fn.errors import ApiError
-from lambda_fn.pipeline import SearchOptions
+from lambda_fn.pipeline import SearchOptions, check_labels
 from lambda_fn.schemas import ErrorCode
 from lambda_fn.uploads import parse_k
 
@@ -32,8 +33,9 @@ class Refine:
     min_similarity: float | None
     dedupe: bool
 
-    def options(self, settings: Settings, body_k: str | None = None) -> SearchOptions:
-        """The search options with k checked (the query's, else the body's), and offset + k within max_k."""
+    def options(self, engine: Engine, settings: Settings, body_k: str | None = None) -> SearchOptions:
+        """The search options with k checked (the query's, else the body's), offset + k within max_k and every
+        label known to ``engine``: before any fetching or model work."""
         k_value = parse_k(self.k if self.k else body_k, settings)  # an empty ?k= does not hide the body's k
         if self.offset + k_value > settings.max_k:
             raise ApiError(
@@ -41,6 +43,7 @@ class Refine:
                 f"offset + k must be at most {settings.max_k} (offset {self.offset}, k {k_value}); "
                 "a search returns at most max_k results in all",
             )
+        check_labels(engine, self.labels)
         return SearchOptions(k_value, self.offset, self.labels, self.min_similarity, self.dedupe)
 
 

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from lambda_fn.deps import EngineDep, LinkerDep, SettingsDep, StateDep
 from lambda_fn.errors import ERROR_RESPONSES
 from lambda_fn.fetch import fetch_image
-from lambda_fn.pipeline import check_labels, search_image
+from lambda_fn.pipeline import search_image
 from lambda_fn.routes.params import Refine, refine
 from lambda_fn.schemas import JsonSearchRequest, SearchResponse
 from lambda_fn.uploads import ImageLink, read_query
@@ -65,8 +65,7 @@ async def search(
 ) -> SearchResponse:
     """Find the indexed images most similar to the uploaded one, or to the one a JSON `url` links to."""
     data, body_k = await read_query(request, settings)
-    chosen = options.options(settings, body_k)
-    check_labels(engine, chosen.labels)  # before any fetching or model work
+    chosen = options.options(engine, settings, body_k)
     if isinstance(data, ImageLink):
         data = await run_in_threadpool(fetch_image, data.url, settings)
     return await state.run(search_image, data, chosen, engine, settings, linker)
