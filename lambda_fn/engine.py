@@ -25,9 +25,36 @@ from lambda_fn.manifest import MODEL_META_FILE, KeyEntry, Manifest, ModelMeta, r
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 
 
+def int8_engine() -> str:
+    """The quantized engine an int8 model is loaded with, from the CPU capability torch runs with.
+
+    int8 beats fp32 on every x86 CPU measured, so the model stays int8 and only its kernels follow the CPU
+    (docs/benchmarks.md, "Instruction sets"). With AVX-512, torch's ``x86`` engine: oneDNN's VNNI kernels
+    where cpuinfo reports AVX-512 VNNI, FBGEMM's elsewhere. With AVX2 only (all Lambda promises on x86_64),
+    ``x86`` would pick FBGEMM, whose AVX2 kernels measured 5% slower than oneDNN's (bench/isa.py), so
+    ``onednn`` there. The capability honours ``ATEN_CPU_CAPABILITY``, so an AVX2 cap gets the AVX2 choice.
+    """
+    return "onednn" if torch.backends.cpu.get_cpu_capability() == "AVX2" else "x86"
+
+
+def runtime_info(meta: ModelMeta) -> dict[str, object]:
+    """Which model and kernels run here, for /health."""
+    vnni = getattr(torch.cpu, "_is_vnni_supported", lambda: False)()
+    return {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_vnni": bool(vnni),
+        "model": "int8" if meta.quantization else "fp32",
+        "quantized_engine": torch.backends.quantized.engine if meta.quantization else None,
+        "threads": torch.get_num_threads(),
+    }
+
+
 def load_model(path: Path) -> tuple[torch.jit.ScriptModule, ModelMeta]:
-    """Load an exported TorchScript model and the metadata it carries."""
+    """Load an exported TorchScript model and the metadata it carries (int8 weights are packed at load for
+    ``int8_engine()``)."""
     extra = {MODEL_META_FILE: ""}
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        torch.backends.quantized.engine = int8_engine()
     try:
         model = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except (RuntimeError, ValueError, OSError) as exc:

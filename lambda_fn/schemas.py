@@ -149,6 +149,18 @@ class ModelInfo(BaseModel):
     classes: int
 
 
+class RuntimeInfo(BaseModel):
+    """Which model and kernels this container runs: chosen from the CPU it landed on (lambda_fn.engine)."""
+
+    cpu_capability: str = Field(description="torch's CPU kernel level: AVX512, AVX2 (Lambda's x86 guarantee), ...")
+    cpu_vnni: bool = Field(description="The CPU has AVX-512 VNNI (int8 dot products); oneDNN's int8 kernels use it")
+    model: Literal["int8", "fp32"]
+    quantized_engine: str | None = Field(
+        None, description="int8 only: x86 (oneDNN with AVX-512 VNNI, else FBGEMM) or onednn (AVX2 only)"
+    )
+    threads: int
+
+
 class IndexInfo(BaseModel):
     sha256: str
     count: int
@@ -186,5 +198,6 @@ class HealthResponse(BaseModel):
     updates: UpdatesInfo | None = None
     model: ModelInfo | None = None
     index: IndexInfo | None = None
+    runtime: RuntimeInfo | None = None
     limits: dict[str, int] = Field(default_factory=dict, description="default_k, max_k, max_upload_bytes")
     versions: dict[str, str] = Field(default_factory=dict)

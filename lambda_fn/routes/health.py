@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from lambda_fn import __version__
 from lambda_fn.deps import StateDep
+from lambda_fn.engine import runtime_info
 from lambda_fn.errors import NotReady
 from lambda_fn.schemas import (
     MAX_LISTED_LABELS,
@@ -20,6 +21,7 @@ from lambda_fn.schemas import (
     HealthResponse,
     IndexInfo,
     ModelInfo,
+    RuntimeInfo,
     UpdatesInfo,
 )
 
@@ -62,6 +64,7 @@ async def health(state: StateDep):
         crop_size=meta.crop_size,
         classes=len(meta.class_names),
     )
+    body.runtime = RuntimeInfo(**runtime_info(meta))
     body.index = IndexInfo(
         sha256=m.index_sha256,
         count=m.count,

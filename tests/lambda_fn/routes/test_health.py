@@ -24,6 +24,15 @@ def test_health_reports_identity(client):
     assert body["limits"]["max_upload_bytes"] == 4_500_000 and body["versions"] == {"service": __version__}
 
 
+def test_health_says_which_model_and_kernels_run(client):
+    import torch
+
+    runtime = client.get("/health").json()["runtime"]
+    assert runtime["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert runtime["model"] in ("int8", "fp32") and runtime["threads"] >= 1
+    assert (runtime["quantized_engine"] is None) == (runtime["model"] == "fp32")
+
+
 def test_not_ready_is_503_and_recovers_without_restart(make_client, tmp_path, artifacts_dir):
     broken = tmp_path / "artifacts"
     broken.mkdir()
