@@ -69,9 +69,11 @@ def load_checkpoint(path: Path) -> tuple[EmbeddingNet, dict]:
 def export(net: EmbeddingNet, meta: ModelMeta, out: Path, *, calibration: list[torch.Tensor] | None = None):
     """Trace ``net`` (int8 when ``calibration`` batches are given); save it with its metadata to ``out``."""
     example = torch.zeros(2, meta.crop_size, meta.crop_size, 3, dtype=torch.uint8)
+    # Frozen: weights become constants of the graph, batch norm folds into the convolutions. fp32 forward
+    # 4% faster for it (bench/isa.py: 84.0 vs 87.1 ms of one core with AVX-512, 87.3 vs 91.4 with AVX2).
     if calibration is None:
-        traced = to_torchscript(ExportedModel(net.eval()), example)
-    else:  # int8 is also frozen: the quantised weights are folded into the graph
+        traced = to_torchscript(ExportedModel(net.eval()).eval(), example, freeze=True)
+    else:
         traced = to_torchscript(quantize_int8(net, calibration), example, freeze=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

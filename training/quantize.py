@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from torch.ao.quantization import get_default_qconfig_mapping
+from torch.ao.quantization import QConfigMapping, get_default_qconfig_mapping
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from training.model import EmbeddingNet, ExportedModel, resnet_features
@@ -44,15 +44,19 @@ class Int8Model(ExportedModel):
 
 
 @torch.inference_mode()
-def quantize_int8(net: EmbeddingNet, calibration: Iterable[torch.Tensor]) -> Int8Model:
-    """Calibrate observers on uint8 (B, H, W, 3) batches, then convert the body to int8."""
+def quantize_int8(
+    net: EmbeddingNet, calibration: Iterable[torch.Tensor], *, qconfig_mapping: QConfigMapping | None = None
+) -> Int8Model:
+    """Calibrate observers on uint8 (B, H, W, 3) batches, then convert the body to int8 (``qconfig_mapping``:
+    the backend's default, per-channel symmetric weights; bench/isa.py compares others)."""
     torch.backends.quantized.engine = BACKEND
     net = copy.deepcopy(net).eval()
     batches = [b for b in calibration if len(b)]
     if not batches:
         raise ValueError("int8 quantisation needs calibration images; none could be read")
     body = _Body(copy.deepcopy(net.backbone)).eval()
-    prepared = prepare_fx(body, get_default_qconfig_mapping(BACKEND), (net.normalise(batches[0][:1]),))
+    mapping = qconfig_mapping or get_default_qconfig_mapping(BACKEND)
+    prepared = prepare_fx(body, mapping, (net.normalise(batches[0][:1]),))
     for batch in batches:
         prepared(net.normalise(batch))
     return Int8Model(net, convert_fx(prepared)).eval()
