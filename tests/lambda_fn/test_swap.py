@@ -255,7 +255,7 @@ class Calls:
         self.seen.append((model.name, http_response.status_code))
 
 
-def test_an_unchanged_manifest_costs_one_conditional_request(s3_endpoint, bucket, published, tmp_path):
+def test_an_unchanged_manifest_costs_one_conditional_request_and_a_pointer_read(s3_endpoint, bucket, published, tmp_path):
     counted = boto3.client("s3", endpoint_url=s3_endpoint, config=S3_CONFIG)
     calls = Calls(counted)
     with _service(f"s3://{bucket}/{PREFIX}/", tmp_path, check_s=1.0, s3_client=counted) as client:
@@ -264,7 +264,8 @@ def test_an_unchanged_manifest_costs_one_conditional_request(s3_endpoint, bucket
         before, cached = health["updates"]["checked_at"], _cached(tmp_path / "cache")
         calls.seen.clear()
         health = _health_until(client, lambda body: body["updates"]["checked_at"] != before)
-        assert calls.seen == [("GetObject", 304)]
+        # the model pointer (none announced: 404), then the manifest (unchanged: 304, nothing downloaded)
+        assert calls.seen == [("GetObject", 404), ("GetObject", 304)]
         assert health["build"]["id"] == published.build_id and health["updates"]["error"] is None
         assert _cached(tmp_path / "cache") == cached
 
