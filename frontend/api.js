@@ -27,9 +27,12 @@ export class ApiError extends Error {
     this.body = body;
   }
 
-  /** True for answers worth retrying after a pause: the service is warming up or overloaded. */
+  /**
+   * True for answers worth retrying after a pause: the service is warming up (503; or API Gateway's 504
+   * while a cold container is still loading a large index, and 502 when it was recycled) or overloaded (429).
+   */
   get retryable() {
-    return this.status === 503 || this.status === 429;
+    return [429, 502, 503, 504].includes(this.status);
   }
 
   /** True when no answer arrived at all (offline, DNS, CORS refusal, timeout). */

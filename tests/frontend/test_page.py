@@ -531,3 +531,25 @@ def test_link_to_similar_search_and_unknown_image(page: Page, site):
     page.goto(site + "/?similar=99999")
     expect(page.locator("#error")).to_contain_text("No image with id 99999")
     expect(page.locator("#results-section")).to_be_hidden()
+
+
+def test_a_gateway_timeout_while_the_service_warms_up_is_retried(page: Page, site, sample_dir):
+    """API Gateway gives up at 29 s while a cold container is still loading a large index; the container
+    finishes and stays warm, so the page says it is warming up and asks again."""
+    page.route("**/config.json", lambda route: route.fulfill(json=FAST_RETRY_CONFIG))
+    answered: list[object] = []
+
+    def search(route):
+        if not answered:
+            answered.append(504)
+            route.fulfill(status=504, json={"message": "Endpoint request timed out"})
+        else:
+            answered.append("service")
+            route.fallback()
+
+    page.route(lambda url: "/search" in url, search)
+    open_page(page, site)
+    page.set_input_files("#file", sample_dir / "pizza" / "pizza_0001.jpg")
+    wait_for_results(page)
+    assert answered == [504, "service"]
+    expect(page.locator("#error")).to_be_hidden()
