@@ -255,7 +255,9 @@ class Calls:
         self.seen.append((model.name, http_response.status_code))
 
 
-def test_an_unchanged_manifest_costs_one_conditional_request_and_a_pointer_read(s3_endpoint, bucket, published, tmp_path):
+def test_an_unchanged_manifest_costs_a_pointer_read_and_one_conditional_request(
+    s3_endpoint, bucket, published, tmp_path
+):
     counted = boto3.client("s3", endpoint_url=s3_endpoint, config=S3_CONFIG)
     calls = Calls(counted)
     with _service(f"s3://{bucket}/{PREFIX}/", tmp_path, check_s=1.0, s3_client=counted) as client:
