@@ -45,10 +45,60 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
+# The CPU features int8 and fp32 speed depend on: AVX-512 (f), VNNI (512-bit or VEX AVX-VNNI) and AMX.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512vnni", "avx_vnni", "avx512_bf16", "amx_tile")
+# Environment variables that cap the kernels' instruction set (set in a child process, before torch loads).
+ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "FBGEMM_ENABLE_INSTRUCTIONS")
+
+
+def cpu_facts(cpuinfo: str) -> dict:
+    """Model name, family/model, nominal clock and the ``ISA_FLAGS`` present, from /proc/cpuinfo's text."""
+    first = cpuinfo.split("\n\n", 1)[0]
+    fields = {}
+    for line in first.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    return {
+        "model_name": fields.get("model name"),
+        "family_model": f"{fields.get('cpu family')}/{fields.get('model')}",
+        "nominal_mhz": float(fields["cpu MHz"]) if "cpu MHz" in fields else None,
+        "logical_cpus": cpuinfo.count("processor\t:") or None,
+        "flags": [f for f in ISA_FLAGS if f in flags],
+    }
+
+
+def machine_info() -> dict:
+    """What a result was measured on: the CPU, its ISA flags, the kernels' caps in force, torch's CPU capability
+    (after ``ATEN_CPU_CAPABILITY``), the quantized engine and the load average. Recorded by ``write_result``."""
+    import platform
+
+    try:
+        facts = cpu_facts(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        facts = {"model_name": platform.processor() or platform.machine(), "flags": []}
+    info = {**facts, "machine": platform.machine(), "isa_env": {k: os.environ[k] for k in ISA_ENV if k in os.environ}}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        info["quantized_engine"] = torch.backends.quantized.engine
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    with contextlib.suppress(OSError):
+        info["loadavg"] = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    return info
+
+
 def write_result(report: dict, out: Path | str) -> Path:
-    """Write a benchmark's report as indented JSON to ``out`` (parents created) and say so."""
+    """Write a benchmark's report as indented JSON to ``out`` (parents created) and say so. The report gets a
+    ``machine`` entry (``machine_info()``) unless it has one."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    report = report if "machine" in report else {**report, "machine": machine_info()}
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"wrote {out}")
     return out
