@@ -14,6 +14,8 @@ from lambda_fn.config import env_name
 
 DEFAULT_TIMEOUT = cdk.Duration.seconds(120)
 DEFAULT_RESERVED_CONCURRENCY = 20
+DEFAULT_EPHEMERAL_STORAGE_MB = 2048
+SNAP_START_MAX_EPHEMERAL_STORAGE_MB = 512  # SnapStart's limit on /tmp
 
 
 class SearchFunction(Construct):
@@ -43,6 +45,13 @@ class SearchFunction(Construct):
       manifest naming any other model is refused with a 503 (see the README's trust model).
     - ``provisioned_concurrency``: optional warm containers on a ``live`` alias; then the model and index
       load during init (``load_on_import``) because provisioned environments initialise before traffic.
+    - ``snap_start``: off by default. On, Lambda initialises each published version once (model and index
+      loaded during init, ``load_on_import``) and resumes new containers from its memory snapshot, on a
+      ``live`` alias; ``lambda_fn.snapstart`` holds the hooks. AWS documents SnapStart for container images
+      on its Python 3.12+ base images (this image's); SnapStart allows at most 512 MB of ``/tmp`` (so the
+      default becomes 512: the int8 model and two builds' indexes of about 8 x 10^4 images each, 2.7 kB a
+      vector, while a swap holds both) and excludes provisioned concurrency. What it skips is measured in
+      docs/benchmarks.md ("Cold start").
     - ``manifest_check_s``: how often a warm container looks for a new manifest, i.e. a build reindex
       published, and swaps to it; no configuration change or new container is needed.
     - ``tracing``: off by default; on, X-Ray active tracing and ``DEEPFOOD_TRACING`` (``cdk.monitoring``).
@@ -59,11 +68,12 @@ class SearchFunction(Construct):
         cors_origins: list[str],
         memory_mb: int = 3008,
         timeout: cdk.Duration | None = None,
-        ephemeral_storage_mb: int = 2048,
+        ephemeral_storage_mb: int | None = None,
         architecture: lambda_.Architecture = lambda_.Architecture.X86_64,
         reserved_concurrency: int | None = DEFAULT_RESERVED_CONCURRENCY,
         trusted_model_sha256: str | None = None,
         provisioned_concurrency: int | None = None,
+        snap_start: bool = False,
         presign_expires_s: int = SETTINGS_DEFAULTS["presign_expires_s"],
         manifest_check_s: float = SETTINGS_DEFAULTS["manifest_check_s"],
         log_level: str = SETTINGS_DEFAULTS["log_level"],
@@ -71,6 +81,12 @@ class SearchFunction(Construct):
         tracing: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
+        if snap_start and provisioned_concurrency:
+            raise ValueError("snap_start and provisioned_concurrency exclude each other: choose one")
+        if ephemeral_storage_mb is None:
+            ephemeral_storage_mb = SNAP_START_MAX_EPHEMERAL_STORAGE_MB if snap_start else DEFAULT_EPHEMERAL_STORAGE_MB
+        if snap_start and ephemeral_storage_mb > SNAP_START_MAX_EPHEMERAL_STORAGE_MB:
+            raise ValueError(f"SnapStart allows at most {SNAP_START_MAX_EPHEMERAL_STORAGE_MB} MB of /tmp")
         self.manifest_check_s = manifest_check_s
         role, self.log_group = execution_role(
             self,
@@ -99,14 +115,18 @@ class SearchFunction(Construct):
                 env_name("presign_expires_s"): str(presign_expires_s),
                 env_name("manifest_check_s"): str(manifest_check_s),
                 env_name("log_level"): log_level,
-                env_name("load_on_import"): "true" if provisioned_concurrency else "false",
+                env_name("load_on_import"): "true" if provisioned_concurrency or snap_start else "false",
                 **({env_name("trusted_model_sha256"): trusted_model_sha256} if trusted_model_sha256 else {}),
                 **({env_name("tracing"): "true"} if tracing else {}),
             },
         )
         # What API Gateway invokes: the function itself, or the alias that holds the warm containers.
         self.target: lambda_.IFunction = self.function
-        if provisioned_concurrency:
+        if snap_start:  # DockerImageFunction has no snap_start property (CDK checks runtimes, images have none)
+            cfn: lambda_.CfnFunction = self.function.node.default_child
+            cfn.snap_start = lambda_.CfnFunction.SnapStartProperty(apply_on="PublishedVersions")
+            self.target = lambda_.Alias(self, "Live", alias_name="live", version=self.function.current_version)
+        elif provisioned_concurrency:
             self.target = lambda_.Alias(
                 self,
                 "Live",

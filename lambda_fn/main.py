@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mangum import Mangum
 
-from lambda_fn import metrics
+from lambda_fn import metrics, snapstart
 from lambda_fn.app import create_app
 from lambda_fn.config import get_settings
 from lambda_fn.logs import logger
@@ -37,6 +37,7 @@ class StagePrefix:
 
 settings = get_settings()
 app = create_app(settings)
+snapstart.register(app.state.service)  # a no-op unless Lambda's runtime offers SnapStart hooks
 asgi_handler = Mangum(StagePrefix(app), lifespan="off")
 
 
