@@ -1,12 +1,22 @@
 """Cold start: a fresh process answering its first search with artifacts on a loopback S3 server, vs the
-floor (a fresh process that only imports torch and loads the model from local disk). Interleaved runs.
+floor (a fresh process that only imports torch and loads the model from local disk), for the fp32 and the
+int8 model. Interleaved runs. By default the run repeats in a child with the kernels capped at AVX2
+(``bench.isa``): the ``avx2`` entry.
 
-    python -m bench.cold_start [--runs 5]
+The first search is broken down in the container's own terms: interpreter start, imports
+(``import lambda_fn.main``), S3 client, manifest read, artifact fetch (download + sha256), model load, index
+load, warm-up forwards and the request itself, by timing the service's own functions in the child. The floor
+child reports ``import torch`` and ``torch.jit.load`` apart. ``--python`` runs the children with another interpreter,
+e.g. a venv with torch's CPU-only wheel (what the Lambda image installs), to separate what the CUDA wheel
+of the development venv adds to the imports.
+
+    python -m bench.cold_start [--runs 5] [--models fp32,int8] [--isa both|full|avx2] [--python PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -16,21 +26,106 @@ import time
 from pathlib import Path
 
 from bench._setup import RESULTS, THREADS, artifacts, collection, photo_jpeg
-from bench.harness import REPO_ROOT, free_port, handler_child_cmd, handler_child_result, service_env, write_result
+from bench.harness import REPO_ROOT, free_port, service_env, write_result
+from bench.isa import run_capped
 
 FLOOR = """
-import sys, torch
+import json, sys, time
+t0 = time.perf_counter()
+import torch
+t1 = time.perf_counter()
 m = torch.jit.load(sys.argv[1])
+t2 = time.perf_counter()
+print(json.dumps({"import_torch_s": t1 - t0, "load_s": t2 - t1}), flush=True)
+"""
+
+# A fresh process that imports the handler the way the Lambda runtime does, with the service's own steps
+# timed (module functions wrapped before the first request), then searches with the image at argv[1]
+# argv[2] times. Prints "FIRST <json>" once the first answer is in, then its memory (VmHWM, VmRSS) in MiB.
+COLD_CHILD = """
+import json, sys, time
+t0 = time.perf_counter()
+import lambda_fn.main as service
+t_imported = time.perf_counter()
+from lambda_fn import artifacts, engine
+from bench.harness import LambdaContext, proc_status_kib, search_event
+spent = {}
+def timed(owner, name, label):
+    fn = getattr(owner, name)
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[label] = spent.get(label, 0.0) + time.perf_counter() - start
+    setattr(owner, name, wrapper)
+timed(artifacts, "s3_client", "s3_client_s")
+timed(artifacts, "read_manifest", "manifest_s")
+timed(artifacts, "fetch_build", "fetch_s")
+timed(engine, "load_model", "load_model_s")
+timed(engine, "load_index", "load_index_s")
+timed(engine.Engine, "warm_up", "warm_up_s")
+data = open(sys.argv[1], "rb").read()
+event = search_event(data)
+for i in range(int(sys.argv[2])):
+    t_request = time.perf_counter()
+    r = service.handler(event, LambdaContext())
+    assert r["statusCode"] == 200, r["body"][:500]
+    if i == 0:
+        now = time.perf_counter()
+        spent.update(imports_s=t_imported - t0, first_request_s=now - t_request, child_s=now - t0)
+        print("FIRST " + json.dumps(spent), flush=True)
+status = proc_status_kib()
+print(json.dumps({k: status[k] / 1024 for k in ("VmHWM", "VmRSS")}))
 """
 INVOCATIONS = 1 + 20  # the timed first search, then warm ones so the memory reported is a warm service's
 
 
-def timed(cmd: list[str], env: dict) -> tuple[float, str]:
+def run_ours(python: str, query: Path, env: dict) -> tuple[float, dict, float]:
+    """(seconds to the first answer, the child's breakdown, warm peak RSS MiB)."""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-3000:])
-    return time.perf_counter() - t0, proc.stdout
+    proc = subprocess.Popen(
+        [python, "-c", COLD_CHILD, str(query), str(INVOCATIONS)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = ""
+    for line in proc.stdout:  # the service may print before it (its metrics are JSON lines on stdout)
+        if line.startswith("FIRST "):
+            break
+    total = time.perf_counter() - t0
+    out, err = proc.communicate(timeout=600)
+    if proc.returncode != 0 or not line.startswith("FIRST "):
+        raise RuntimeError(f"{out[-2000:]}\n{err[-3000:]}")
+    breakdown = json.loads(line.removeprefix("FIRST "))
+    breakdown["interpreter_start_s"] = total - breakdown.pop("child_s")
+    return total, breakdown, json.loads(out.strip().splitlines()[-1])["VmHWM"]
+
+
+def run_floor(python: str, model: Path, env: dict) -> tuple[float, dict]:
+    """(seconds until the model is loaded, not until the process has exited, like ``run_ours``; its breakdown)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [python, "-c", FLOOR, str(model)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stdout.readline()
+    seconds = time.perf_counter() - t0
+    _, err = proc.communicate(timeout=600)
+    if proc.returncode != 0 or not line.startswith("{"):
+        raise RuntimeError(err[-3000:])
+    return seconds, json.loads(line)
+
+
+def medians(rows: list[dict]) -> dict:
+    return {key: statistics.median(r[key] for r in rows) for key in rows[0]}
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -38,82 +133,99 @@ def main(args: argparse.Namespace) -> dict:
 
     from training.upload import upload
 
-    art = artifacts(int8=args.int8)
+    models = args.models.split(",")
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    endpoint = f"http://127.0.0.1:{port}"
     creds = {
         "AWS_ACCESS_KEY_ID": "bench",
         "AWS_SECRET_ACCESS_KEY": "bench",
         "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
     }
     os.environ.update(creds)
     import boto3
 
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="bench")
-    upload(art, collection(), "bench", "cold", client=s3)
+    for name in models:
+        upload(artifacts(int8=name == "int8"), collection(), "bench", name, client=s3)
     query = Path(tempfile.mkdtemp()) / "q.jpg"
     query.write_bytes(photo_jpeg(640, 480))
     # The first search of each run counts: time to answer includes interpreter start, imports, download,
     # verification, load and warm-up; 20 warm searches follow only to measure the warm RSS.
-    ours_s, floor_s, rss = [], [], []
+    results = {name: {"ours_s": [], "floor_s": [], "ours": [], "floor": [], "warm_rss_mb": []} for name in models}
     for i in range(args.runs):
-        settings = service_env(
-            artifacts_uri="s3://bench/cold/",
-            log_level="WARNING",
-            cache_dir=tempfile.mkdtemp(prefix="coldcache"),
-            num_threads=THREADS,
-        )
-        env = {**os.environ, **creds, **settings, "PYTHONPATH": str(REPO_ROOT)}
-        first = ["ours", "floor"] if i % 2 == 0 else ["floor", "ours"]
-        for which in first:
-            if which == "ours":
-                t0 = time.perf_counter()
-                proc = subprocess.Popen(
-                    handler_child_cmd(query, INVOCATIONS),
-                    cwd=REPO_ROOT,
-                    env=env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-                line = proc.stdout.readline()
-                ours_s.append(time.perf_counter() - t0)
-                out, err = proc.communicate(timeout=600)
-                if proc.returncode != 0 or not line.startswith("FIRST"):
-                    raise RuntimeError(err[-3000:])
-                rss.append(handler_child_result(out)["VmHWM"])
-            else:
-                seconds, _ = timed([sys.executable, "-c", FLOOR, str(art / "model.pt")], env)
-                floor_s.append(seconds)
+        for name in models if i % 2 == 0 else models[::-1]:
+            settings = service_env(
+                artifacts_uri=f"s3://bench/{name}/",
+                log_level="WARNING",
+                cache_dir=tempfile.mkdtemp(prefix="coldcache"),
+                num_threads=THREADS,
+            )
+            env = {**os.environ, **creds, **settings, "PYTHONPATH": str(REPO_ROOT)}
+            r = results[name]
+            for which in ["ours", "floor"] if i % 2 == 0 else ["floor", "ours"]:
+                if which == "ours":
+                    seconds, breakdown, rss = run_ours(args.python, query, env)
+                    r["ours_s"].append(seconds)
+                    r["ours"].append(breakdown)
+                    r["warm_rss_mb"].append(rss)
+                else:
+                    seconds, breakdown = run_floor(args.python, artifacts(int8=name == "int8") / "model.pt", env)
+                    r["floor_s"].append(seconds)
+                    r["floor"].append(breakdown)
     server.stop()
     report = {
+        "isa": args.isa if args.isa != "both" else "full",
+        "python": args.python,
         "runs": args.runs,
-        "ours_s": ours_s,
-        "floor_s": floor_s,
-        "warm_rss_mb": rss,
-        "ours_median_s": statistics.median(ours_s),
-        "floor_median_s": statistics.median(floor_s),
+        "threads": THREADS,
+        "models": {},
     }
-    report["ratio"] = report["ours_median_s"] / report["floor_median_s"]
-    print(f"cold start, {args.runs} interleaved runs, artifacts from a loopback S3 server (moto)")
-    print(f"  fresh process -> first search answered: median {report['ours_median_s']:.2f} s  {ours_s}")
-    print(f"  floor (import torch + load model.pt):    median {report['floor_median_s']:.2f} s  {floor_s}")
+    for name, r in results.items():
+        m = {
+            "ours_s": r["ours_s"],
+            "floor_s": r["floor_s"],
+            "warm_rss_mb": r["warm_rss_mb"],
+            "ours_median_s": statistics.median(r["ours_s"]),
+            "floor_median_s": statistics.median(r["floor_s"]),
+            "ours_breakdown_median_s": medians(r["ours"]),
+            "floor_breakdown_median_s": medians(r["floor"]),
+        }
+        m["ratio"] = m["ours_median_s"] / m["floor_median_s"]
+        report["models"][name] = m
     print(
-        f"  ratio {report['ratio']:.2f}; warm service peak RSS {statistics.median(rss):.0f} MB "
-        f"({art.name}: {len(list((collection()).glob('*/*')))} images)"
+        f"cold start [{report['isa']} ISA], {args.runs} interleaved runs, artifacts from a loopback S3 server "
+        f"(moto), children run by {args.python}"
     )
+    for name, m in report["models"].items():
+        parts = ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in m["ours_breakdown_median_s"].items())
+        floor = ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in m["floor_breakdown_median_s"].items())
+        print(
+            f"  {name}: first search {m['ours_median_s']:.2f} s vs floor {m['floor_median_s']:.2f} s -> ratio "
+            f"{m['ratio']:.2f}; warm peak RSS {statistics.median(m['warm_rss_mb']):.0f} MB\n"
+            f"    ours (s): {parts}\n    floor (s): {floor}"
+        )
+    if args.isa == "both":
+        with tempfile.TemporaryDirectory() as tmp:
+            argv = ["--runs", str(args.runs), "--models", args.models, "--python", args.python]
+            report["avx2"] = run_capped("cold_start", argv, Path(tmp) / "cold_start.json")
     write_result(report, args.out)
     return report
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", type=int, default=5, help="cold starts of each kind (default: 5)")
-    p.add_argument("--int8", action="store_true", help="use the int8 model (floor loads the same file)")
+    p.add_argument("--runs", type=int, default=5, help="cold starts of each kind and model (default: 5)")
+    p.add_argument("--models", default="fp32,int8", help="comma-separated: fp32, int8 (default: both)")
+    p.add_argument(
+        "--isa",
+        choices=("both", "full", "avx2"),
+        default="both",
+        help="both: this run, then the same under an AVX2 cap in a child (default); full/avx2: this process only",
+    )
+    p.add_argument("--python", default=sys.executable, help="interpreter for the children (default: this one)")
     p.add_argument("--out", type=Path, default=RESULTS / "cold_start.json", help="JSON results")
     return p
 

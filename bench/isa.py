@@ -264,7 +264,9 @@ VARIANTS = (
     ("int8 engine onednn", "int8"),
     ("int8 per-tensor weights", "int8"),
     ("int8 7-bit activations (x86 default, before)", "int8"),
+    ("ONNX Runtime fp32 (reference, full ISA only)", "fp32"),
 )
+ORT = "ONNX Runtime fp32 (reference, full ISA only)"
 
 
 def _traced_file() -> Path:
@@ -344,6 +346,49 @@ def _seven_bit_file() -> Path:
     return out
 
 
+def _onnx_file() -> Path | None:
+    """The bench model exported to ONNX (legacy exporter, eval mode, dynamic batch); None without onnxruntime."""
+    import importlib.util
+
+    import torch
+
+    from training.model import ExportedModel
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    out = WORK / "isa-fp32.onnx"
+    if not out.is_file():
+        torch.onnx.export(
+            ExportedModel(bench_net()).eval(),
+            (torch.zeros(2, 224, 224, 3, dtype=torch.uint8),),
+            str(out),
+            dynamo=False,
+            opset_version=17,
+            input_names=["images"],
+            dynamic_axes={"images": {0: "batch"}},
+        )
+    return out
+
+
+class _OrtModel:
+    """An ONNX Runtime session per thread count, called like a TorchScript model."""
+
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+
+        self.sessions = {}
+        for threads in (1, 2):
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+            self.sessions[threads] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x):
+        import torch
+
+        out = self.sessions[min(torch.get_num_threads(), 2)].run(None, {"images": x.numpy()})[0]
+        return torch.from_numpy(out)
+
+
 def _load_variant(name: str):
     import torch
 
@@ -360,6 +405,11 @@ def _load_variant(name: str):
         return torch.jit.load(str(WORK / "isa-fp32-channels-last-frozen.pt")).eval()
     if name == "int8 (shipped: int8_engine())":
         return load_model(int8)[0]
+    if name == ORT:
+        # MLAS picks its kernels from cpuid; none of the caps applies, so no AVX2 row.
+        if os.environ.get("ATEN_CPU_CAPABILITY") or _onnx_file() is None:
+            raise RuntimeError("onnxruntime not installed, or an AVX2 cap it would not honour")
+        return _OrtModel(_onnx_file())
     if name == "int8 7-bit activations (x86 default, before)":
         return torch.jit.load(str(WORK / "isa-int8-7bit.pt")).eval()
     if name == "int8 per-tensor weights":
@@ -439,6 +489,7 @@ def main(args: argparse.Namespace) -> dict:
     _channels_last_file()
     _per_tensor_file()
     _seven_bit_file()
+    _onnx_file()
     peak = measured_peak()
     macs = resnet34_macs(224)
     print(f"{info['model_name']} (family/model {info['family_model']}), flags {' '.join(info['flags'])}")
@@ -510,7 +561,7 @@ def main(args: argparse.Namespace) -> dict:
                 }
             )
         rows.append(row)
-    cosines = cosine_to_fp32([n for n, dtype in VARIANTS if dtype == "int8"])
+    cosines = cosine_to_fp32([n for n, dtype in VARIANTS if dtype == "int8" or (n == ORT and _onnx_file())])
     report = {
         "cosine_to_fp32": cosines,
         "machine": info,

@@ -2,25 +2,39 @@
 
 Runs in one process, interleaved (ours, original, bare forward, rotating), with torch threads pinned for
 all three, so machine noise hits them alike. Queries: a 224-px upload and 3- and 12-megapixel JPEG photos.
+The API Gateway events are built before timing (API Gateway, not the function, base64-encodes the body).
+By default the whole run repeats in a child process with the kernels capped at AVX2 (``bench.isa``), the
+instruction set AWS Lambda promises on x86_64; its report is the ``avx2`` entry.
+
+Where a request's time goes beyond the forward is measured stage by stage (base64 decode as Mangum does it,
+Starlette's multipart parsing, JPEG decode and resize, forward, Annoy), interleaved, in ``stages``.
+Retrieval quality of int8 against fp32 is measured on real labelled photos that a package ships (scikit-
+image's ``lfw_subset``: 100 face and 100 non-face crops), when scikit-image is installed (the file only:
+``pip install --no-deps scikit-image``).
 
 The original pipeline, re-implemented faithfully: eager torchvision ResNet34 with a forward hook on avgpool
 (the classifier head still runs), PIL decode at full size, torchvision Resize(256) + CenterCrop(224) +
 ToTensor + Normalize, Annoy with 5 trees and default search_k.
 
-    python -m bench.latency [--iterations 30]
+    python -m bench.latency [--iterations 30] [--isa both|full|avx2]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from bench._setup import RESULTS, THREADS, artifacts, photo_jpeg, pin_threads
+import numpy as np
+
+from bench._setup import RESULTS, THREADS, artifacts, bench_net, photo_jpeg, pin_threads
 from bench.harness import LambdaContext, percentile, proc_status_kib, search_event, service_env, write_result
+from bench.isa import run_capped
 from lambda_fn.imaging import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
 
 SIZES = {
@@ -33,19 +47,13 @@ SIZES = {
 class OriginalPipeline:
     """The original DeepFood query path, on the same weights."""
 
-    def __init__(self, art: Path, embeddings):
+    def __init__(self, state: dict, embeddings):
         import torch
         from annoy import AnnoyIndex
         from torchvision import models, transforms
 
         from training.model import IMAGENET_MEAN, IMAGENET_STD
 
-        scripted = torch.jit.load(str(art / "model.pt"))
-        state = {
-            k.removeprefix("net.backbone."): v
-            for k, v in scripted.state_dict().items()
-            if k.startswith("net.backbone.")
-        }
         self.model = models.resnet34(weights=None)
         self.model.fc = torch.nn.Linear(512, state["fc.weight"].shape[0])
         self.model.load_state_dict(state)
@@ -78,8 +86,130 @@ class OriginalPipeline:
         return self.index.get_nns_by_vector(vec.tolist(), k)
 
 
+def lfw_subset() -> tuple[np.ndarray, np.ndarray] | None:
+    """scikit-image's ``data/lfw_subset.npy`` (200 grey 25x25 crops: 100 faces, then 100 non-faces) and their
+    labels, read as a file (scikit-image is not imported, so its other dependencies are not needed)."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "lfw_subset.npy"
+    if not path.is_file():
+        return None
+    images = np.load(path)
+    return images, np.array([1] * 100 + [0] * (len(images) - 100))
+
+
+def real_precision(models: dict, k: int = 10) -> dict:
+    """precision@k of each model's embeddings on ``lfw_subset`` (every image a query against the rest), prepared
+    exactly as for serving (grey -> RGB, resize 256, centre crop 224)."""
+    import torch
+    from PIL import Image
+
+    from lambda_fn.imaging import prepare
+    from training.evaluate import exact_top_k, precision_at_k
+
+    data = lfw_subset()
+    if data is None:
+        return {"skipped": "scikit-image is not installed (pip install --no-deps scikit-image gives the file)"}
+    images, labels = data
+    pixels = np.stack(
+        [
+            prepare(
+                Image.fromarray((img * 255).round().astype(np.uint8)).convert("RGB"),
+                DEFAULT_RESIZE_SIZE,
+                DEFAULT_CROP_SIZE,
+            )
+            for img in images
+        ]
+    )
+    out = {"dataset": "scikit-image data/lfw_subset.npy: 100 faces + 100 non-faces, 25x25 grey", "images": len(images)}
+    vectors = {}
+    with torch.inference_mode():
+        for name, model in models.items():
+            vectors[name] = torch.cat([model(torch.from_numpy(b)) for b in np.array_split(pixels, 8)]).numpy()
+            top = exact_top_k(vectors[name], vectors[name], k, list(range(len(images))))
+            out[f"{name} precision@{k}"] = precision_at_k(labels[top] == labels[:, None], k)
+    if "fp32" in vectors and "int8" in vectors:
+        cos = (vectors["fp32"] * vectors["int8"]).sum(axis=1)
+        out["int8 vs fp32 cosine mean/min"] = [float(cos.mean()), float(cos.min())]
+    return out
+
+
+async def _parse_form(body: bytes, content_type: str, spool_max_size: int | None = None) -> bytes:
+    """Starlette's multipart parsing of ``body``, as ``lambda_fn.uploads`` asks for it; ``spool_max_size``
+    overrides how large a part may grow in memory before Starlette moves it to a temporary file (1 MiB)."""
+    from starlette.formparsers import MultiPartParser
+    from starlette.requests import Request
+
+    if spool_max_size is not None:
+        default, MultiPartParser.spool_max_size = MultiPartParser.spool_max_size, spool_max_size
+
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": "/search", "headers": [(b"content-type", content_type.encode())]}
+    try:
+        form = await Request(scope, receive).form(max_files=2, max_fields=20, max_part_size=4 * len(body))
+    finally:
+        if spool_max_size is not None:
+            MultiPartParser.spool_max_size = default
+    data = await form["image"].read()
+    await form.close()
+    return data
+
+
+def stage_times(event: dict, model, meta, rounds: int) -> dict:
+    """Median ms of each stage of a request, interleaved: base64 decode of the body (Mangum), multipart
+    parsing (Starlette; also with the part kept in memory instead of spooled to a temporary file past 1 MiB),
+    JPEG decode + resize + crop (``lambda_fn.imaging``), the forward."""
+    import asyncio
+    import base64
+
+    import torch
+
+    from lambda_fn.imaging import load_for_model
+
+    content_type = event["headers"]["Content-Type"]
+    body = base64.b64decode(event["body"])
+    loop = asyncio.new_event_loop()  # its own: asyncio.run would leave Mangum's thread without a current loop
+    image = loop.run_until_complete(_parse_form(body, content_type))
+    pixels = load_for_model(image, meta.resize_size, meta.crop_size)
+    stages = {
+        "base64 decode": lambda: base64.b64decode(event["body"]),
+        "multipart parse": lambda: loop.run_until_complete(_parse_form(body, content_type)),
+        "multipart parse, parts kept in memory": lambda: loop.run_until_complete(
+            _parse_form(body, content_type, spool_max_size=len(body))
+        ),
+        "decode + resize": lambda: load_for_model(image, meta.resize_size, meta.crop_size),
+        "forward": lambda: model(torch.from_numpy(pixels[None])),
+    }
+    times = {name: [] for name in stages}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for name, fn in stages.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1000)
+    loop.close()
+    return {name: percentile(t, 50) for name, t in times.items()}
+
+
+def without_dedupe(event: dict) -> dict:
+    """The event with ``dedupe=false``: the original pipeline returns the 10 nearest as they are, and the
+    random-init model's embeddings all lie within cosine 0.99 of each other, so near-duplicate collapsing would
+    leave one result and the two would not answer the same question."""
+    event["queryStringParameters"] = {**event["queryStringParameters"], "dedupe": "false"}
+    event["multiValueQueryStringParameters"] = {**event["multiValueQueryStringParameters"], "dedupe": ["false"]}
+    return event
+
+
 def main(args: argparse.Namespace) -> dict:
-    import numpy as np
     import torch
 
     art = artifacts()
@@ -89,41 +219,60 @@ def main(args: argparse.Namespace) -> dict:
     import lambda_fn.main as service
     from lambda_fn.app import create_app
     from lambda_fn.config import Settings
+    from lambda_fn.engine import load_model
 
-    int8_handler = Mangum(
-        create_app(Settings(artifacts_uri=str(artifacts(int8=True)), num_threads=THREADS, log_level="WARNING")),
-        lifespan="off",
-    )
+    int8_app = create_app(Settings(artifacts_uri=str(artifacts(int8=True)), num_threads=THREADS, log_level="WARNING"))
+    int8_handler = Mangum(int8_app, lifespan="off")
     pin_threads()
-    original = OriginalPipeline(art, np.load(art / "embeddings.npy"))
-    bare_model = torch.jit.load(str(art / "model.pt")).eval()
+    original = OriginalPipeline(bench_net().backbone.state_dict(), np.load(art / "embeddings.npy"))
+    bare_model, meta = load_model(art / "model.pt")
+    bare_int8, _ = load_model(artifacts(int8=True) / "model.pt")
     bare_input = torch.zeros(1, DEFAULT_CROP_SIZE, DEFAULT_CROP_SIZE, 3, dtype=torch.uint8)
     ctx = LambdaContext()
+    events: dict[bytes, dict] = {}
 
     def ours(data: bytes) -> list[int]:
-        response = service.handler(search_event(data), ctx)
+        response = service.handler(events[data], ctx)
         assert response["statusCode"] == 200, response["body"][:300]
         return [r["id"] for r in json.loads(response["body"])["results"]]
 
     def ours_int8(data: bytes) -> list[int]:
-        response = int8_handler(search_event(data), ctx)
+        response = int8_handler(events[data], ctx)
         assert response["statusCode"] == 200, response["body"][:300]
         return [r["id"] for r in json.loads(response["body"])["results"]]
 
-    def bare(_: bytes) -> None:
-        with torch.inference_mode():
-            bare_model(bare_input)
+    # Each bare forward runs on its service's torch thread, as the service's own forward does: OpenMP keeps a
+    # thread pool per calling thread, and a pool that has just finished spins on the CPUs for a while, so a
+    # forward on yet another thread would pay for its neighbours' pools, which the service never does.
+    def on_torch_thread(app, model):
+        def forward() -> None:
+            with torch.inference_mode():
+                model(bare_input)
 
-    report = {"threads": THREADS, "iterations": args.iterations, "cases": {}}
-    runners = {"ours": ours, "ours int8": ours_int8, "original": original.query, "bare forward": bare}
+        return lambda _: app.state.service.torch_thread.submit(forward).result()
+
+    bare = on_torch_thread(service.app, bare_model)
+    bare_int8_forward = on_torch_thread(int8_app, bare_int8)
+
+    report = {"isa": args.isa if args.isa != "both" else "full", "threads": THREADS, "iterations": args.iterations}
+    report["cases"] = {}
+    runners = {
+        "ours": ours,
+        "ours int8": ours_int8,
+        "original": original.query,
+        "bare forward": bare,
+        "bare forward int8": bare_int8_forward,
+    }
     for label, (w, h) in SIZES.items():
         data = photo_jpeg(w, h, seed=w)
+        events[data] = without_dedupe(search_event(data))
         for run in runners.values():  # warm-up, also the first-request load of ours
             run(data)
         times = {name: [] for name in runners}
         order = list(runners)
         for i in range(args.iterations):
-            for name in order[i % 3 :] + order[: i % 3]:
+            shift = i % len(order)
+            for name in order[shift:] + order[:shift]:
                 t0 = time.perf_counter()
                 runners[name](data)
                 times[name].append((time.perf_counter() - t0) * 1000)
@@ -133,32 +282,60 @@ def main(args: argparse.Namespace) -> dict:
         case["ours/original p50"] = case["ours"]["p50_ms"] / case["original"]["p50_ms"]
         case["ours/bare forward p50"] = case["ours"]["p50_ms"] / case["bare forward"]["p50_ms"]
         case["ours int8/original p50"] = case["ours int8"]["p50_ms"] / case["original"]["p50_ms"]
+        case["ours int8/bare forward int8 p50"] = case["ours int8"]["p50_ms"] / case["bare forward int8"]["p50_ms"]
         case["top10 overlap with original"] = overlap
+        case["stages fp32 (p50 ms)"] = stage_times(events[data], bare_model, meta, max(5, args.iterations // 3))
         report["cases"][label] = case
+    report["real photos"] = real_precision({"fp32": bare_model, "int8": bare_int8})
     report["peak_rss_mb"] = proc_status_kib()["VmHWM"] / 1024
-    print(
-        f"query latency, {THREADS} torch threads, {args.iterations} interleaved iterations "
-        f"(random-init ResNet34 at {DEFAULT_CROP_SIZE} px, {original.index.get_n_items()} images)"
-    )
-    columns = ["ours", "ours int8", "original", "bare forward"]
-    print(
-        f"{'query (p50/p95 ms)':<20}" + "".join(f"{c:>16}" for c in columns) + f"{'ours/fwd':>10}"
-        f"{'ours/orig':>11}{'int8/orig':>11}"
-    )
-    for label, c in report["cases"].items():
-        cells = "".join(f"{c[name]['p50_ms']:>9.1f}/{c[name]['p95_ms']:<6.1f}" for name in columns)
-        print(
-            f"{label:<20}{cells}{c['ours/bare forward p50']:>10.2f}{c['ours/original p50']:>11.2f}"
-            f"{c['ours int8/original p50']:>11.2f}"
-        )
-    print(f"peak RSS of this process (ours, int8, original and bare model loaded): {report['peak_rss_mb']:.0f} MB")
+    print_report(report, original.index.get_n_items())
+    if args.isa == "both":
+        with tempfile.TemporaryDirectory() as tmp:
+            argv = ["--iterations", str(args.iterations)]
+            report["avx2"] = run_capped("latency", argv, Path(tmp) / "latency-avx2.json")
     write_result(report, args.out)
     return report
+
+
+def print_report(report: dict, images: int) -> None:
+    print(
+        f"query latency [{report['isa']} ISA: {torch_capability()}], {THREADS} torch threads, "
+        f"{report['iterations']} interleaved iterations (random-init ResNet34 at {DEFAULT_CROP_SIZE} px, "
+        f"{images} images)"
+    )
+    columns = ["ours", "ours int8", "original", "bare forward", "bare forward int8"]
+    print(
+        f"{'query (p50/p95 ms)':<20}" + "".join(f"{c:>18}" for c in columns) + f"{'ours/fwd':>10}"
+        f"{'int8/fwd':>10}{'ours/orig':>11}{'int8/orig':>11}"
+    )
+    for label, c in report["cases"].items():
+        cells = "".join(f"{c[name]['p50_ms']:>11.1f}/{c[name]['p95_ms']:<6.1f}" for name in columns)
+        print(
+            f"{label:<20}{cells}{c['ours/bare forward p50']:>10.2f}{c['ours int8/bare forward int8 p50']:>10.2f}"
+            f"{c['ours/original p50']:>11.2f}{c['ours int8/original p50']:>11.2f}"
+        )
+    for label, c in report["cases"].items():
+        stages = c["stages fp32 (p50 ms)"]
+        print(f"  stages, {label}: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+    print(f"  real photos: {report['real photos']}")
+    print(f"peak RSS of this process (ours, int8, original and bare models loaded): {report['peak_rss_mb']:.0f} MB")
+
+
+def torch_capability() -> str:
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--iterations", type=int, default=30, help="timed queries per pipeline and size (default: 30)")
+    p.add_argument(
+        "--isa",
+        choices=("both", "full", "avx2"),
+        default="both",
+        help="both: this run, then the same under an AVX2 cap in a child (default); full/avx2: this process only",
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "latency.json", help="JSON results")
     return p
 
