@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import ann, cold_start, embed, latency, memory
+from bench import ann, cold_start, embed, isa, latency, memory
 from bench._setup import RESULTS
 
 
@@ -13,6 +13,7 @@ def main() -> int:
     # The full ANN grid (1e4-1e6, ~20 min) is `python -m bench.ann`; here only the chosen n_trees at 1e4.
     # `python -m bench.pca` needs a trained build (make demo) and is run on its own.
     for name, module, argv in (
+        ("isa", isa, []),
         ("latency", latency, []),
         ("cold_start", cold_start, []),
         ("embed", embed, []),
