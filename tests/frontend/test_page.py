@@ -413,7 +413,7 @@ def test_without_limits_a_search_leaves_k_to_the_service(page: Page, site):
     [
         (413, "That file could not be searched: That photo is too large to upload."),
         (422, "The service did not accept the request."),
-        (502, "The search service answered with an error (HTTP 502)."),
+        (500, "The search service answered with an error (HTTP 500)."),  # 502 and 504 are retried first
     ],
 )
 def test_error_pages_without_a_message_get_the_status_message(page: Page, site, sample_dir, status, shown):
