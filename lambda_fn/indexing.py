@@ -112,7 +112,7 @@ def write_build(
     )
     write_keys(out / KEYS_FILE, entries)
     if collection is not None:
-        (out / COLLECTION_FILE).write_bytes(collection.to_bytes())
+        collection.write(out / COLLECTION_FILE)
     if save_embeddings:
         np.save(out / EMBEDDINGS_FILE, vectors)
     manifest = Manifest(

@@ -244,7 +244,8 @@ def reindex(
             applied = _apply_shards(store, collection, sorted(set(shards) - merged), workdir)
         report.timings["merge_s"] = round(time.perf_counter() - t0, 3)
         report.new_shards = applied
-        entries, vectors = collection.key_entries()
+        stacked = collection.stacked()  # one (n, dim) array for the index and the collection file alike
+        entries, vectors = collection.key_entries(stacked)
         report.skipped = len(collection.skipped)
         if not entries:
             report.status = "empty"
@@ -261,7 +262,7 @@ def reindex(
             search_k=live.search_k if live else DEFAULT_SEARCH_K,
             seed=live.seed if live else DEFAULT_SEED,
             n_jobs=n_jobs,
-            collection=collection.to_shard(merged | set(shards)),
+            collection=collection.to_shard(merged | set(shards), stacked=stacked),
             shards_digest=listing_digest(shards),
         )
         report.timings["build_s"] = round(time.perf_counter() - t0, 3)

@@ -102,6 +102,16 @@ class Shard:
         return events_digest(created, [(r.key, r.order) for r in self.removed])
 
     def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        self._save(buf)
+        return buf.getvalue()
+
+    def write(self, path) -> None:
+        """Straight into a file: a build's collection of 10^6 images is 2 GB, not to be copied in memory."""
+        with open(path, "wb") as f:
+            self._save(f)
+
+    def _save(self, fileobj) -> None:
         meta = {
             "format": FORMAT_VERSION,
             "added": [[a.key, a.label, a.etag, a.order.time, a.order.sequencer, a.source] for a in self.added],
@@ -109,10 +119,8 @@ class Shard:
             "skipped": [[s.key, s.etag, s.reason, s.order.time, s.order.sequencer] for s in self.skipped],
             "merged_shards": self.merged_shards,
         }
-        buf = io.BytesIO()
         vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
-        np.savez(buf, vectors=vectors, meta=np.array(json.dumps(meta, ensure_ascii=False)))
-        return buf.getvalue()
+        np.savez(fileobj, vectors=vectors, meta=np.array(json.dumps(meta, ensure_ascii=False)))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Shard:
@@ -192,13 +200,22 @@ class Collection:
         """Whether any event (image, removal or skip) was recorded for ``key``."""
         return key in self.latest
 
-    def to_shard(self, merged_shards: Iterable[str]) -> Shard:
-        """The whole collection as one shard (removals kept, so an old upload retried late stays removed)."""
+    def stacked(self) -> tuple[list[Added], np.ndarray]:
+        """The searchable images in key order and their vectors as one (n, dim) float32 array."""
         live = self.live()
         dim = len(live[0][1]) if live else 0
+        vectors = (
+            np.stack([v for _, v in live]).astype(np.float32, copy=False) if live else np.zeros((0, dim), np.float32)
+        )
+        return [a for a, _ in live], vectors
+
+    def to_shard(self, merged_shards: Iterable[str], *, stacked: tuple[list[Added], np.ndarray] | None = None) -> Shard:
+        """The whole collection as one shard (removals kept, so an old upload retried late stays removed).
+        ``stacked`` re-uses what ``stacked()`` returned, so the vectors are not copied a second time."""
+        added, vectors = stacked or self.stacked()
         return Shard(
-            added=[a for a, _ in live],
-            vectors=np.stack([v for _, v in live]).astype(np.float32) if live else np.zeros((0, dim), np.float32),
+            added=added,
+            vectors=vectors,
             removed=[
                 Removed(key, e.order) for key, e in sorted(self.latest.items()) if e.added is None and e.skipped is None
             ],
@@ -206,9 +223,6 @@ class Collection:
             merged_shards=sorted(merged_shards),
         )
 
-    def key_entries(self) -> tuple[list[KeyEntry], np.ndarray]:
-        live = self.live()
-        entries = [KeyEntry(a.key, a.label, a.source) for a, _ in live]
-        dim = len(live[0][1]) if live else 0
-        vectors = np.stack([v for _, v in live]).astype(np.float32) if live else np.zeros((0, dim), np.float32)
-        return entries, vectors
+    def key_entries(self, stacked: tuple[list[Added], np.ndarray] | None = None) -> tuple[list[KeyEntry], np.ndarray]:
+        added, vectors = stacked or self.stacked()
+        return [KeyEntry(a.key, a.label, a.source) for a in added], vectors
