@@ -1,0 +1,220 @@
+"""The pure helpers behind bench/ingest.py, bench/reindex.py and bench/swap.py: the thread-scaling estimate,
+the backfill cost model, the n log n fit and the limits solved from it, phase timing and window statistics."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+from bench.ingest import (
+    PhaseTimer,
+    Prices,
+    amdahl_serial_fraction,
+    amdahl_time,
+    backfill_estimate,
+    lambda_cpus,
+)
+from bench.reindex import fit_linear, fit_nlogn, largest_n
+from bench.swap import window_stats
+
+
+def test_amdahl_recovers_the_serial_fraction_and_extrapolates():
+    t1, serial = 10.0, 0.2
+    t2 = amdahl_time(t1, serial, 2)
+    assert t2 == pytest.approx(6.0)
+    assert amdahl_serial_fraction(t1, t2) == pytest.approx(serial)
+    assert amdahl_time(t1, serial, 6) == pytest.approx(10 * (0.2 + 0.8 / 6))
+
+
+def test_amdahl_serial_fraction_is_clamped_to_what_the_law_allows():
+    assert amdahl_serial_fraction(10.0, 4.0) == 0.0  # faster than linear: noise, not a negative serial part
+    assert amdahl_serial_fraction(10.0, 12.0) == 1.0  # slower with two threads: nothing parallel
+
+
+def test_lambda_cpus_is_the_memory_share_capped_by_threads():
+    assert lambda_cpus(3008, 2) == pytest.approx(3008 / 1769)
+    assert lambda_cpus(10240, 6) == pytest.approx(10240 / 1769)
+    assert lambda_cpus(10240, 2) == 2.0
+    assert lambda_cpus(1769, 2) == pytest.approx(1.0)
+
+
+def test_backfill_estimate_counts_waves_and_bills_each_part():
+    prices = Prices()
+    e = backfill_estimate(
+        10_000, batch=64, seconds_per_batch=4.0, concurrency=100, memory_mb=2048, init_s=3.0, prices=prices
+    )
+    assert e["invocations"] == 157 and e["waves"] == 2
+    assert e["wall_s"] == pytest.approx(3.0 + 2 * 4.0)
+    assert e["lambda_gb_s"] == pytest.approx(2.0 * (157 * 4.0 + 100 * 3.0))
+    assert e["s3_gets"] == 10_000 + 157 * 3 and e["s3_puts"] == 157 + 10
+    assert e["state_transitions"] == 2 * 157
+    assert e["cost_usd"]["lambda_duration"] == pytest.approx(e["lambda_gb_s"] * prices.lambda_gb_s)
+    assert e["total_usd"] == pytest.approx(sum(e["cost_usd"].values()))
+
+
+def test_backfill_estimate_express_children_pay_per_request_and_duration_not_per_state():
+    prices = Prices()
+    kw = dict(batch=64, seconds_per_batch=2.05, concurrency=1000, memory_mb=3008, init_s=0.0, prices=prices)
+    standard = backfill_estimate(64_000, children="standard", **kw)
+    express = backfill_estimate(64_000, children="express", **kw)
+    assert express["state_transitions"] == 1000 and standard["state_transitions"] == 2000
+    # billed in 100 ms steps (2.1 s) of 64 MB
+    expected = 1000 * (prices.express_request + 64 / 1024 * 2.1 * prices.express_gb_s)
+    assert express["cost_usd"]["express_children"] == pytest.approx(expected)
+    assert "express_children" not in standard["cost_usd"]
+    with pytest.raises(ValueError):
+        backfill_estimate(64_000, children="inline", **kw)
+
+
+def test_fit_nlogn_recovers_the_constant():
+    ns = [1e4, 1e5, 1e6]
+    ts = [3e-6 * n * math.log2(n) for n in ns]
+    assert fit_nlogn(ns, ts) == pytest.approx(3e-6)
+
+
+def test_fit_linear_with_several_points_and_with_one():
+    a, b = fit_linear([1e4, 1e5], [700.0, 1600.0])
+    assert b == pytest.approx(0.01) and a == pytest.approx(600.0)
+    assert fit_linear([100.0], [50.0]) == (0.0, 0.5)
+
+
+def test_largest_n_solves_a_growing_cost_for_its_limit():
+    n = largest_n(lambda n: 600 + 0.01 * n, 10_240)
+    assert n == pytest.approx(964_000, rel=2e-3)
+    assert 600 + 0.01 * n <= 10_240
+    assert largest_n(lambda n: 1e9, 10) == 0  # not even the smallest size fits
+    assert largest_n(lambda n: 0.0, 10, hi=10**6) == 10**6  # everything fits: the search bound
+
+
+def test_phase_timer_spans_parallel_downloads_and_sums_the_rest():
+    timer = PhaseTimer()
+    for start, end in ((0.0, 1.0), (0.5, 2.0), (0.2, 1.5)):  # three overlapping downloads
+        timer.add("download", start, end)
+    timer.add("decode", 2.0, 2.5)
+    timer.add("decode", 2.5, 3.25)
+    timer.add("embed", 3.25, 4.25)
+    s = timer.summary()
+    assert s == {"download_s": 2.0, "decode_s": 1.25, "embed_s": 1.0, "write_s": 0.0}
+    timer.reset()
+    assert timer.summary()["download_s"] == 0.0
+
+
+def test_window_stats_groups_searches_by_start_time():
+    records = [(t, t + 0.05, ms, "b") for t, ms in ((0.0, 10.0), (1.0, 20.0), (2.0, 30.0), (5.0, 99.0))]
+    w = window_stats(records, [(0.0, 1.5), (1.9, 2.1)])
+    assert w["searches"] == 3 and w["p50_ms"] == 20.0 and w["max_ms"] == 30.0
+    assert window_stats(records, [(10.0, 11.0)]) == {"searches": 0}
+
+
+def test_cpu_counters_see_this_process_working():
+    from bench.ingest import machine_busy_s, process_cpu_s
+
+    busy0, own0 = machine_busy_s(), process_cpu_s()
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    own = process_cpu_s() - own0
+    assert own >= 0.2  # clock ticks are 10 ms
+    assert machine_busy_s() - busy0 >= own - 0.05  # the machine's count includes ours
+
+
+def _fit(**over) -> dict:
+    fit = {
+        "scenario": "backfill",
+        "threads": 2,
+        "build_s_per_nlog2n": 1e-5,
+        "build_serial_fraction": 0.2,
+        "rest_s": {"a": 1.0, "b_per_vector": 1e-5},
+        "build_file_bytes_per_vector": {"index": 2700.0, "keys": 40.0, "collection": 2200.0},
+    }
+    return {**fit, **over}
+
+
+def test_predict_reindex_scales_the_build_by_amdahl_and_adds_the_rest():
+    from bench.reindex import predict_reindex_s
+
+    n = 10**6
+    here = 1e-5 * n * math.log2(n)  # measured at 2 threads
+    t1 = here / (0.2 + 0.8 / 2)
+    expected = t1 * (0.2 + 0.8 / 6) + 1.0 + 10.0
+    assert predict_reindex_s(_fit(), n, 6, with_s3=False) == pytest.approx(expected)
+    # no serial fraction measured: the build is taken as measured, whatever the CPUs
+    assert predict_reindex_s(_fit(build_serial_fraction=None), n, 6, with_s3=False) == pytest.approx(here + 11.0)
+
+
+def test_s3_seconds_backfill_pays_per_shard_incremental_per_byte_of_the_live_collection():
+    from bench.reindex import S3_MB_S, S3_REQUEST_S, s3_seconds
+    from lambda_fn.reindex import SHARD_DOWNLOADS
+
+    per = _fit()["build_file_bytes_per_vector"]
+    n = 640_000
+    upload = n * sum(per.values()) / 2**20 / S3_MB_S
+    backfill = s3_seconds(n, "backfill", per)
+    assert backfill == pytest.approx(math.ceil(n / 64 / SHARD_DOWNLOADS) * S3_REQUEST_S + upload)
+    incremental = s3_seconds(n, "incremental", per)
+    assert incremental == pytest.approx(S3_REQUEST_S + n * 2200 / 2**20 / S3_MB_S + upload)
+
+
+def test_plan_adds_s3_time_to_the_estimated_batch_and_checks_the_reindex_against_lambda():
+    from bench.ingest import PLAN_BATCH, S3_REQUEST_S, plan, s3_batch_seconds
+
+    assert s3_batch_seconds(64) == pytest.approx(8 * S3_REQUEST_S + 4 * S3_REQUEST_S)
+    one = {"decode_cpu_s": 0.15, "download_s": 0.02, "write_s": 0.0, "other_s": 0.03, "embed_cpu_s": 1.1}
+    ingest_report = {"results": {f"int8/b{PLAN_BATCH}/t1": one}, "thread_scaling": {"int8": {"serial_fraction": 1.0}}}
+    fit = _fit(peak_rss_mib={"a": 600.0, "b_per_vector": 0.0105}, peak_scratch_mib={"a": 0.0, "b_per_vector": 0.005})
+    rows = plan(ingest_report, {"scaling": {"backfill": fit}}, {"int8": 2.5, "fp32": 3.0})
+    assert {r["model"] for r in rows} == {"int8"}  # no fp32 measurement, no fp32 rows
+    assert len(rows) == 2 * 3 * 2  # memory sizes x collection sizes x concurrencies
+    row = next(r for r in rows if (r["memory_mb"], r["images"], r["concurrency"]) == (3008, 10**6, 1000))
+    # serial fraction 1: no gain from a second CPU, so the batch takes its single-thread time
+    assert row["seconds_per_batch"] == pytest.approx(1.3 + s3_batch_seconds(64))
+    assert row["wall_s"] == pytest.approx(2.5 + 16 * row["seconds_per_batch"])  # 15,625 batches: 16 waves
+    ideal = 0.2 + 1.1 / (3008 / 1769) + s3_batch_seconds(64)
+    assert row["perfect_scaling"]["seconds_per_batch"] == pytest.approx(ideal)
+    assert row["perfect_scaling"]["total_usd"] < row["total_usd"]
+    assert row["reindex"]["peak_rss_mib"] == pytest.approx(600 + 10_500)
+    assert not row["reindex"]["fits_lambda"]  # 11,100 MiB > 10,240 MB
+    small = next(r for r in rows if (r["memory_mb"], r["images"], r["concurrency"]) == (3008, 10**5, 100))
+    assert small["reindex"]["fits_lambda"]
+
+
+def test_thread_scaling_takes_the_fastest_probe_of_each_thread_count():
+    from bench.ingest import thread_scaling
+
+    probes = [
+        {"threads": 1, "wall_s": 1.3, "others_cpus": 1.5},
+        {"threads": 1, "wall_s": 1.0, "others_cpus": 0.1},
+        {"threads": 2, "wall_s": 0.9, "others_cpus": 1.8},
+        {"threads": 2, "wall_s": 0.6, "others_cpus": 0.5},
+    ]
+    sc = thread_scaling(probes)
+    assert (sc["t1"]["min_s"], sc["t2"]["min_s"]) == (1.0, 0.6)
+    assert sc["t1"]["quiet_min_s"] == 1.0 and sc["t2"]["quiet_min_s"] is None
+    assert sc["serial_fraction"] == pytest.approx(0.2) and sc["from"].startswith("all")
+    # once both thread counts have a quiet repetition, only quiet ones count
+    probes.append({"threads": 2, "wall_s": 0.7, "others_cpus": 0.0})
+    sc = thread_scaling(probes)
+    assert sc["serial_fraction"] == pytest.approx(0.4) and sc["from"] == "quiet repetitions"
+
+
+def test_lambda_estimates_scale_the_single_thread_embed_and_keep_the_other_phases():
+    from bench.ingest import lambda_estimates
+
+    one = {"decode_cpu_s": 0.3, "download_s": 0.02, "write_s": 0.01, "other_s": 0.07, "embed_cpu_s": 1.2}
+    est = lambda_estimates({"int8/b64/t1": one}, 64, "int8", {"serial_fraction": 0.1})
+    cpus = 3008 / 1769
+    assert est["3008"]["seconds"] == pytest.approx(0.4 + 1.2 * (0.1 + 0.9 / cpus))
+    assert est["3008"]["seconds_perfect_scaling"] == pytest.approx(0.4 + 1.2 / cpus)
+    assert est["10240"]["threads"] == 6
+    assert est["10240"]["images_per_s"] == pytest.approx(64 / (0.4 + 1.2 * (0.1 + 0.9 / (10240 / 1769))))
+    assert lambda_estimates({"int8/b64/t1": one}, 64, "int8", None) == {}
+
+
+def test_cold_starts_reads_the_median_per_model():
+    from bench.ingest import cold_starts
+
+    report = {"models": {"fp32": {"ours_median_s": 2.7}, "int8": {"ours_median_s": 2.1}}, "avx2": {}}
+    assert cold_starts(report) == {"fp32": 2.7, "int8": 2.1}
+    assert cold_starts({}) == {}
