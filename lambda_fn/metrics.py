@@ -91,18 +91,21 @@ def model_loaded(seconds: float) -> None:
     search.add_metric(name=MODEL_LOAD_TIME, unit=MetricUnit.Seconds, value=seconds)
 
 
-def client_error(code: str) -> None:
-    """A 4xx answer with error code ``code`` (an ``ErrorCode`` value: a closed set, so a fine dimension).
-
-    Its own EMF line (``single_metric``), because its dimensions differ from the request's other metrics."""
+def _count_apart(name: str, service: str, dimension: str, value: str) -> None:
+    """A count of 1 with one extra dimension, in an EMF line of its own (its dimensions differ from the rest)."""
     with single_metric(
-        name=CLIENT_ERRORS,
+        name=name,
         unit=MetricUnit.Count,
         value=1,
         namespace=NAMESPACE,
-        default_dimensions={SERVICE_DIMENSION: SEARCH_SERVICE, ERROR_CODE_DIMENSION: code},
+        default_dimensions={SERVICE_DIMENSION: service, dimension: value},
     ):
         pass
+
+
+def client_error(code: str) -> None:
+    """A 4xx answer with error code ``code`` (an ``ErrorCode`` value: a closed set, so a fine dimension)."""
+    _count_apart(CLIENT_ERRORS, SEARCH_SERVICE, ERROR_CODE_DIMENSION, code)
 
 
 def unavailable() -> None:
@@ -146,14 +149,7 @@ def ingested(*, embedded: int, skipped: int, failed: int, seconds: float, oldest
 def reindexed(status: str, seconds: float) -> None:
     """A reindex run ended with ``status`` (``REINDEX_FAILED`` when it raised) after ``seconds``."""
     reindex.add_metric(name=REINDEX_DURATION, unit=MetricUnit.Seconds, value=seconds)
-    with single_metric(
-        name=REINDEX_RUNS,
-        unit=MetricUnit.Count,
-        value=1,
-        namespace=NAMESPACE,
-        default_dimensions={SERVICE_DIMENSION: REINDEX_SERVICE, STATUS_DIMENSION: status},
-    ):
-        pass
+    _count_apart(REINDEX_RUNS, REINDEX_SERVICE, STATUS_DIMENSION, status)
 
 
 def live_build(*, age_s: float, vectors: int, index_bytes: int | None, pending: bool) -> None:

@@ -16,14 +16,16 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import BaseModel, Field, ValidationError
 
 from lambda_fn.artifacts import ArtifactError, UntrustedModel, cache_path, partial_for
-from lambda_fn.engine import load_model
 from lambda_fn.manifest import MANIFEST_FILE, MODELS_PREFIX, Manifest, ModelMeta, Sha256, file_sha256
 from lambda_fn.store import NotFound, Store
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,8 @@ def load_verified(store: Store, key: str, sha256: str, cache_dir: Path) -> Loade
             if file_sha256(partial) != sha256:
                 raise ArtifactError(f"{store.describe(key)} does not match its sha256 {sha256[:12]}…; upload it again")
             os.replace(partial, final)
+    from lambda_fn.engine import load_model  # torch: only where a model is loaded, not for reading pointers
+
     module, meta = load_model(final)
     _loaded[sha256] = LoadedModel(sha256, key, module, meta)
     log.info("model loaded", extra={"model_sha256": sha256, "key": key})
