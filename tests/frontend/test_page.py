@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from email.parser import BytesParser
 from email.policy import HTTP
 from pathlib import Path
@@ -37,6 +38,19 @@ def result_keys(page: Page) -> list[str]:
 def wait_for_results(page: Page, summary: str = "similar") -> None:
     expect(page.locator("#results-summary")).to_contain_text(summary)
     expect(page.locator(RESULTS).first).to_be_visible()
+
+
+def wait_until_true(page: Page, expression: str, timeout_s: float = 10.0) -> None:
+    """Polls a JavaScript expression until it is truthy.
+
+    `page.wait_for_function` re-evaluates its predicate with `eval` from an animation frame, which the page's
+    Content-Security-Policy (no 'unsafe-eval') blocks; `page.evaluate` goes through the debugger protocol,
+    which the policy does not cover.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"still false after {timeout_s} s: {expression}"
+        page.wait_for_timeout(50)
 
 
 def is_search(request: Request) -> bool:
@@ -290,7 +304,7 @@ def test_back_to_results_older_than_presigned_links_searches_again(page: Page, s
     with page.expect_response(lambda r: is_search(r.request) and r.status == 200):  # the photo goes up again
         page.go_back()
     # the fresh answer replaces the stale history entry
-    page.wait_for_function("history.state && Date.now() - history.state.savedAt < 60000")
+    wait_until_true(page, "Boolean(history.state && Date.now() - history.state.savedAt < 60000)")
     wait_for_results(page)
     expect(page.locator("#results-summary")).not_to_contain_text("similar to")
     assert result_keys(page) == before

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 from playwright.sync_api import Page, Route, expect
 
-from tests.frontend.test_page import RESULTS, open_page, result_keys, wait_for_results
+from tests.frontend.test_page import RESULTS, open_page, result_keys, wait_for_results, wait_until_true
 
 pytestmark = pytest.mark.browser
 
@@ -77,7 +77,7 @@ def test_back_to_old_similar_results_searches_again_by_key(page: Page, site, sam
     seen = api_requests(page)
     with page.expect_response(lambda r: "/similar?" in r.url and r.status == 200):
         page.go_back()
-    page.wait_for_function("history.state && Date.now() - history.state.savedAt < 60000")
+    wait_until_true(page, "Boolean(history.state && Date.now() - history.state.savedAt < 60000)")
     assert [urlsplit(u).path for u in seen] == ["/similar"] and params(seen[0])["key"] == [first]
     state = page.evaluate("history.state.query")
     assert state["key"] == first and state["id"] is None
