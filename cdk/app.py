@@ -10,7 +10,9 @@ Context (``-c key=value``):
 - ``trustedModelSha256``: the only model the search service will load (default: any published model);
 - ``alarmEmail`` / ``alarmTopicArn``: where the alarms notify (an SNS topic the stack creates and subscribes
   the address to, or an existing topic); default: the alarms only show on the dashboard;
-- ``tracing``: ``true`` turns on X-Ray tracing for the three functions (default: off, it costs extra).
+- ``tracing``: ``true`` turns on X-Ray tracing for the three functions (default: off, it costs extra);
+- ``collectionImages``: how many images the collection will reach; sizes the search and reindex functions'
+  memory and ``/tmp`` for it (``cdk.sizing``; default: the 3,008 MB / 2,048 MB defaults, ~270,000 images).
 """
 
 from __future__ import annotations
@@ -41,20 +43,24 @@ function_options = {
     "reserved_concurrency": _context_int("searchReservedConcurrency", DEFAULT_RESERVED_CONCURRENCY),
     "trusted_model_sha256": app.node.try_get_context("trustedModelSha256") or None,
 }
-stack = DeepFoodStack(
-    app,
-    "DeepFood",
-    description="DeepFood image similarity search: Docker-image Lambda behind API Gateway, site on CloudFront",
-    artifacts_bucket_name=app.node.try_get_context("artifactsBucket") or None,
-    artifacts_kms_key_arn=app.node.try_get_context("artifactsKmsKeyArn") or None,
-    artifacts_prefix=app.node.try_get_context("artifactsPrefix") or DEFAULT_PREFIX,
-    function_options=function_options,
-    api_options={"waf_rate_limit": _context_int("wafRateLimit", None)},
-    monitoring_options={
-        "alarm_email": app.node.try_get_context("alarmEmail") or None,
-        "alarm_topic_arn": app.node.try_get_context("alarmTopicArn") or None,
-    },
-    tracing=str(app.node.try_get_context("tracing") or "false").lower() == "true",
-)
+try:
+    stack = DeepFoodStack(
+        app,
+        "DeepFood",
+        description="DeepFood image similarity search: Docker-image Lambda behind API Gateway, site on CloudFront",
+        artifacts_bucket_name=app.node.try_get_context("artifactsBucket") or None,
+        artifacts_kms_key_arn=app.node.try_get_context("artifactsKmsKeyArn") or None,
+        artifacts_prefix=app.node.try_get_context("artifactsPrefix") or DEFAULT_PREFIX,
+        function_options=function_options,
+        api_options={"waf_rate_limit": _context_int("wafRateLimit", None)},
+        monitoring_options={
+            "alarm_email": app.node.try_get_context("alarmEmail") or None,
+            "alarm_topic_arn": app.node.try_get_context("alarmTopicArn") or None,
+        },
+        tracing=str(app.node.try_get_context("tracing") or "false").lower() == "true",
+        collection_images=_context_int("collectionImages", None),
+    )
+except ValueError as exc:  # a setting the constructs refuse (sizes, limits): say which, no traceback
+    raise SystemExit(f"error: {exc}") from None
 add_nag_checks(app)
 app.synth()

@@ -121,6 +121,9 @@ class Monitoring(Construct):
       the queue's visibility timeout (6 x the ingest timeout, 30 minutes) before each retry.
     - ``stale_build_after``: how old the live build may get while embedding shards wait for the reindex;
       default the reindex timeout plus three schedule periods (30 minutes with the defaults).
+    - ``collection_capacity``: the most images the functions' memory and ``/tmp`` hold (``cdk.sizing``);
+      the CollectionSize alarm goes off when the live build passes ``collection_alarm_fraction`` (0.9) of it,
+      before a reindex runs out of memory. None: no such alarm.
     """
 
     def __init__(
@@ -139,6 +142,8 @@ class Monitoring(Construct):
         latency_p95_ms: float = 1000,
         backlog_age: cdk.Duration | None = None,
         stale_build_after: cdk.Duration | None = None,
+        collection_capacity: int | None = None,
+        collection_alarm_fraction: float = 0.9,
     ) -> None:
         super().__init__(scope, construct_id)
         backlog_age = backlog_age or cdk.Duration.hours(1)
@@ -245,6 +250,21 @@ class Monitoring(Construct):
                 treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
             ),
         }
+        if collection_capacity is not None:
+            threshold = int(collection_capacity * collection_alarm_fraction)
+            self.alarms["CollectionSize"] = cloudwatch.Alarm(
+                self,
+                "CollectionSize",
+                alarm_description=f"DeepFood: the live build holds over {threshold:,} images, "
+                f"{collection_alarm_fraction:.0%} of the {collection_capacity:,} the functions are sized for; "
+                "past it the reindex runs out of memory. Redeploy with -c collectionImages=<expected images> "
+                "(docs/scaling.md).",
+                metric=emf(m.LIVE_VECTORS, m.REINDEX_SERVICE, "Maximum", label="images", period=ONE_DAY),
+                threshold=threshold,
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                evaluation_periods=1,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            )
         self.topic = self._notify(alarm_email, alarm_topic_arn)
 
         self.dashboard_name = f"{cdk.Stack.of(self).stack_name}-operations"
@@ -393,6 +413,11 @@ class Monitoring(Construct):
                 title="Live build",
                 left=[emf(m.LIVE_VECTORS, m.REINDEX_SERVICE, "Maximum", label="images")],
                 right=[emf(m.INDEX_SIZE, m.REINDEX_SERVICE, "Maximum", label="index.ann bytes")],
+                left_annotations=(
+                    [cloudwatch.HorizontalAnnotation(value=collection_capacity, label="sized for")]
+                    if collection_capacity is not None
+                    else None
+                ),
                 width=6,
             ),
             cloudwatch.GraphWidget(

@@ -12,6 +12,7 @@ from constructs import Construct
 from cdk.artifacts import Artifacts
 from cdk.image import REINDEX_HANDLER, SETTINGS_DEFAULTS, execution_role, image_code, worker_environment
 from cdk.monitoring import active_tracing
+from cdk.sizing import REINDEX_MEMORY_FLOOR_MB
 from lambda_fn.config import Settings
 
 
@@ -38,7 +39,8 @@ class Reindex(Construct):
 
     Tunables:
     - ``every``: 5 minutes by default: how long a new photo may wait before search can find it.
-    - ``memory_mb``: 3008 by default; up to 10240 for big collections, whose merged embeddings must fit in memory.
+    - ``memory_mb``: 3008 by default (~270,000 images); the stack sizes it from ``collectionImages``
+      (``cdk.sizing``): the merged embeddings and the Annoy build must fit in memory, 9,088 MB for 10^6.
     - ``timeout``: 15 minutes, the most Lambda allows; also the lease.
     - ``ephemeral_storage_mb``: 10240, the most Lambda allows: the new index is written to ``/tmp`` first.
     - ``tracing``: off by default; on, X-Ray active tracing and ``DEEPFOOD_TRACING`` (``cdk.monitoring``).
@@ -51,7 +53,7 @@ class Reindex(Construct):
         *,
         artifacts: Artifacts,
         every: cdk.Duration | None = None,
-        memory_mb: int = 3008,
+        memory_mb: int = REINDEX_MEMORY_FLOOR_MB,
         timeout: cdk.Duration | None = None,
         ephemeral_storage_mb: int = 10240,
         architecture: lambda_.Architecture = lambda_.Architecture.X86_64,
@@ -64,6 +66,7 @@ class Reindex(Construct):
         super().__init__(scope, construct_id)
         timeout = timeout or cdk.Duration.minutes(15)
         self.every = every or cdk.Duration.minutes(5)
+        self.memory_mb = memory_mb
         lease_s, least_lease_s = int(timeout.to_seconds()), _least_lease_s()
         if lease_s < least_lease_s:
             raise ValueError(f"reindex timeout must be at least {least_lease_s} s: it is also the lease")

@@ -10,11 +10,11 @@ from constructs import Construct
 from cdk.artifacts import Artifacts
 from cdk.image import SEARCH_HANDLER, SETTINGS_DEFAULTS, execution_role, image_code
 from cdk.monitoring import active_tracing
+from cdk.sizing import SEARCH_EPHEMERAL_FLOOR_MB, SEARCH_MEMORY_FLOOR_MB
 from lambda_fn.config import env_name
 
 DEFAULT_TIMEOUT = cdk.Duration.seconds(120)
 DEFAULT_RESERVED_CONCURRENCY = 20
-DEFAULT_EPHEMERAL_STORAGE_MB = 2048
 SNAP_START_MAX_EPHEMERAL_STORAGE_MB = 512  # SnapStart's limit on /tmp
 
 
@@ -24,7 +24,8 @@ class SearchFunction(Construct):
     Tunables:
     - ``memory_mb``: 3008 by default. Lambda gives CPU in proportion to memory (one vCPU at 1,769 MB), and
       a ResNet34 forward pass is CPU-bound, so memory buys latency; 3008 MB is also the largest size a new
-      account may use before asking for a quota increase.
+      account may use before asking for a quota increase. A collection past ~890,000 images needs more for
+      its index pages: the stack sizes it from ``collectionImages`` (``cdk.sizing``).
     - ``timeout``: 120 s. A request's own work is bounded by the decode limits (``lambda_fn.imaging``:
       bytes, pixels, JPEG scans; about 2 s for the costliest image admitted), so the timeout instead covers
       the slowest cold start supported: downloading, verifying and loading a 10^6-image index (about
@@ -33,7 +34,8 @@ class SearchFunction(Construct):
       killed every time and the service would never come up. (``load_on_import`` stays false because the
       init phase of on-demand functions is capped at about 10 s.)
     - ``ephemeral_storage_mb``: ``/tmp`` holds the downloaded model and index (a few hundred MB for
-      Food-101) plus room for the next version while the old one is still open; 2048 MB by default.
+      Food-101) plus room for the next version while the old one is still open; 2048 MB by default (~330,000
+      images), ~6 GB for 10^6 images (``cdk.sizing`` from ``collectionImages``).
     - ``architecture``: x86_64 by default. ``Dockerfile.lambda`` compiles annoy with x86-64 flags, so arm64
       also needs that file changed.
     - ``reserved_concurrency``: 20 by default: at most 20 containers search at once, so one client that
@@ -66,7 +68,7 @@ class SearchFunction(Construct):
         *,
         artifacts: Artifacts,
         cors_origins: list[str],
-        memory_mb: int = 3008,
+        memory_mb: int = SEARCH_MEMORY_FLOOR_MB,
         timeout: cdk.Duration | None = None,
         ephemeral_storage_mb: int | None = None,
         architecture: lambda_.Architecture = lambda_.Architecture.X86_64,
@@ -84,10 +86,14 @@ class SearchFunction(Construct):
         if snap_start and provisioned_concurrency:
             raise ValueError("snap_start and provisioned_concurrency exclude each other: choose one")
         if ephemeral_storage_mb is None:
-            ephemeral_storage_mb = SNAP_START_MAX_EPHEMERAL_STORAGE_MB if snap_start else DEFAULT_EPHEMERAL_STORAGE_MB
+            ephemeral_storage_mb = SNAP_START_MAX_EPHEMERAL_STORAGE_MB if snap_start else SEARCH_EPHEMERAL_FLOOR_MB
         if snap_start and ephemeral_storage_mb > SNAP_START_MAX_EPHEMERAL_STORAGE_MB:
-            raise ValueError(f"SnapStart allows at most {SNAP_START_MAX_EPHEMERAL_STORAGE_MB} MB of /tmp")
+            raise ValueError(
+                f"SnapStart allows at most {SNAP_START_MAX_EPHEMERAL_STORAGE_MB} MB of /tmp, and this collection "
+                f"needs {ephemeral_storage_mb} MB: a smaller collection, or no SnapStart"
+            )
         self.manifest_check_s = manifest_check_s
+        self.memory_mb, self.ephemeral_storage_mb = memory_mb, ephemeral_storage_mb
         role, self.log_group = execution_role(
             self,
             description="DeepFood search function: write its own logs, read the artifacts prefix",

@@ -14,7 +14,8 @@ from cdk.backfill import Backfill
 from cdk.ingest import Ingest
 from cdk.monitoring import Monitoring
 from cdk.reindex import Reindex
-from cdk.search_function import SearchFunction
+from cdk.search_function import SNAP_START_MAX_EPHEMERAL_STORAGE_MB, SearchFunction
+from cdk.sizing import capacity, sizes_for
 from cdk.website import SiteDeployment, Website
 from lambda_fn.config import env_name
 from lambda_fn.manifest import DEFAULT_PREFIX
@@ -24,6 +25,10 @@ class DeepFoodStack(cdk.Stack):
     """Composes the constructs; ``function_options`` (search), ``ingest_options``, ``reindex_options``,
     ``backfill_options``, ``api_options`` and ``monitoring_options`` (dashboard, alarms, where they notify)
     pass their tunables through. ``tracing`` turns on X-Ray for the three functions (off: it costs extra).
+    ``collection_images``, the number of images the collection is expected to reach, sizes the search and
+    reindex functions' memory and ``/tmp`` (``cdk.sizing``; None keeps the defaults, ~270,000 images); sizes
+    given in ``function_options`` or ``reindex_options`` win over it. The CollectionSize alarm goes off when
+    the live build nears what the deployed sizes hold.
 
     Photos put under ``<prefix>/images/`` are embedded by ingest, merged into a new build by reindex, and
     picked up by the search function's warm containers. The backfill state machine embeds the whole collection
@@ -47,9 +52,23 @@ class DeepFoodStack(cdk.Stack):
         api_options: dict[str, Any] | None = None,
         monitoring_options: dict[str, Any] | None = None,
         tracing: bool = False,
+        collection_images: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
+        function_options, reindex_options = dict(function_options or {}), dict(reindex_options or {})
+        if collection_images is not None:
+            snap_start = function_options.get("snap_start", False)
+            sizes = sizes_for(
+                collection_images,
+                **({"search_ephemeral_floor_mb": SNAP_START_MAX_EPHEMERAL_STORAGE_MB} if snap_start else {}),
+            )
+            function_options = {
+                "memory_mb": sizes.search_memory_mb,
+                "ephemeral_storage_mb": sizes.search_ephemeral_storage_mb,
+                **function_options,
+            }
+            reindex_options = {"memory_mb": sizes.reindex_memory_mb, **reindex_options}
         logs = AccessLogs(self, "AccessLogs")
         artifacts = Artifacts(
             self,
@@ -66,10 +85,10 @@ class DeepFoodStack(cdk.Stack):
             artifacts=artifacts,
             cors_origins=[website.origin],
             tracing=tracing,
-            **(function_options or {}),
+            **function_options,
         )
         # A pinned model binds ingest too: it must never run a model the search service would refuse.
-        pinned = (function_options or {}).get("trusted_model_sha256")
+        pinned = function_options.get("trusted_model_sha256")
         ingest = Ingest(
             self,
             "Ingest",
@@ -78,7 +97,7 @@ class DeepFoodStack(cdk.Stack):
             **({"trusted_model_sha256": pinned} if pinned else {}),
             **(ingest_options or {}),
         )
-        reindex = Reindex(self, "Reindex", artifacts=artifacts, tracing=tracing, **(reindex_options or {}))
+        reindex = Reindex(self, "Reindex", artifacts=artifacts, tracing=tracing, **reindex_options)
         backfill = Backfill(
             self,
             "Backfill",
@@ -90,7 +109,18 @@ class DeepFoodStack(cdk.Stack):
         api = SearchApi(self, "Api", handler=search.target, allowed_origin=website.origin, **(api_options or {}))
         SiteDeployment(self, "SiteDeployment", website=website, api_base_url=api.url)
         monitoring = Monitoring(
-            self, "Monitoring", api=api, search=search, ingest=ingest, reindex=reindex, **(monitoring_options or {})
+            self,
+            "Monitoring",
+            api=api,
+            search=search,
+            ingest=ingest,
+            reindex=reindex,
+            collection_capacity=capacity(
+                search_memory_mb=search.memory_mb,
+                search_ephemeral_storage_mb=search.ephemeral_storage_mb,
+                reindex_memory_mb=reindex.memory_mb,
+            ),
+            **(monitoring_options or {}),
         )
 
         cdk.CfnOutput(self, "SiteUrl", value=website.url, description="Open this in a browser")

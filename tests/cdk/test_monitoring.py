@@ -215,7 +215,7 @@ def watched(props: dict) -> list[tuple[str, str, dict, str, int]]:
 
 def test_each_alarm_watches_its_metric_with_its_threshold(monitored):
     found = alarms(monitored)
-    assert len(found) == 7
+    assert len(found) == 8
     rate = found["IF(requests >= 20, 100 * errors / requests, 0)"]
     assert {(n, s) for _, n, _, s, _ in watched(rate)} == {("Count", "Sum"), ("5XXError", "Sum")}
     assert (rate["Threshold"], rate["EvaluationPeriods"], rate["DatapointsToAlarm"]) == (5, 3, 2)
@@ -243,6 +243,10 @@ def test_each_alarm_watches_its_metric_with_its_threshold(monitored):
     stale = found[m.STALE_BUILD_AGE]
     assert watched(stale) == [(m.NAMESPACE, m.STALE_BUILD_AGE, {"service": m.REINDEX_SERVICE}, "Maximum", 300)]
     assert stale["Threshold"] == 15 * 60 + 3 * 5 * 60  # the reindex timeout plus three schedule periods
+
+    size = found[m.LIVE_VECTORS]
+    assert watched(size) == [(m.NAMESPACE, m.LIVE_VECTORS, {"service": m.REINDEX_SERVICE}, "Maximum", 86400)]
+    assert 0 < size["Threshold"] < 310_000  # 90% of what the default sizes hold (tests/cdk/test_sizing.py)
 
     for props in found.values():
         assert props["ComparisonOperator"] == "GreaterThanThreshold"

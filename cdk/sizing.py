@@ -1,0 +1,120 @@
+"""Function sizes for a collection of a given number of images, from what bench/ measured.
+
+One figure, the number of images the collection is expected to reach (``-c collectionImages=...``), sizes
+what grows with it: the reindex function's memory (it merges every vector and builds the Annoy index in
+memory), the search function's ``/tmp`` (a hot swap holds the old and the new index side by side) and the
+search function's memory (the mapped index pages a search touches stay resident). Below the floors, the
+defaults stand, because they buy CPU (Lambda gives CPU in proportion to memory), not room. ``capacity``
+turns sizes back into images: the stack's CollectionSize alarm goes off as the collection nears it.
+
+The per-image figures are the fit ``python -m bench.reindex`` wrote to ``bench/results/reindex_fit.json``
+(peak RSS and file sizes, measured from 10^4 to 10^6 vectors) and the search process's resident memory with
+the CPU-only torch wheel (``python -m bench.memory``, docs/benchmarks.md "Memory"); tests/cdk/test_sizing.py
+fails when a rerun of the benchmark moves them past what is written here. docs/scaling.md explains the
+limits and what takes over past them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# Lambda's own limits (memory and /tmp both top out at 10,240 MB).
+LAMBDA_MAX_MEMORY_MB = 10240
+LAMBDA_MAX_EPHEMERAL_STORAGE_MB = 10240
+
+# Defaults below which the sizes never go: 3,008 MB is 1.70 vCPUs, the most a new account may configure
+# before a quota increase; 2,048 MB of /tmp holds Food-101's build twice over.
+SEARCH_MEMORY_FLOOR_MB = 3008
+SEARCH_EPHEMERAL_FLOOR_MB = 2048
+REINDEX_MEMORY_FLOOR_MB = 3008
+
+# The reindex's peak RSS: a fixed part (runtime and libraries) plus a part per vector (the merged
+# collection, the Annoy build, the key map). The incremental run (the larger of the two) from the fit.
+REINDEX_BASE_MIB = 651
+REINDEX_MIB_PER_IMAGE = 7601 / 1e6
+
+# One build's files in the search function's /tmp and page cache: the Annoy index (512-d, 16 trees) and
+# the key map, per vector; plus the model (fp32 85 MB, int8 21 MB).
+INDEX_BYTES_PER_IMAGE = 2716
+KEYS_BYTES_PER_IMAGE = 64  # 50 B measured with the bench's keys; real keys run a little longer
+MODEL_ALLOWANCE_MIB = 128
+
+# The search process's resident memory with the CPU-only wheel before any index (fp32 model, 240 images).
+SEARCH_BASE_MIB = 388
+
+# Margin on every estimate: the fit is linear and measured on one machine.
+HEADROOM = 1.10
+
+# Lambda memory settings are whole MB; rounding up to a multiple keeps the figures readable.
+ROUND_MB = 64
+
+
+@dataclass(frozen=True)
+class FunctionSizes:
+    """Memory and ``/tmp`` for the functions whose needs grow with the collection."""
+
+    images: int
+    search_memory_mb: int
+    search_ephemeral_storage_mb: int
+    reindex_memory_mb: int
+
+
+def _mib(n_bytes: float) -> float:
+    return n_bytes / 2**20
+
+
+def _round_up(mb: float) -> int:
+    return int(math.ceil(mb / ROUND_MB) * ROUND_MB)
+
+
+def _needed(base_mib: float, per_image_mib: float, images: int, floor: int) -> int:
+    return max(floor, _round_up((base_mib + per_image_mib * images) * HEADROOM))
+
+
+def _holds(limit_mb: int, base_mib: float, per_image_mib: float) -> int:
+    return max(0, int((limit_mb / HEADROOM - base_mib) / per_image_mib))
+
+
+def capacity(*, search_memory_mb: int, search_ephemeral_storage_mb: int, reindex_memory_mb: int) -> int:
+    """The most images these sizes hold, whichever runs out first (rounded down to a thousand)."""
+    per_build = _mib(INDEX_BYTES_PER_IMAGE + KEYS_BYTES_PER_IMAGE)
+    images = min(
+        _holds(reindex_memory_mb, REINDEX_BASE_MIB, REINDEX_MIB_PER_IMAGE),
+        _holds(search_ephemeral_storage_mb, MODEL_ALLOWANCE_MIB, 2 * per_build),
+        _holds(search_memory_mb, SEARCH_BASE_MIB, per_build),
+    )
+    return images // 1000 * 1000
+
+
+def largest_collection() -> int:
+    """The most images one reindex function and one search function at Lambda's largest sizes hold."""
+    return capacity(
+        search_memory_mb=LAMBDA_MAX_MEMORY_MB,
+        search_ephemeral_storage_mb=LAMBDA_MAX_EPHEMERAL_STORAGE_MB,
+        reindex_memory_mb=LAMBDA_MAX_MEMORY_MB,
+    )
+
+
+def sizes_for(images: int, *, search_ephemeral_floor_mb: int = SEARCH_EPHEMERAL_FLOOR_MB) -> FunctionSizes:
+    """Sizes for a collection that will reach ``images`` images; ValueError past what one index can hold.
+
+    ``search_ephemeral_floor_mb``: the least ``/tmp`` to give search (lower under SnapStart, which caps it).
+    """
+    if images < 1:
+        raise ValueError(f"collectionImages must be a positive number of images, not {images}")
+    largest = largest_collection()
+    if images > largest:
+        raise ValueError(
+            f"collectionImages={images:,} is more than one Annoy index in Lambda holds ({largest:,} images: the "
+            "reindex's memory runs out first). docs/scaling.md ('What takes over beyond it') says what comes next."
+        )
+    per_build = _mib(INDEX_BYTES_PER_IMAGE + KEYS_BYTES_PER_IMAGE)
+    return FunctionSizes(
+        images=images,
+        # One index resident: during a swap the old build's pages are evicted as the new one's are read.
+        search_memory_mb=_needed(SEARCH_BASE_MIB, per_build, images, SEARCH_MEMORY_FLOOR_MB),
+        # Two builds side by side while a swap holds both, plus the model.
+        search_ephemeral_storage_mb=_needed(MODEL_ALLOWANCE_MIB, 2 * per_build, images, search_ephemeral_floor_mb),
+        reindex_memory_mb=_needed(REINDEX_BASE_MIB, REINDEX_MIB_PER_IMAGE, images, REINDEX_MEMORY_FLOOR_MB),
+    )

@@ -1,0 +1,159 @@
+"""Function sizes from the collection size: the figures agree with what bench/ measured, and reach the stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from aws_cdk.assertions import Template
+from cdk_support import REPO_ROOT, build_stack, image_function
+
+from cdk import sizing
+from cdk.image import REINDEX_HANDLER, SEARCH_HANDLER
+from cdk.search_function import SNAP_START_MAX_EPHEMERAL_STORAGE_MB
+
+RESULTS = REPO_ROOT / "bench" / "results"
+FIT = json.loads((RESULTS / "reindex_fit.json").read_text())["scaling"]
+MEASURED_1E6 = json.loads((RESULTS / "reindex_1e6.json").read_text())["sizes"][0]
+FP32_MODEL_MIB = 85
+
+
+@pytest.mark.parametrize("scenario", ["backfill", "incremental"])
+def test_reindex_figures_cover_the_measured_fit(scenario):
+    # A rerun of bench.reindex that moves the fit past these figures (or far below them) fails here.
+    fit = FIT[scenario]
+    assert fit["peak_rss_mib"]["a"] <= sizing.REINDEX_BASE_MIB <= fit["peak_rss_mib"]["a"] * 1.05
+    per_image = fit["peak_rss_mib"]["b_per_vector"]
+    assert per_image <= sizing.REINDEX_MIB_PER_IMAGE <= per_image * 1.05
+    files = fit["build_file_bytes_per_vector"]
+    assert files["index"] <= sizing.INDEX_BYTES_PER_IMAGE <= files["index"] * 1.05
+    assert files["keys"] <= sizing.KEYS_BYTES_PER_IMAGE <= files["keys"] * 2  # real keys run longer
+
+
+def test_a_million_images_get_what_the_measured_million_needed():
+    n = MEASURED_1E6["n"]
+    sizes = sizing.sizes_for(n)
+    peak_rss = max(run["peak_rss_mib"] for run in MEASURED_1E6["runs"].values())
+    assert peak_rss < sizes.reindex_memory_mb <= sizing.LAMBDA_MAX_MEMORY_MB
+    files = MEASURED_1E6["build_files_bytes"]
+    one_build_mib = (files["index"] + files["keys"]) / 2**20
+    # a swap holds the old and the new build, plus the model
+    assert 2 * one_build_mib + FP32_MODEL_MIB < sizes.search_ephemeral_storage_mb
+    assert sizing.SEARCH_BASE_MIB + files["index"] / 2**20 < sizes.search_memory_mb
+    # what the defaults could not hold
+    assert sizes.reindex_memory_mb > sizing.REINDEX_MEMORY_FLOOR_MB
+    assert sizes.search_ephemeral_storage_mb > sizing.SEARCH_EPHEMERAL_FLOOR_MB
+
+
+@pytest.mark.parametrize("images", [1, 10_000, 101_000, 300_000, 500_000, 1_000_000])
+def test_sizes_hold_the_collection_they_are_for(images):
+    sizes = sizing.sizes_for(images)
+    held = sizing.capacity(
+        search_memory_mb=sizes.search_memory_mb,
+        search_ephemeral_storage_mb=sizes.search_ephemeral_storage_mb,
+        reindex_memory_mb=sizes.reindex_memory_mb,
+    )
+    assert held >= images - 1000  # capacity rounds down to a thousand
+    assert sizes.search_memory_mb >= sizing.SEARCH_MEMORY_FLOOR_MB
+    assert sizes.search_ephemeral_storage_mb >= sizing.SEARCH_EPHEMERAL_FLOOR_MB
+    assert sizes.reindex_memory_mb >= sizing.REINDEX_MEMORY_FLOOR_MB
+
+
+def test_small_collections_keep_the_defaults_and_the_defaults_hold_a_quarter_million():
+    assert sizing.sizes_for(100_000) == sizing.FunctionSizes(
+        100_000, sizing.SEARCH_MEMORY_FLOOR_MB, sizing.SEARCH_EPHEMERAL_FLOOR_MB, sizing.REINDEX_MEMORY_FLOOR_MB
+    )
+    held = sizing.capacity(
+        search_memory_mb=sizing.SEARCH_MEMORY_FLOOR_MB,
+        search_ephemeral_storage_mb=sizing.SEARCH_EPHEMERAL_FLOOR_MB,
+        reindex_memory_mb=sizing.REINDEX_MEMORY_FLOOR_MB,
+    )
+    # the reindex's 3,008 MB runs out first (docs/scaling.md: ~310,000 without headroom)
+    assert 250_000 < held < 310_000
+
+
+def test_past_one_index_is_refused_with_the_reason():
+    largest = sizing.largest_collection()
+    assert 1_000_000 < largest < 1_270_000  # the fit's limit at 10,240 MB, less the headroom
+    sizing.sizes_for(largest)
+    with pytest.raises(ValueError, match="more than one Annoy index in Lambda holds"):
+        sizing.sizes_for(largest + 1000)
+    with pytest.raises(ValueError, match="positive number"):
+        sizing.sizes_for(0)
+
+
+@pytest.fixture(scope="module")
+def million_template(tmp_path_factory) -> Template:
+    return Template.from_stack(build_stack(tmp_path_factory.mktemp("million"), collection_images=1_000_000))
+
+
+def test_the_stack_sizes_search_and_reindex_for_the_collection(million_template):
+    sizes = sizing.sizes_for(1_000_000)
+    search = image_function(million_template, SEARCH_HANDLER)
+    assert search["MemorySize"] == sizes.search_memory_mb
+    assert search["EphemeralStorage"] == {"Size": sizes.search_ephemeral_storage_mb}
+    reindex = image_function(million_template, REINDEX_HANDLER)
+    assert reindex["MemorySize"] == sizes.reindex_memory_mb
+    assert reindex["EphemeralStorage"] == {"Size": sizing.LAMBDA_MAX_EPHEMERAL_STORAGE_MB}
+
+
+def _collection_alarm(template: Template) -> dict:
+    (alarm,) = [a for name, a in template.find_resources("AWS::CloudWatch::Alarm").items() if "CollectionSize" in name]
+    (query,) = alarm["Properties"]["Metrics"]
+    assert query["MetricStat"]["Metric"]["MetricName"] == "LiveVectors"
+    return alarm["Properties"]
+
+
+def test_the_collection_alarm_goes_off_before_the_sizes_run_out(million_template, template):
+    sized = sizing.sizes_for(1_000_000)
+    held = sizing.capacity(
+        search_memory_mb=sized.search_memory_mb,
+        search_ephemeral_storage_mb=sized.search_ephemeral_storage_mb,
+        reindex_memory_mb=sized.reindex_memory_mb,
+    )
+    alarm = _collection_alarm(million_template)
+    assert alarm["Threshold"] == int(held * 0.9) and alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert 1_000_000 * 0.9 <= alarm["Threshold"] < held
+    assert "collectionImages" in alarm["AlarmDescription"]
+    # the default stack alarms at 90% of what the default sizes hold
+    assert _collection_alarm(template)["Threshold"] < 310_000 * 0.9
+
+
+def test_explicit_sizes_win_over_the_collection(tmp_path):
+    stack = build_stack(
+        tmp_path,
+        collection_images=1_000_000,
+        function_options={"memory_mb": 4096},
+        reindex_options={"memory_mb": 10240},
+    )
+    template = Template.from_stack(stack)
+    assert image_function(template, SEARCH_HANDLER)["MemorySize"] == 4096
+    assert image_function(template, REINDEX_HANDLER)["MemorySize"] == 10240
+    # the rest still follows the collection
+    sized = sizing.sizes_for(1_000_000)
+    assert image_function(template, SEARCH_HANDLER)["EphemeralStorage"] == {"Size": sized.search_ephemeral_storage_mb}
+
+
+def test_snap_start_takes_a_collection_that_fits_its_tmp_and_refuses_one_that_does_not(tmp_path):
+    small = build_stack(tmp_path / "small", collection_images=50_000, function_options={"snap_start": True})
+    search = image_function(Template.from_stack(small), SEARCH_HANDLER)
+    assert search["EphemeralStorage"] == {"Size": SNAP_START_MAX_EPHEMERAL_STORAGE_MB}
+    with pytest.raises(ValueError, match="SnapStart allows at most 512 MB of /tmp, and this collection needs"):
+        build_stack(tmp_path / "big", collection_images=1_000_000, function_options={"snap_start": True})
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("2000000", "more than one Annoy index in Lambda holds"), ("lots", "must be a whole number")],
+)
+def test_the_cdk_app_refuses_a_bad_collection_size_without_a_traceback(value, message, tmp_path):
+    # `npx cdk synth -c collectionImages=...` runs this module; the error must read as one line.
+    env = {**os.environ, "CDK_CONTEXT_JSON": json.dumps({"collectionImages": value}), "CDK_OUTDIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "cdk.app"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
