@@ -10,8 +10,9 @@ backfill, and ``training.collection reindex``. In order:
    with a concurrency quota of 10 cannot set aside.
 3. Start from the live build's collection (``collection.npz``; for an older build without one, the
    vectors in its index), apply the shards it did not merge yet (latest event per key wins), build the
-   Annoy index with the live manifest's ``n_trees``, ``search_k`` and ``seed`` (``lambda_fn.indexing``,
-   the code ``training.build_index`` uses), and publish it (``lambda_fn.publish``: build folder first,
+   Annoy index with the live manifest's ``n_trees`` and ``seed`` (``lambda_fn.indexing``, the code
+   ``training.build_index`` uses), measure the ``search_k`` that keeps recall@10 at the target as the
+   collection grows (the live one is the floor), and publish it (``lambda_fn.publish``: build folder first,
    manifest last, conditional on the manifest it started from). Any failure before that last PUT leaves
    the live manifest as it was; the next run starts over and re-uses the files already uploaded.
 4. A new model (``models/current.json``) goes live only once its namespace covers every image of the live
@@ -61,6 +62,7 @@ class ReindexReport:
     skipped: int = 0
     pending_model: dict | None = None
     deleted_files: int = 0
+    search_k: int | None = None  # what the published build measured it needs (lambda_fn.indexing.tune_search_k)
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -264,6 +266,7 @@ def reindex(
             n_jobs=n_jobs,
             collection=collection.to_shard(merged | set(shards), stacked=stacked),
             shards_digest=listing_digest(shards),
+            tune_recall=True,
         )
         report.timings["build_s"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
@@ -276,7 +279,7 @@ def reindex(
         )
         report.timings["publish_s"] = round(time.perf_counter() - t0, 3)
         report.status, report.build_id = "published", remote.build_id
-        report.model_sha256, report.count = target_sha, remote.count
+        report.model_sha256, report.count, report.search_k = target_sha, remote.count, remote.search_k
         log.info("build published", extra=report.as_dict())
         if collect_garbage:
             keep = {name for m in (remote, live) if m is not None for _, name, _ in m.files(with_collection=True)}

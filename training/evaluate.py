@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw, ImageOps
 from lambda_fn.artifacts import ArtifactError, fetch
 from lambda_fn.config import DEFAULT_DEDUPE_SIMILARITY
 from lambda_fn.engine import Engine
+from lambda_fn.indexing import exact_top_k, recall_at_k
 from lambda_fn.manifest import EMBEDDINGS_FILE
 from training.build_index import Sources, embed_collection, named_source, scan_sources
 from training.cli import run
@@ -41,36 +42,6 @@ LABEL_MAP_HEADER = ["source_a", "label_a", "source_b", "label_b"]
 Taxon = tuple[str, str]  # (source, label); "" where there is none
 
 KS = (1, 5, 10)
-
-
-def exact_top_k(
-    vectors: np.ndarray,
-    queries: np.ndarray,
-    k: int,
-    exclude: list[int | None] | None = None,
-    *,
-    with_similarities: bool = False,
-    max_block_bytes: int = 256 << 20,
-):
-    """Exact top-k by inner product (cosine for unit vectors), nearest first, leaving ``exclude[q]`` out.
-
-    Queries go in blocks so the float32 similarity block stays under ``max_block_bytes`` (10^6 vectors fit).
-    Returns ids ``(len(queries), k)``, and their similarities too with ``with_similarities``.
-    """
-    block = max(1, max_block_bytes // (4 * len(vectors)))
-    ids = np.empty((len(queries), k), dtype=np.int64)
-    sims = np.empty((len(queries), k), dtype=np.float32)
-    for start in range(0, len(queries), block):
-        s = queries[start : start + block] @ vectors.T
-        for row, ex in enumerate((exclude or [])[start : start + block]):
-            if ex is not None:
-                s[row, ex] = -np.inf
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        part_sims = np.take_along_axis(s, part, axis=1)
-        order = np.argsort(-part_sims, axis=1, kind="stable")
-        ids[start : start + block] = np.take_along_axis(part, order, axis=1)
-        sims[start : start + block] = np.take_along_axis(part_sims, order, axis=1)
-    return (ids, sims) if with_similarities else ids
 
 
 def precision_at_k(relevant: np.ndarray, k: int) -> float:
@@ -148,12 +119,6 @@ def relevance(
 def retrieval_quality(relevant: np.ndarray, n_relevant: np.ndarray) -> dict[str, float]:
     quality = {f"precision@{k}": precision_at_k(relevant, k) for k in KS}
     return quality | {f"mAP@{k}": average_precision_at_k(relevant, n_relevant, k) for k in KS}
-
-
-def recall_at_k(approx: list[list[int]], exact: np.ndarray, k: int | None = None) -> float:
-    """Mean share of the exact top-k (k: all of ``exact``'s columns by default) the approximate search found."""
-    k = k or exact.shape[1]
-    return float(np.mean([len(set(a[:k]) & set(e[:k].tolist())) / k for a, e in zip(approx, exact, strict=True)]))
 
 
 def annoy_sweep(
