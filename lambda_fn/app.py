@@ -73,7 +73,7 @@ def _record(status: int, body: bytes | None) -> None:
         answer = json.loads(body) if body else None
         error = answer.get("error") if isinstance(answer, dict) else None
         code = error.get("code") if isinstance(error, dict) else None
-        metrics.client_error(code if code in _ERROR_CODES else ErrorCode.HTTP_ERROR.value)
+        metrics.client_error(code if code in _ERROR_CODES else ErrorCode.BAD_REQUEST.value)
 
 
 def create_app(settings: Settings, *, s3_client=None) -> FastAPI:

@@ -71,7 +71,16 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-_HTTP_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}
+# What Starlette's and FastAPI's own HTTPExceptions mean here. Each code answers with its one status
+# (``STATUS``); a status not listed becomes ``bad_request`` (4xx) or ``internal_error`` (5xx).
+_HTTP_CODES = {
+    400: ErrorCode.BAD_REQUEST,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_TYPE,
+    422: ErrorCode.INVALID_PARAMETERS,
+}
 
 
 def install(app: FastAPI) -> None:
@@ -88,6 +97,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):
-        code = _HTTP_CODES.get(exc.status_code, ErrorCode.HTTP_ERROR)
+        code = _HTTP_CODES.get(exc.status_code)
+        if code is None:
+            code = ErrorCode.INTERNAL_ERROR if exc.status_code >= 500 else ErrorCode.BAD_REQUEST
         # keep the exception's headers: a 405 must list the allowed methods in `Allow` (RFC 9110)
-        return error_response(code, str(exc.detail), status=exc.status_code, headers=getattr(exc, "headers", None))
+        return error_response(code, str(exc.detail), headers=getattr(exc, "headers", None))

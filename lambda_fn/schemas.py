@@ -33,7 +33,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_TYPE = "unsupported_type"
     MISSING_IMAGE = "missing_image"
     INVALID_PARAMETERS = "invalid_parameters"
-    HTTP_ERROR = "http_error"
+    BAD_REQUEST = "bad_request"
     INTERNAL_ERROR = "internal_error"
     NOT_READY = "not_ready"
 
@@ -49,6 +49,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.BAD_MULTIPART: 400,
     ErrorCode.EMPTY_BODY: 400,
     ErrorCode.EMPTY_IMAGE: 400,
+    ErrorCode.BAD_REQUEST: 400,  # refused by the HTTP layer before the service saw it, e.g. JSON that does not parse
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.UNKNOWN_IMAGE: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
