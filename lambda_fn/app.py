@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from lambda_fn import __version__, errors, metrics
 from lambda_fn.config import CORS_MAX_AGE_S, Settings
 from lambda_fn.logs import configure
+from lambda_fn.prefetch import Prefetch
 from lambda_fn.routes import health, images, search
 from lambda_fn.schemas import ErrorCode
 from lambda_fn.state import ServiceState
@@ -76,10 +77,11 @@ def _record(status: int, body: bytes | None) -> None:
         metrics.client_error(code if code in _ERROR_CODES else ErrorCode.BAD_REQUEST.value)
 
 
-def create_app(settings: Settings, *, s3_client=None) -> FastAPI:
+def create_app(settings: Settings, *, s3_client=None, prefetch: Prefetch | None = None) -> FastAPI:
+    """``prefetch``: the build's fetch already under way (``lambda_fn.prefetch``), which the first load takes."""
     configure(settings.log_level)
     app = FastAPI(title="DeepFood search", version=__version__, description=DESCRIPTION)
-    app.state.service = ServiceState(settings, s3_client)
+    app.state.service = ServiceState(settings, s3_client, prefetch=prefetch)
     app.state.linker = ImageLinker(settings, s3_client)
     errors.install(app)
 

@@ -1,6 +1,9 @@
 """The container's loaded engine: created on first use (or at import when configured), then reused, and
 replaced by a newer build when one is published.
 
+At a cold start on Lambda the build's files are already on their way: ``lambda_fn.main`` starts fetching them
+(``lambda_fn.prefetch``) before torch is imported, and the first load takes that fetch's result, or its error.
+
 Not a FastAPI startup event: Mangum runs those on every invocation. A failed load is remembered for
 /health and retried with exponential backoff (``Backoff``: 1 s doubling to 60 s, with jitter), so a fixed S3
 object recovers the service without a restart, while a broken one costs one attempt per wait, not a download
@@ -44,6 +47,7 @@ from lambda_fn.config import Settings
 from lambda_fn.engine import Engine
 from lambda_fn.errors import NotReady
 from lambda_fn.models import read_pointer
+from lambda_fn.prefetch import Prefetch
 from lambda_fn.store import open_store
 
 log = logging.getLogger(__name__)
@@ -95,9 +99,13 @@ def _log_fields(exc: Exception) -> dict:
 
 
 class ServiceState:
-    def __init__(self, settings: Settings, s3_client=None):
+    def __init__(self, settings: Settings, s3_client=None, *, prefetch: Prefetch | None = None):
+        """``prefetch``: the build's fetch, started before torch was imported (``lambda_fn.prefetch``); the
+        first load takes its result instead of fetching."""
         self.settings = settings
         self._s3_client = s3_client
+        self._prefetch = prefetch
+        self.prefetch_wait_s: float | None = None  # how long the first load waited for the prefetch to finish
         self._lock = threading.Lock()
         self.engine: Engine | None = None
         self.error: str | None = None  # why the build cannot be served, in words a client may read
@@ -146,13 +154,28 @@ class ServiceState:
             self._check_client = artifacts.s3_client()
         return self._check_client
 
-    def _load(self) -> tuple[Engine, FetchedArtifacts]:
-        started = time.perf_counter()
-        torch.set_num_threads(self.settings.threads)
+    def _fetch(self) -> FetchedArtifacts:
+        """The build to load: the prefetch's, the first time there is one (raising what it raised), else
+        fetched here."""
+        prefetch, self._prefetch = self._prefetch, None
+        if prefetch is not None:
+            waited = time.perf_counter()
+            try:
+                fetched, client = prefetch.result()
+            finally:
+                self.prefetch_wait_s = time.perf_counter() - waited
+            if self._s3_client is None and client is not None:
+                self._check_client = client  # the checks for a new build reuse its connections
+            return fetched
         uri, client = self.settings.artifacts_uri, self._client(fresh=True)
         manifest, stamp = artifacts.read_manifest(uri, client)
         artifacts.check_trusted(manifest, self.settings.trusted_model_sha256)
-        fetched = artifacts.fetch_build(uri, self.settings.cache_dir, manifest, stamp, client)
+        return artifacts.fetch_build(uri, self.settings.cache_dir, manifest, stamp, client)
+
+    def _load(self) -> tuple[Engine, FetchedArtifacts]:
+        started = time.perf_counter()
+        torch.set_num_threads(self.settings.threads)
+        fetched = self._fetch()
         engine = Engine.from_files(
             fetched.manifest, fetched.model, fetched.index, fetched.keys, search_k=self.settings.search_k
         )

@@ -29,6 +29,7 @@ def test_cold_child_times_every_step_of_the_first_search(artifacts_dir, model_pa
         "imports_s",
         "manifest_s",
         "fetch_s",
+        "prefetch_wait_s",
         "load_model_s",
         "load_index_s",
         "warm_up_s",

@@ -128,6 +128,45 @@ def test_handler_imports_without_torchvision_or_training(artifacts_dir):
     assert "imported True" in proc.stdout
 
 
+FIRST_TORCH_IMPORT = """
+import sys
+seen = []
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:  # the first time anything imports torch
+            seen.append(getattr(sys.modules.get("lambda_fn.main"), "prefetch", None) is not None)
+sys.meta_path.insert(0, Watch())
+import lambda_fn.main as service
+from lambda_fn import artifacts
+from bench.harness import LambdaContext, search_event
+def refetched(*args, **kwargs):
+    raise AssertionError("the first load fetched the build again")
+service.prefetch.result()  # then anything that fetches from here on is the load itself
+artifacts.read_manifest = artifacts.fetch_build = refetched
+r = service.handler(search_event(open(sys.argv[1], "rb").read()), LambdaContext())
+print("prefetch started before torch:", seen, "status:", r["statusCode"])
+print("waited:", service.app.state.service.prefetch_wait_s is not None)
+"""
+
+
+def test_cold_start_fetches_the_build_during_the_torch_import(artifacts_dir, query, tmp_path):
+    image = tmp_path / "query.jpg"
+    image.write_bytes(query[1])
+    settings = service_env(artifacts_uri=artifacts_dir, cache_dir=tmp_path / "cache", num_threads=1)
+    env = {**settings, "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "-c", FIRST_TORCH_IMPORT, str(image)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "prefetch started before torch: [True] status: 200" in proc.stdout, proc.stdout[-2000:]
+    assert "waited: True" in proc.stdout
+
+
 def test_missing_configuration_fails_cold_start_with_the_variable_name():
     proc = subprocess.run(
         [sys.executable, "-c", "import lambda_fn.main"],
