@@ -7,10 +7,13 @@ functions (arbitrary text, arbitrary k) are in tests/reliability/test_properties
 import asyncio
 import base64
 import json
+import os
 
 import pytest
+from starlette import formparsers
 from starlette.requests import Request
 
+from bench.harness import multipart_image
 from lambda_fn.config import Settings
 from lambda_fn.errors import ApiError
 from lambda_fn.schemas import ErrorCode
@@ -149,3 +152,19 @@ def test_parse_k_defaults_and_accepts_whole_numbers_in_range(raw, k):
 def test_parse_k_refuses_the_rest_with_a_422(raw, says):
     error = _refused(ErrorCode.INVALID_PARAMETERS, parse_k, raw, LIMITS)
     assert error.status == 422 and says in error.message
+
+
+def test_a_file_part_over_a_mebibyte_is_parsed_in_memory(monkeypatch):
+    rolled_over = []
+
+    class Watched(formparsers.SpooledTemporaryFile):
+        def rollover(self):  # what moves a spooled part into a temporary file on disk
+            rolled_over.append(True)
+            super().rollover()
+
+    monkeypatch.setattr(formparsers, "SpooledTemporaryFile", Watched)
+    image = os.urandom(3 << 20)  # bytes only: reading the form does not decode them
+    body = multipart_image(image, "b0undary")
+    settings = Settings(artifacts_uri="unused", max_upload_bytes=4 << 20)
+    assert _read(_request(body, "multipart/form-data; boundary=b0undary"), settings) == (image, None)
+    assert not rolled_over
