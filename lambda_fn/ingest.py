@@ -26,6 +26,7 @@ import torch
 from botocore.exceptions import BotoCoreError, ClientError
 
 from lambda_fn.imaging import ImageError, load_for_model
+from lambda_fn.manifest import label_from_metadata
 from lambda_fn.models import LoadedModel
 from lambda_fn.shards import Added, EventOrder, Removed, Shard, Skipped, events_digest, shard_key
 from lambda_fn.store import NotFound, Store
@@ -74,7 +75,8 @@ class IngestReport:
 
 
 def label_of(key: str) -> str | None:
-    """The collection's label convention: the top folder of the key (``pizza/123.jpg`` -> ``pizza``)."""
+    """The collection's label convention: the top folder of the key (``pizza/123.jpg`` -> ``pizza``), unless
+    the object's metadata names its label (``lambda_fn.manifest.LABEL_METADATA``)."""
     parts = key.split("/")
     return parts[0] if len(parts) > 1 and parts[0] else None
 
@@ -87,12 +89,13 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, BotoCoreError | OSError | TimeoutError)
 
 
-def _download(images: Store, change: Change, max_bytes: int) -> bytes | Skipped | Exception:
-    """The image's bytes, a Skipped (permanent problem) or the transient exception."""
+def _download(images: Store, change: Change, max_bytes: int) -> tuple[bytes, str | None] | Skipped | Exception:
+    """The image's bytes and the label its metadata records, a Skipped (permanent problem) or the transient
+    exception."""
     if change.size is not None and change.size > max_bytes:
         return Skipped(change.key, change.etag, f"the image is {change.size:,} bytes; the limit is {max_bytes:,}")
     try:
-        data, etag = images.get(change.key)
+        data, etag, metadata = images.get_with_metadata(change.key)
     except NotFound:
         return Skipped(change.key, change.etag, "the object no longer exists (a removal event follows)")
     except Exception as exc:
@@ -103,7 +106,7 @@ def _download(images: Store, change: Change, max_bytes: int) -> bytes | Skipped 
         return Skipped(change.key, change.etag, "the object was replaced since this event (a newer event follows)")
     if len(data) > max_bytes:
         return Skipped(change.key, change.etag, f"the image is {len(data):,} bytes; the limit is {max_bytes:,}")
-    return data
+    return data, label_from_metadata(metadata)
 
 
 @torch.inference_mode()
@@ -147,6 +150,7 @@ def ingest(
     with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
         fetched = list(pool.map(lambda c: _download(images, c, max_bytes), created))
     good: list[tuple[Change, bytes]] = []
+    labels: dict[str, str | None] = {}  # key -> the label its object's metadata records
     skipped: list[Skipped] = []
     for change, result in zip(created, fetched, strict=True):
         if isinstance(result, Skipped):
@@ -155,7 +159,8 @@ def ingest(
             report.failed[change.item_id] = f"{type(result).__name__}: {result}"
             log.warning("transient failure", extra={"key": change.key, "error": str(result)})
         else:
-            good.append((change, result))
+            data, labels[change.key] = result
+            good.append((change, data))
 
     for model in todo:
         arrays, kept, model_skipped = [], [], list(skipped)
@@ -167,7 +172,7 @@ def ingest(
                 model_skipped.append(Skipped(change.key, change.etag, str(exc), change.order))
         vectors = _embed(model, arrays)
         shard = Shard(
-            added=[Added(c.key, c.label or label_of(c.key), c.etag, c.order) for c in kept],
+            added=[Added(c.key, c.label or labels.get(c.key) or label_of(c.key), c.etag, c.order) for c in kept],
             vectors=vectors,
             removed=[Removed(c.key, c.order) for c in removed],
             skipped=model_skipped,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import urllib.parse
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal, NamedTuple
@@ -162,6 +163,24 @@ def write_keys(path: Path, entries: list[KeyEntry]) -> None:
     """One ``{"key", "label"}`` object per id, with ``"source"`` only when set (one-folder maps are unchanged)."""
     rows = [{"key": e.key, "label": e.label} | ({"source": e.source} if e.source else {}) for e in entries]
     Path(path).write_text(json.dumps(rows, ensure_ascii=False))
+
+
+# S3 user metadata (``x-amz-meta-deepfood-label``) that names an image's label where its key does not: the
+# label of a key under ``images/`` is its top folder unless the object says otherwise, which is what
+# ``training.upload`` writes for every image (an iFood image's label comes from a CSV, not its folder).
+# Percent-encoded, because S3 metadata travels in HTTP headers (ASCII).
+LABEL_METADATA = "deepfood-label"
+
+
+def label_metadata(label: str | None) -> dict[str, str]:
+    """The user metadata that records ``label`` on an image object (none for an unlabelled image)."""
+    return {LABEL_METADATA: urllib.parse.quote(label, safe="")} if label else {}
+
+
+def label_from_metadata(metadata: dict[str, str] | None) -> str | None:
+    """The label an image object's user metadata records, if any."""
+    value = (metadata or {}).get(LABEL_METADATA)
+    return urllib.parse.unquote(value) if value else None
 
 
 def image_object_key(prefix: str, key: str) -> str:

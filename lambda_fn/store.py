@@ -58,6 +58,11 @@ class Store:
         """(content, ETag); raises NotFound."""
         raise NotImplementedError
 
+    def get_with_metadata(self, key: str) -> tuple[bytes, str, dict[str, str]]:
+        """(content, ETag, user metadata); a folder keeps no metadata. Raises NotFound."""
+        data, etag = self.get(key)
+        return data, etag, {}
+
     def head(self, key: str) -> ObjectInfo | None:
         raise NotImplementedError
 
@@ -106,13 +111,17 @@ class S3Store(Store):
         return full_key[len(self.prefix) :] if full_key.startswith(self.prefix) else None
 
     def get(self, key: str) -> tuple[bytes, str]:
+        data, etag, _ = self.get_with_metadata(key)
+        return data, etag
+
+    def get_with_metadata(self, key: str) -> tuple[bytes, str, dict[str, str]]:
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
         except ClientError as exc:
             if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
                 raise NotFound(key) from exc
             raise
-        return response["Body"].read(), response["ETag"].strip('"')
+        return response["Body"].read(), response["ETag"].strip('"'), response.get("Metadata") or {}
 
     def head(self, key: str) -> ObjectInfo | None:
         try:

@@ -37,10 +37,12 @@ from lambda_fn.engine import load_model
 from lambda_fn.manifest import (
     DEFAULT_PREFIX,
     MANIFEST_FILE,
+    KeyEntry,
     Manifest,
     file_digest,
     file_sha256,
     image_object_key,
+    label_metadata,
     read_keys,
 )
 from lambda_fn.models import POINTER_FILE, ModelPointer, model_key
@@ -75,9 +77,12 @@ def content_type(key: str) -> str:
 
 
 def upload_images(
-    client, bucket: str, prefix: str, images: Sources, keys: list[str], workers: int, report: UploadReport
+    client, bucket: str, prefix: str, images: Sources, entries: list[KeyEntry], workers: int, report: UploadReport
 ) -> None:
-    """Each key's file (from its own source root, for a collection of several) to ``images/<key>``."""
+    """Each key's file (from its own source root, for a collection of several) to ``images/<key>``, with its
+    label in the object's metadata, so ingest and a backfill label it as the build does whatever the key."""
+    labels = {e.key: e.label for e in entries}
+    keys = list(labels)
     existing = _existing(client, bucket, image_object_key(prefix, ""))
     todo = []
     for key in keys:
@@ -99,7 +104,7 @@ def upload_images(
                 str(path),
                 bucket,
                 image_object_key(prefix, key),
-                ExtraArgs={"ContentType": content_type(key)},
+                ExtraArgs={"ContentType": content_type(key), "Metadata": label_metadata(labels[key])},
                 Config=TRANSFER,
             )
             for key, path in todo
@@ -131,9 +136,9 @@ def upload(
     client = client or boto3.client("s3", config=Config(retries={"max_attempts": 5, "mode": "standard"}))
     report = UploadReport()
     if images is not None:
-        keys = [e.key for e in read_keys(artifacts / manifest.keys_file)]
+        entries = read_keys(artifacts / manifest.keys_file)
         sources = images if isinstance(images, Sources) else Sources.folder(images)
-        upload_images(client, bucket, prefix, sources, keys, workers, report)
+        upload_images(client, bucket, prefix, sources, entries, workers, report)
     total = sum((artifacts / name).stat().st_size for _, name, _ in manifest.files(with_collection=True))
     with tqdm(total=total, desc="artifacts", unit="B", unit_scale=True, dynamic_ncols=True) as bar:
         _, published = publish_build(S3Store(bucket, prefix, client), artifacts, manifest, progress=bar.update)

@@ -21,7 +21,7 @@ import torch
 from lambda_fn.config import Settings, env_name
 from lambda_fn.events import changes_from_batch
 from lambda_fn.ingest import ingest
-from lambda_fn.manifest import MODEL_META_FILE, Manifest, file_sha256
+from lambda_fn.manifest import MODEL_META_FILE, Manifest, file_sha256, label_metadata
 from lambda_fn.models import POINTER_FILE, ModelPointer, model_key
 from lambda_fn.reindex import reindex
 from lambda_fn.shards import namespace
@@ -90,6 +90,24 @@ def test_a_batch_of_new_images_is_embedded_and_searchable_after_reindex(deployme
     for key, data in photos.items():
         top = engine.search(embed_bytes(engine, data), 1)[0]
         assert engine.keys[top.id].key == key and engine.keys[top.id].label == "backfilled"
+
+
+def test_an_image_whose_metadata_names_its_label_gets_that_label_not_its_top_folder(deployment, tmp_path):
+    # training.upload records each image's label in its metadata: an iFood image's label comes from a CSV, and
+    # under a source prefix the top folder is the source. A re-embedding backfill must keep those labels.
+    d = deployment
+    tagged, plain = "ifood/train_set/train_000123.jpg", "ramen/mine.jpg"
+    d.client.put_object(
+        Bucket=d.bucket,
+        Key=f"{d.prefix}/images/{tagged}",
+        Body=unique_photo(7),
+        Metadata=label_metadata("crème brûlée"),
+    )
+    d.put_image(plain, unique_photo(8))
+    assert _ingest(d, map_batch(d, [tagged, plain])).embedded == 2
+    assert _reindex(d, tmp_path).status == "published"
+    labels = {e.key: e.label for e in d.engine().keys}
+    assert (labels[tagged], labels[plain]) == ("crème brûlée", "ramen")
 
 
 def test_a_corrupt_image_is_skipped_with_its_reason_and_the_batch_succeeds(deployment):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lambda_fn.manifest import read_keys
+from lambda_fn.manifest import label_from_metadata, read_keys
 from lambda_fn.shards import Shard
 from tests.training.official_layouts import write_food101, write_ifood2019
 from training.build_index import Source, Sources, get_args_parser, main, parse_source, scan_sources
@@ -233,6 +233,11 @@ def test_upload_puts_each_image_from_its_source_under_images(mixed, s3, bucket, 
     ]:
         obj = s3.get_object(Bucket=bucket, Key=f"mixed/images/{key}")
         assert obj["Body"].read() == path.read_bytes() and obj["ContentType"] == "image/jpeg"
+    # each image carries its label, which its key does not say for iFood (a CSV) or under a source prefix
+    labels = {e.key: e.label for e in read_keys(mixed.out / "keys.json")}
+    for key in ("ifood/val_set/val_000001.jpg", "food101/images/sushi/100074.jpg", "mine/pizza/pizza_0001.jpg"):
+        head = s3.head_object(Bucket=bucket, Key=f"mixed/images/{key}")
+        assert label_from_metadata(head["Metadata"]) == labels[key] != key.split("/")[0]
     argv = ["--artifacts", str(mixed.out), "--bucket", bucket, "--prefix", "mixed", "--endpoint-url", s3_endpoint]
     assert upload_cli(argv + [arg for spec in mixed.specs for arg in ("--source", spec)]) == 0
     assert "uploaded 0 images (33 already there)" in capsys.readouterr().out
