@@ -12,7 +12,6 @@ model is skipped with a logged error before it is downloaded, as the search serv
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,9 +19,9 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field, ValidationError
 
-from lambda_fn.artifacts import ArtifactError, UntrustedModel, cache_path, partial_for
+from lambda_fn.artifacts import ArtifactError, UntrustedModel, cache_path
 from lambda_fn.manifest import MANIFEST_FILE, MODELS_PREFIX, Manifest, ModelMeta, Sha256, file_sha256
-from lambda_fn.store import NotFound, Store
+from lambda_fn.store import NotFound, Store, download_verified
 
 if TYPE_CHECKING:
     import torch
@@ -85,15 +84,7 @@ def load_verified(store: Store, key: str, sha256: str, cache_dir: Path) -> Loade
         return _loaded[sha256]
     final = cache_path(cache_dir, sha256, "model.pt")
     if not final.is_file() or file_sha256(final) != sha256:  # a cached copy is hashed again, as the service does
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with partial_for(final) as partial:
-            try:
-                store.download_file(key, partial)
-            except NotFound as exc:
-                raise ArtifactError(f"{store.describe(key)} does not exist") from exc
-            if file_sha256(partial) != sha256:
-                raise ArtifactError(f"{store.describe(key)} does not match its sha256 {sha256[:12]}…; upload it again")
-            os.replace(partial, final)
+        download_verified(store, key, sha256, final)
     from lambda_fn.engine import load_model  # torch: only where a model is loaded, not for reading pointers
 
     module, meta = load_model(final)

@@ -36,13 +36,12 @@ from pathlib import Path
 import numpy as np
 from annoy import AnnoyIndex
 
-from lambda_fn.artifacts import ArtifactError
 from lambda_fn.indexing import DEFAULT_N_TREES, DEFAULT_SEARCH_K, DEFAULT_SEED, write_build
-from lambda_fn.manifest import BUILDS_PREFIX, LOCKS_PREFIX, Manifest, file_sha256, read_keys
+from lambda_fn.manifest import BUILDS_PREFIX, LOCKS_PREFIX, Manifest, read_keys
 from lambda_fn.models import read_manifest, read_pointer
 from lambda_fn.publish import NO_MANIFEST, publish_build
 from lambda_fn.shards import SHARD_SUFFIX, Added, Collection, EventOrder, Shard, namespace
-from lambda_fn.store import NotFound, PreconditionFailed, Store
+from lambda_fn.store import NotFound, PreconditionFailed, Store, download_verified
 
 log = logging.getLogger(__name__)
 
@@ -129,25 +128,18 @@ def listing_digest(keys: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
 
 
-def _download_verified(store: Store, key: str, sha256: str, path: Path) -> Path:
-    store.download_file(key, path)
-    if file_sha256(path) != sha256:
-        raise ArtifactError(f"{store.describe(key)} does not match the sha256 in the manifest")
-    return path
-
-
 def base_collection(store: Store, manifest: Manifest, workdir: Path) -> tuple[Collection, set[str]]:
     """The live build's collection and the shards already in it."""
     collection = Collection()
     if manifest.collection_file and manifest.collection_sha256:
-        path = _download_verified(store, manifest.collection_file, manifest.collection_sha256, workdir / "base.npz")
+        path = download_verified(store, manifest.collection_file, manifest.collection_sha256, workdir / "base.npz")
         shard = Shard.from_bytes(path.read_bytes())
         collection.apply(shard)
         return collection, set(shard.merged_shards)
     # A build made before collections were stored: its index holds the vectors; their events count as
     # older than any shard (empty time), so every later upload or removal wins over them.
-    index_path = _download_verified(store, manifest.index_file, manifest.index_sha256, workdir / "base.ann")
-    keys_path = _download_verified(store, manifest.keys_file, manifest.keys_sha256, workdir / "base-keys.json")
+    index_path = download_verified(store, manifest.index_file, manifest.index_sha256, workdir / "base.ann")
+    keys_path = download_verified(store, manifest.keys_file, manifest.keys_sha256, workdir / "base-keys.json")
     index = AnnoyIndex(manifest.dim, manifest.metric)
     index.load(str(index_path))
     entries = read_keys(keys_path)
@@ -293,5 +285,5 @@ def reindex(
 
 def _uncovered(store: Store, live: Manifest, collection: Collection, workdir: Path) -> list[str]:
     """Keys of the live build the new model's namespace knows nothing about."""
-    keys_path = _download_verified(store, live.keys_file, live.keys_sha256, workdir / "live-keys.json")
+    keys_path = download_verified(store, live.keys_file, live.keys_sha256, workdir / "live-keys.json")
     return [e.key for e in read_keys(keys_path) if not collection.knows(e.key)]

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
-from lambda_fn.artifacts import TRANSFER, Location, s3_client
+from lambda_fn.artifacts import TRANSFER, ArtifactError, Location, partial_for, s3_client
+from lambda_fn.manifest import file_sha256
 
 
 class PreconditionFailed(Exception):
@@ -288,6 +289,21 @@ class FolderStore(Store):
         for key, path in sorted(found):
             stat = path.stat()
             yield ObjectInfo(key, _md5(path.read_bytes()), stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
+
+
+def download_verified(store: Store, key: str, sha256: str, path: Path) -> Path:
+    """``key`` downloaded to ``path`` through a partial file that is renamed into place only once its sha256
+    matches; ArtifactError when the object is missing or does not match (nothing is left at ``path``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with partial_for(path) as partial:
+        try:
+            store.download_file(key, partial)
+        except NotFound as exc:
+            raise ArtifactError(f"{store.describe(key)} does not exist") from exc
+        if file_sha256(partial) != sha256:
+            raise ArtifactError(f"{store.describe(key)} does not match its sha256 {sha256[:12]}…; upload it again")
+        os.replace(partial, path)
+    return path
 
 
 def open_store(uri: str, client=None) -> Store:
