@@ -187,6 +187,11 @@ def _md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
+# A listed file's MD5 by path, with the (inode, size, mtime) it was computed for; shared by every FolderStore
+# of the process (the local server and the collection tool open one per call).
+_ETAGS: dict[Path, tuple[tuple[int, int, int], str]] = {}
+
+
 class FolderStore(Store):
     """A local folder with S3's semantics: ETag = MD5 of the content (as S3 gives for single-part uploads),
     writes atomic (temporary file, then rename), conditional writes serialised by a lock file."""
@@ -280,15 +285,28 @@ class FolderStore(Store):
         if not self.root.is_dir():
             return
         root = self.root.resolve()
+        # walk only the folder the prefix names (``embeddings/<sha>/`` is one folder of a big tree)
+        start = root / prefix.rsplit("/", 1)[0] if "/" in prefix else root
+        if not start.is_dir():
+            return
         found = []
-        for path in root.rglob("*"):
+        for path in start.rglob("*"):
             key = path.relative_to(root).as_posix()
             if not key.startswith(prefix) or not path.is_file() or path.name.startswith("."):
                 continue
             found.append((key, path))
         for key, path in sorted(found):
             stat = path.stat()
-            yield ObjectInfo(key, _md5(path.read_bytes()), stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
+            yield ObjectInfo(key, self._etag(path, stat), stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
+
+    def _etag(self, path: Path, stat: os.stat_result) -> str:
+        """The file's MD5 (S3's ETag of a single-part upload), hashed again only when the file changed: a
+        listing of many shards would otherwise read every one of them each time."""
+        stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        cached = _ETAGS.get(path)
+        if cached is None or cached[0] != stamp:
+            cached = _ETAGS[path] = (stamp, _md5(path.read_bytes()))
+        return cached[1]
 
 
 def download_verified(store: Store, key: str, sha256: str, path: Path) -> Path:

@@ -34,3 +34,27 @@ def test_a_mismatch_leaves_nothing_and_says_what_to_do(store, tmp_path):
 def test_a_missing_object_says_so(store, tmp_path):
     with pytest.raises(ArtifactError, match=r"builds/a/keys\.json does not exist"):
         download_verified(store, "builds/a/keys.json", "0" * 64, tmp_path / "keys.json")
+
+
+def test_a_listing_hashes_a_file_again_only_when_it_changed(tmp_path, monkeypatch):
+    from lambda_fn import store as store_module
+
+    store = FolderStore(tmp_path / "bucket")
+    store.put("embeddings/m/a.shard", b"one")
+    store.put("embeddings/m/b.shard", b"two")
+    store.put("images/x/c.jpg", b"three")
+    hashed = []
+    real_md5 = store_module._md5
+    monkeypatch.setattr(store_module, "_md5", lambda data: hashed.append(data) or real_md5(data))
+
+    first = list(store.list("embeddings/m/"))
+    assert [(o.key, o.etag) for o in first] == [
+        ("embeddings/m/a.shard", hashlib.md5(b"one").hexdigest()),
+        ("embeddings/m/b.shard", hashlib.md5(b"two").hexdigest()),
+    ]
+    assert list(store.list("embeddings/m/")) == first
+    assert sorted(hashed) == [b"one", b"two"]  # once each, and never the image outside the prefix
+
+    store.put("embeddings/m/a.shard", b"changed")
+    assert next(iter(store.list("embeddings/m/"))).etag == hashlib.md5(b"changed").hexdigest()
+    assert list(store.list("nothing/here/")) == []
