@@ -1,6 +1,8 @@
-"""The pure helpers behind bench/ann.py: synthetic data, exact top-k, recall."""
+"""The helpers behind bench/ann.py (synthetic data, exact top-k, recall) and bench/search_k.py."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 
@@ -40,3 +42,18 @@ def test_recall_at_k_counts_overlap_regardless_of_order():
     exact = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
     assert recall_at_k([[4, 3, 2, 1], [5, 6, 0, 0]], exact) == 0.75
     assert recall_at_k([[9, 9, 9, 9], [8, 7, 6, 5]], exact) == 0.5
+
+
+def test_search_k_bench_reports_the_choice_and_checks_it_on_held_out_queries(tmp_path):
+    from bench import search_k
+
+    out = tmp_path / "search_k.json"
+    report = search_k.main(
+        search_k.get_args_parser().parse_args(["--sizes", "3000", "--work", str(tmp_path), "--out", str(out)])
+    )
+    (row,) = report["sizes"]
+    assert row["n"] == 3000 and row["chosen_search_k"] == 20_000  # 20,000 nodes of 3,000 vectors: exact
+    assert row["measured_recall@10"] == 1.0
+    assert row["held_out"]["20000"]["recall@10"] > 0.99
+    assert json.loads(out.read_text())["sizes"][0]["n"] == 3000
+    assert [p.name for p in tmp_path.iterdir()] == ["search_k.json"]  # the scratch index is gone
