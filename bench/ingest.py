@@ -251,7 +251,7 @@ def run_worker(kind: str, photos_root: Path) -> int:
     load_s = time.perf_counter() - t0
     keys = sorted(p.relative_to(photos_root).as_posix() for p in photos_root.glob("*/*.jpg"))
     # Instrument the two CPU phases where ingest calls them; the calls themselves are unchanged.
-    ingest_module.load_for_model = timer.wrap("decode", ingest_module.load_for_model, cpu=True)
+    ingest_module._decode_all = timer.wrap("decode", ingest_module._decode_all, cpu=True)
     ingest_module._embed = timer.wrap("embed", ingest_module._embed, cpu=True)
     print(json.dumps({"model_load_s": load_s, "rss_mib": proc_status_kib()["VmRSS"] / 1024}), flush=True)
     for line in sys.stdin:
@@ -426,17 +426,24 @@ def thread_scaling(probes: list[dict], quiet_cpus: float = QUIET_CPUS) -> dict:
 def lambda_estimates(results: dict, batch: int, kind: str, scaling: dict | None) -> dict:
     """Per Lambda memory size, seconds per invocation: the embed's single-thread CPU time (what waiting for a
     CPU does not inflate) scaled by Amdahl's law with the probes' serial fraction to min(threads, memory /
-    1,769 MB) CPUs; decode (one thread in ingest) by its CPU time; download, write and the rest as measured."""
+    1,769 MB) CPUs; decode (a thread per CPU in ingest) by its CPU time over those CPUs; download, write and
+    the rest as measured."""
     one = results.get(f"{kind}/b{batch}/t1")
     if not one or not scaling:
         return {}
     serial = scaling["serial_fraction"]
-    fixed = one["decode_cpu_s"] + one["download_s"] + one["write_s"] + one["other_s"]
-    out = {"embed_serial_fraction": serial, "embed_1_thread_s": one["embed_cpu_s"], "other_phases_s": fixed}
+    fixed = one["download_s"] + one["write_s"] + one["other_s"]
+    out = {
+        "embed_serial_fraction": serial,
+        "embed_1_thread_s": one["embed_cpu_s"],
+        "decode_cpu_s": one["decode_cpu_s"],
+        "other_phases_s": fixed,
+    }
     for memory_mb, threads in LAMBDA_CONFIGS.items():
         cpus = lambda_cpus(memory_mb, threads)
-        seconds = fixed + amdahl_time(one["embed_cpu_s"], serial, cpus)
-        ideal = fixed + amdahl_time(one["embed_cpu_s"], 0.0, cpus)  # the bound: every CPU fully used
+        decode = one["decode_cpu_s"] / cpus
+        seconds = fixed + decode + amdahl_time(one["embed_cpu_s"], serial, cpus)
+        ideal = fixed + decode + amdahl_time(one["embed_cpu_s"], 0.0, cpus)  # the bound: every CPU fully used
         out[str(memory_mb)] = {
             "threads": threads,
             "cpus": cpus,
@@ -531,8 +538,8 @@ def main(args: argparse.Namespace) -> dict:
         "probes": probes,
         "lambda_estimates": estimates,
         "estimate_method": "the embed's 1-thread CPU time, scaled by Amdahl's law (serial fraction from the "
-        "fastest 1- and 2-thread probe forwards) to min(threads, memory / 1769 MB) CPUs; decode by its CPU "
-        "time; download, write and the rest as measured at 1 thread",
+        "fastest 1- and 2-thread probe forwards) to min(threads, memory / 1769 MB) CPUs; decode (a thread "
+        "per CPU) by its CPU time over those CPUs; download, write and the rest as measured at 1 thread",
     }
     write_result(report, args.out)
     return report

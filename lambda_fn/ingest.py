@@ -15,6 +15,7 @@ Distributed Map batches) and the local ``training.collection`` tool. It knows no
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -109,6 +110,26 @@ def _download(images: Store, change: Change, max_bytes: int) -> tuple[bytes, str
     return data, label_from_metadata(metadata)
 
 
+def _decode_all(good: list[tuple[Change, bytes]], model: LoadedModel, max_pixels: int) -> list:
+    """Each image as the model's input array, or the ImageError that makes it unusable, in order.
+
+    Decoding runs on one thread per CPU (Pillow releases the GIL while it decodes and resizes): at 6 vCPUs the
+    forward pass gets faster, a serial decode does not. No torch work happens on these threads.
+    """
+
+    def decode(data: bytes) -> np.ndarray | ImageError:
+        try:
+            return load_for_model(data, model.meta.resize_size, model.meta.crop_size, max_pixels=max_pixels)
+        except ImageError as exc:
+            return exc
+
+    workers = min(len(good), len(os.sched_getaffinity(0)))
+    if workers <= 1:
+        return [decode(data) for _, data in good]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(decode, (data for _, data in good)))
+
+
 @torch.inference_mode()
 def _embed(model: LoadedModel, arrays: list[np.ndarray]) -> np.ndarray:
     chunks = []
@@ -164,12 +185,12 @@ def ingest(
 
     for model in todo:
         arrays, kept, model_skipped = [], [], list(skipped)
-        for change, data in good:
-            try:
-                arrays.append(load_for_model(data, model.meta.resize_size, model.meta.crop_size, max_pixels=max_pixels))
+        for (change, _), decoded in zip(good, _decode_all(good, model, max_pixels), strict=True):
+            if isinstance(decoded, ImageError):
+                model_skipped.append(Skipped(change.key, change.etag, str(decoded), change.order))
+            else:
+                arrays.append(decoded)
                 kept.append(change)
-            except ImageError as exc:
-                model_skipped.append(Skipped(change.key, change.etag, str(exc), change.order))
         vectors = _embed(model, arrays)
         shard = Shard(
             added=[Added(c.key, c.label or labels.get(c.key) or label_of(c.key), c.etag, c.order) for c in kept],

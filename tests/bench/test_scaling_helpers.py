@@ -168,10 +168,12 @@ def test_plan_adds_s3_time_to_the_estimated_batch_and_checks_the_reindex_against
     assert {r["model"] for r in rows} == {"int8"}  # no fp32 measurement, no fp32 rows
     assert len(rows) == 2 * 3 * 2  # memory sizes x collection sizes x concurrencies
     row = next(r for r in rows if (r["memory_mb"], r["images"], r["concurrency"]) == (3008, 10**6, 1000))
-    # serial fraction 1: no gain from a second CPU, so the batch takes its single-thread time
-    assert row["seconds_per_batch"] == pytest.approx(1.3 + s3_batch_seconds(64))
+    # serial fraction 1: no gain from a second CPU for the embed, which takes its single-thread time; the
+    # decode runs a thread per CPU
+    cpus = 3008 / 1769
+    assert row["seconds_per_batch"] == pytest.approx(0.05 + 0.15 / cpus + 1.1 + s3_batch_seconds(64))
     assert row["wall_s"] == pytest.approx(2.5 + 16 * row["seconds_per_batch"])  # 15,625 batches: 16 waves
-    ideal = 0.2 + 1.1 / (3008 / 1769) + s3_batch_seconds(64)
+    ideal = 0.05 + (0.15 + 1.1) / cpus + s3_batch_seconds(64)
     assert row["perfect_scaling"]["seconds_per_batch"] == pytest.approx(ideal)
     assert row["perfect_scaling"]["total_usd"] < row["total_usd"]
     assert row["reindex"]["peak_rss_mib"] == pytest.approx(600 + 10_500)
@@ -199,16 +201,17 @@ def test_thread_scaling_takes_the_fastest_probe_of_each_thread_count():
     assert sc["serial_fraction"] == pytest.approx(0.4) and sc["from"] == "quiet repetitions"
 
 
-def test_lambda_estimates_scale_the_single_thread_embed_and_keep_the_other_phases():
+def test_lambda_estimates_scale_the_single_thread_embed_and_the_decode_and_keep_the_other_phases():
     from bench.ingest import lambda_estimates
 
     one = {"decode_cpu_s": 0.3, "download_s": 0.02, "write_s": 0.01, "other_s": 0.07, "embed_cpu_s": 1.2}
     est = lambda_estimates({"int8/b64/t1": one}, 64, "int8", {"serial_fraction": 0.1})
-    cpus = 3008 / 1769
-    assert est["3008"]["seconds"] == pytest.approx(0.4 + 1.2 * (0.1 + 0.9 / cpus))
-    assert est["3008"]["seconds_perfect_scaling"] == pytest.approx(0.4 + 1.2 / cpus)
+    cpus, big = 3008 / 1769, 10240 / 1769
+    # decode runs a thread per CPU; the embed follows Amdahl's law; download, write and the rest stay
+    assert est["3008"]["seconds"] == pytest.approx(0.1 + 0.3 / cpus + 1.2 * (0.1 + 0.9 / cpus))
+    assert est["3008"]["seconds_perfect_scaling"] == pytest.approx(0.1 + 0.3 / cpus + 1.2 / cpus)
     assert est["10240"]["threads"] == 6
-    assert est["10240"]["images_per_s"] == pytest.approx(64 / (0.4 + 1.2 * (0.1 + 0.9 / (10240 / 1769))))
+    assert est["10240"]["images_per_s"] == pytest.approx(64 / (0.1 + 0.3 / big + 1.2 * (0.1 + 0.9 / big)))
     assert lambda_estimates({"int8/b64/t1": one}, 64, "int8", None) == {}
 
 
