@@ -213,9 +213,17 @@ def without_dedupe(event: dict) -> dict:
     return event
 
 
+# pybase64's own name for its AVX2 code path (``_pybase64._get_simd_name(64)``).
+PYBASE64_AVX2 = 64
+
+
 def main(args: argparse.Namespace) -> dict:
     import torch
 
+    if args.isa == "avx2":  # the cap's environment variables do not reach pybase64, which reads cpuid itself
+        from pybase64 import _pybase64
+
+        _pybase64._set_simd_path(min(PYBASE64_AVX2, _pybase64._get_simd_path()))
     art = artifacts()
     os.environ.update(service_env(artifacts_uri=art, num_threads=THREADS, log_level="WARNING"))
     from mangum import Mangum
