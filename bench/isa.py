@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench._setup import RESULTS, WORK, artifacts, bench_net
+from bench._setup import EXPORT_VERSION, RESULTS, WORK, artifacts, bench_net
 from bench.harness import ISA_ENV, REPO_ROOT, machine_info, write_result
 
 AVX2_ENV = {
@@ -315,7 +315,7 @@ def _per_tensor_file() -> Path:
     from training.export import calibration_batches
     from training.model import to_torchscript
 
-    out = WORK / "isa-int8-per-tensor-v3.pt"
+    out = WORK / f"isa-int8-per-tensor-v{EXPORT_VERSION}.pt"
     if out.is_file():
         return out
     qconfig = QConfig(activation=HistogramObserver.with_args(reduce_range=False), weight=default_weight_observer)
@@ -337,7 +337,7 @@ def _seven_bit_file() -> Path:
     from training.export import calibration_batches
     from training.model import to_torchscript
 
-    out = WORK / "isa-int8-7bit.pt"
+    out = WORK / f"isa-int8-7bit-v{EXPORT_VERSION}.pt"
     if not out.is_file():
         batches = calibration_batches(collection(), DEFAULT_RESIZE_SIZE, DEFAULT_CROP_SIZE, 128)
         mapping = get_default_qconfig_mapping(quantize.BACKEND)
@@ -411,9 +411,9 @@ def _load_variant(name: str):
             raise RuntimeError("onnxruntime not installed, or an AVX2 cap it would not honour")
         return _OrtModel(_onnx_file())
     if name == "int8 7-bit activations (x86 default, before)":
-        return torch.jit.load(str(WORK / "isa-int8-7bit.pt")).eval()
+        return torch.jit.load(str(WORK / f"isa-int8-7bit-v{EXPORT_VERSION}.pt")).eval()
     if name == "int8 per-tensor weights":
-        return torch.jit.load(str(WORK / "isa-int8-per-tensor-v3.pt")).eval()
+        return torch.jit.load(str(WORK / f"isa-int8-per-tensor-v{EXPORT_VERSION}.pt")).eval()
     engine = name.rsplit(" ", 1)[1]
     before = torch.backends.quantized.engine
     torch.backends.quantized.engine = engine  # int8 weights are packed for the engine in force at load
