@@ -4,8 +4,9 @@ int8 model. Interleaved runs. By default the run repeats in a child with the ker
 (``bench.isa``): the ``avx2`` entry.
 
 The first search is broken down in the container's own terms: interpreter start, imports
-(``import lambda_fn.main``), S3 client, manifest read, artifact fetch (download + sha256), model load, index
-load, warm-up forwards and the request itself, by timing the service's own functions in the child. The floor
+(``import lambda_fn.main``), the build's fetch (S3 client, manifest, download + sha256, in a process of its own
+that overlaps the imports) and what the first load still waited for it, model load, index load, warm-up
+forwards and the request itself, by timing the service's own functions in the child. The floor
 child reports ``import torch`` and ``torch.jit.load`` apart. ``--python`` runs the children with another interpreter,
 e.g. a venv with torch's CPU-only wheel (what the Lambda image installs), to separate what the CUDA wheel
 of the development venv adds to the imports.
@@ -40,15 +41,17 @@ print(json.dumps({"import_torch_s": t1 - t0, "load_s": t2 - t1}), flush=True)
 """
 
 # A fresh process that imports the handler the way the Lambda runtime does, with the service's own steps
-# timed (module functions wrapped: the artifact steps before the import, since the service starts fetching
-# the build on a thread of its own during it, the torch steps after it), then searches with the image at
-# argv[1] argv[2] times. The fetch steps overlap the imports; ``prefetch_wait_s`` is what the first load
-# still waited for them. Prints "FIRST <json>" once the first answer is in, then its memory (VmHWM, VmRSS)
-# in MiB.
+# timed (module functions wrapped before the first request), then searches with the image at argv[1] argv[2]
+# times. The build is fetched by a child process the service starts during its imports (``lambda_fn.prefetch``):
+# ``prefetch_s`` is how long that took, overlapping the imports, ``prefetch_wait_s`` what the first load still
+# waited for it. Prints "FIRST <json>" once the first answer is in, then its memory (VmHWM, VmRSS) in MiB.
 COLD_CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
-from lambda_fn import artifacts
+import lambda_fn.main as service
+t_imported = time.perf_counter()
+from lambda_fn import engine
+from bench.harness import LambdaContext, proc_status_kib, search_event
 spent = {}
 def timed(owner, name, label):
     fn = getattr(owner, name)
@@ -59,13 +62,6 @@ def timed(owner, name, label):
         finally:
             spent[label] = spent.get(label, 0.0) + time.perf_counter() - start
     setattr(owner, name, wrapper)
-timed(artifacts, "s3_client", "s3_client_s")
-timed(artifacts, "read_manifest", "manifest_s")
-timed(artifacts, "fetch_build", "fetch_s")
-import lambda_fn.main as service
-t_imported = time.perf_counter()
-from lambda_fn import engine
-from bench.harness import LambdaContext, proc_status_kib, search_event
 timed(engine, "load_model", "load_model_s")
 timed(engine, "load_index", "load_index_s")
 timed(engine.Engine, "warm_up", "warm_up_s")
@@ -78,7 +74,7 @@ for i in range(int(sys.argv[2])):
     if i == 0:
         now = time.perf_counter()
         spent.update(imports_s=t_imported - t0, first_request_s=now - t_request, child_s=now - t0)
-        spent["prefetch_wait_s"] = getattr(service.app.state.service, "prefetch_wait_s", None) or 0.0
+        spent.update(prefetch_s=service.prefetch.seconds, prefetch_wait_s=service.app.state.service.prefetch_wait_s)
         print("FIRST " + json.dumps(spent), flush=True)
 status = proc_status_kib()
 print(json.dumps({k: status[k] / 1024 for k in ("VmHWM", "VmRSS")}))

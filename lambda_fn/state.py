@@ -161,12 +161,9 @@ class ServiceState:
         if prefetch is not None:
             waited = time.perf_counter()
             try:
-                fetched, client = prefetch.result()
+                return prefetch.result()
             finally:
                 self.prefetch_wait_s = time.perf_counter() - waited
-            if self._s3_client is None and client is not None:
-                self._check_client = client  # the checks for a new build reuse its connections
-            return fetched
         uri, client = self.settings.artifacts_uri, self._client(fresh=True)
         manifest, stamp = artifacts.read_manifest(uri, client)
         artifacts.check_trusted(manifest, self.settings.trusted_model_sha256)

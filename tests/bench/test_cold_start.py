@@ -27,8 +27,7 @@ def test_cold_child_times_every_step_of_the_first_search(artifacts_dir, model_pa
     # A renamed service function would silently drop out of the breakdown: every step must have been seen.
     assert set(steps) == {
         "imports_s",
-        "manifest_s",
-        "fetch_s",
+        "prefetch_s",
         "prefetch_wait_s",
         "load_model_s",
         "load_index_s",

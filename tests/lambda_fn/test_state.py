@@ -47,7 +47,7 @@ def _settings(uri: str, cache_dir, **extra) -> Settings:
 def test_first_load_takes_the_build_the_prefetch_downloaded(uploaded, s3, tmp_path):
     settings = _settings(uploaded.uri, tmp_path / "cache")
     prefetch = Prefetch.start(settings)
-    fetched, _ = prefetch.result()  # downloaded and verified with no app, no model load, no torch call
+    fetched = prefetch.result()  # downloaded and verified with no app, no model load, no torch call
     assert fetched.model == tmp_path / "cache" / uploaded.manifest.model_sha256 / "model.pt"
     for key in [uploaded.key(MANIFEST_FILE)] + [uploaded.key(name) for _, name, _ in uploaded.manifest.files()]:
         s3.delete_object(Bucket=uploaded.bucket, Key=key)  # a load that fetched again would find nothing
