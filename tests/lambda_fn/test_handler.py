@@ -5,9 +5,12 @@ import importlib
 import json
 import subprocess
 import sys
+import warnings
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.exceptions import PydanticV1NotSupportedError
 
 from bench.harness import multipart_image, service_env
 from lambda_fn.config import env_name
@@ -194,3 +197,27 @@ def test_missing_configuration_fails_cold_start_with_the_variable_name():
     )
     assert proc.returncode != 0
     assert env_name("artifacts_uri") in proc.stderr and "Field required" in proc.stderr
+
+
+def test_the_handler_imports_without_pydantic_v1(artifacts_dir):
+    script = "import sys\nimport lambda_fn.main\nprint('pydantic.v1 imported:', 'pydantic.v1' in sys.modules)"
+    env = {**service_env(artifacts_uri=artifacts_dir), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pydantic.v1 imported: False" in proc.stdout
+
+
+def test_a_pydantic_v1_model_is_still_refused_once_v1_is_imported():
+    import lambda_fn.routes  # noqa: F401  (what guards FastAPI's v1 checks)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pydantic import v1
+
+    class Old(v1.BaseModel):
+        a: int
+
+    with pytest.raises(PydanticV1NotSupportedError):
+        FastAPI().get("/old", response_model=Old)(lambda: None)
