@@ -72,18 +72,22 @@ class Prefetch:
         self.seconds: float | None = None  # how long the child's fetch took, once it is done
 
     @classmethod
-    def start(cls, settings: Settings) -> Prefetch:
+    def start(cls, settings: Settings) -> Prefetch | None:
+        """The child started; None when it cannot be (the first load then fetches by itself, as without one)."""
         # The child resolves modules as this process does (Lambda's task root, a test's repository).
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         argv = [settings.artifacts_uri, str(settings.cache_dir), settings.trusted_model_sha256 or ""]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "lambda_fn.prefetch", *argv],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            text=True,
-        )
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "lambda_fn.prefetch", *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                text=True,
+            )
+        except OSError:
+            return None
         return cls(proc)
 
     def result(self) -> FetchedArtifacts:

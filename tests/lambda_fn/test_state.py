@@ -7,6 +7,7 @@ Faults at this point (S3 slow or unreachable, objects missing or corrupt, a full
 tests/reliability/test_faults.py.
 """
 
+import subprocess
 import time
 
 import pytest
@@ -78,3 +79,17 @@ def test_prefetch_refuses_an_untrusted_model_before_downloading_it(uploaded, tmp
     with pytest.raises(UntrustedModel):
         prefetch.result()
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+
+
+def test_a_prefetch_that_cannot_start_leaves_the_fetch_to_the_first_load(uploaded, tmp_path, monkeypatch):
+    def no_processes(*args, **kwargs):
+        raise OSError("no more processes")
+
+    settings = _settings(uploaded.uri, tmp_path / "cache")
+    with monkeypatch.context() as patch:
+        patch.setattr(subprocess, "Popen", no_processes)
+        prefetch = Prefetch.start(settings)
+    assert prefetch is None
+    client = TestClient(create_app(settings, prefetch=prefetch))
+    r = client.post("/search?k=3", content=jpeg_bytes(), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200, r.text
