@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import sys
 
-from fastapi import encoders
-from fastapi._compat import shared
-
 
 def _once_v1_is_imported(check):
     def guarded(obj) -> bool:
@@ -23,6 +20,20 @@ def _once_v1_is_imported(check):
     return guarded
 
 
-if not hasattr(shared.is_pydantic_v1_model_class, "__wrapped__"):
-    shared.is_pydantic_v1_model_class = _once_v1_is_imported(shared.is_pydantic_v1_model_class)
-    encoders.is_pydantic_v1_model_instance = _once_v1_is_imported(encoders.is_pydantic_v1_model_instance)
+def _guard_v1_checks() -> bool:
+    """Wrap FastAPI's two checks; False (and nothing changed) where this FastAPI has them elsewhere, since
+    ``fastapi._compat`` is private: the service then starts as fast as FastAPI itself allows, no slower."""
+    try:
+        from fastapi import encoders
+        from fastapi._compat import shared
+
+        class_check, instance_check = shared.is_pydantic_v1_model_class, encoders.is_pydantic_v1_model_instance
+    except (ImportError, AttributeError):
+        return False
+    if not hasattr(class_check, "__wrapped__"):
+        shared.is_pydantic_v1_model_class = _once_v1_is_imported(class_check)
+        encoders.is_pydantic_v1_model_instance = _once_v1_is_imported(instance_check)
+    return True
+
+
+_guard_v1_checks()

@@ -221,3 +221,17 @@ def test_a_pydantic_v1_model_is_still_refused_once_v1_is_imported():
 
     with pytest.raises(PydanticV1NotSupportedError):
         FastAPI().get("/old", response_model=Old)(lambda: None)
+
+
+def test_a_fastapi_without_those_internals_still_serves(monkeypatch):
+    # fastapi._compat is private: where a release moves the checks, the guard changes nothing and says so.
+    import fastapi._compat.shared as shared
+
+    import lambda_fn.routes as routes
+
+    monkeypatch.delattr(shared, "is_pydantic_v1_model_class")
+    assert routes._guard_v1_checks() is False
+    monkeypatch.undo()
+    assert routes._guard_v1_checks() is True
+    assert hasattr(shared.is_pydantic_v1_model_class, "__wrapped__")  # wrapped once, not twice
+    assert not hasattr(shared.is_pydantic_v1_model_class.__wrapped__, "__wrapped__")
