@@ -155,13 +155,16 @@ class ServiceState:
         return self._check_client
 
     def _fetch(self) -> FetchedArtifacts:
-        """The build to load: the prefetch's, the first time there is one (raising what it raised), else
-        fetched here."""
+        """The build to load: the prefetch's, the first time there is one (raising the ArtifactError it
+        raised), else fetched here. A prefetch process that died without an answer is logged and fetched
+        again here, so a crash of the helper process costs no 503."""
         prefetch, self._prefetch = self._prefetch, None
         if prefetch is not None:
             waited = time.perf_counter()
             try:
                 return prefetch.result()
+            except RuntimeError:
+                log.warning("the prefetch failed; fetching the build here", exc_info=True)
             finally:
                 self.prefetch_wait_s = time.perf_counter() - waited
         uri, client = self.settings.artifacts_uri, self._client(fresh=True)

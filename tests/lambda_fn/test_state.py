@@ -93,3 +93,12 @@ def test_a_prefetch_that_cannot_start_leaves_the_fetch_to_the_first_load(uploade
     client = TestClient(create_app(settings, prefetch=prefetch))
     r = client.post("/search?k=3", content=jpeg_bytes(), headers={"Content-Type": "image/jpeg"})
     assert r.status_code == 200, r.text
+
+
+def test_a_prefetch_process_that_dies_without_an_answer_costs_no_503(uploaded, tmp_path):
+    settings = _settings(uploaded.uri, tmp_path / "cache")
+    prefetch = Prefetch.start(settings)
+    prefetch._proc.kill()  # e.g. killed for memory before it could answer
+    client = TestClient(create_app(settings, prefetch=prefetch))
+    r = client.post("/search?k=3", content=jpeg_bytes(), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200, r.text  # fetched again by the first load itself
