@@ -64,26 +64,30 @@ def _mib(n_bytes: float) -> float:
     return n_bytes / 2**20
 
 
+# What each size must hold, as (fixed MiB, MiB per image), before the headroom: one model of each need, which
+# ``sizes_for`` solves for a size and ``capacity`` for a number of images.
+_BUILD_MIB_PER_IMAGE = _mib(INDEX_BYTES_PER_IMAGE + KEYS_BYTES_PER_IMAGE)
+_NEEDS: dict[str, tuple[float, float]] = {
+    # One index resident: during a swap the old build's pages are evicted as the new one's are read.
+    "search_memory_mb": (SEARCH_BASE_MIB, _BUILD_MIB_PER_IMAGE),
+    # Two builds side by side while a swap holds both, plus the model.
+    "search_ephemeral_storage_mb": (MODEL_ALLOWANCE_MIB, 2 * _BUILD_MIB_PER_IMAGE),
+    "reindex_memory_mb": (REINDEX_BASE_MIB, REINDEX_MIB_PER_IMAGE),
+}
+
+
 def _round_up(mb: float) -> int:
     return int(math.ceil(mb / ROUND_MB) * ROUND_MB)
 
 
-def _needed(base_mib: float, per_image_mib: float, images: int, floor: int) -> int:
-    return max(floor, _round_up((base_mib + per_image_mib * images) * HEADROOM))
-
-
-def _holds(limit_mb: int, base_mib: float, per_image_mib: float) -> int:
-    return max(0, int((limit_mb / HEADROOM - base_mib) / per_image_mib))
-
-
 def capacity(*, search_memory_mb: int, search_ephemeral_storage_mb: int, reindex_memory_mb: int) -> int:
     """The most images these sizes hold, whichever runs out first (rounded down to a thousand)."""
-    per_build = _mib(INDEX_BYTES_PER_IMAGE + KEYS_BYTES_PER_IMAGE)
-    images = min(
-        _holds(reindex_memory_mb, REINDEX_BASE_MIB, REINDEX_MIB_PER_IMAGE),
-        _holds(search_ephemeral_storage_mb, MODEL_ALLOWANCE_MIB, 2 * per_build),
-        _holds(search_memory_mb, SEARCH_BASE_MIB, per_build),
-    )
+    sizes = {
+        "search_memory_mb": search_memory_mb,
+        "search_ephemeral_storage_mb": search_ephemeral_storage_mb,
+        "reindex_memory_mb": reindex_memory_mb,
+    }
+    images = min(max(0, int((sizes[f] / HEADROOM - base) / per_image)) for f, (base, per_image) in _NEEDS.items())
     return images // 1000 * 1000
 
 
@@ -109,12 +113,15 @@ def sizes_for(images: int, *, search_ephemeral_floor_mb: int = SEARCH_EPHEMERAL_
             f"collectionImages={images:,} is more than one Annoy index in Lambda holds ({largest:,} images: the "
             "reindex's memory runs out first). docs/scaling.md ('What takes over beyond it') says what comes next."
         )
-    per_build = _mib(INDEX_BYTES_PER_IMAGE + KEYS_BYTES_PER_IMAGE)
+    floors = {
+        "search_memory_mb": SEARCH_MEMORY_FLOOR_MB,
+        "search_ephemeral_storage_mb": search_ephemeral_floor_mb,
+        "reindex_memory_mb": REINDEX_MEMORY_FLOOR_MB,
+    }
     return FunctionSizes(
         images=images,
-        # One index resident: during a swap the old build's pages are evicted as the new one's are read.
-        search_memory_mb=_needed(SEARCH_BASE_MIB, per_build, images, SEARCH_MEMORY_FLOOR_MB),
-        # Two builds side by side while a swap holds both, plus the model.
-        search_ephemeral_storage_mb=_needed(MODEL_ALLOWANCE_MIB, 2 * per_build, images, search_ephemeral_floor_mb),
-        reindex_memory_mb=_needed(REINDEX_BASE_MIB, REINDEX_MIB_PER_IMAGE, images, REINDEX_MEMORY_FLOOR_MB),
+        **{
+            f: max(floors[f], _round_up((base + per_image * images) * HEADROOM))
+            for f, (base, per_image) in _NEEDS.items()
+        },
     )
