@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -171,7 +171,6 @@ def ingest(
     with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
         fetched = list(pool.map(lambda c: _download(images, c, max_bytes), created))
     good: list[tuple[Change, bytes]] = []
-    labels: dict[str, str | None] = {}  # key -> the label its object's metadata records
     skipped: list[Skipped] = []
     for change, result in zip(created, fetched, strict=True):
         if isinstance(result, Skipped):
@@ -180,8 +179,8 @@ def ingest(
             report.failed[change.item_id] = f"{type(result).__name__}: {result}"
             log.warning("transient failure", extra={"key": change.key, "error": str(result)})
         else:
-            data, labels[change.key] = result
-            good.append((change, data))
+            data, recorded = result  # the label the object's metadata records, if the change names none
+            good.append((replace(change, label=change.label or recorded), data))
 
     for model in todo:
         arrays, kept, model_skipped = [], [], list(skipped)
@@ -193,7 +192,7 @@ def ingest(
                 kept.append(change)
         vectors = _embed(model, arrays)
         shard = Shard(
-            added=[Added(c.key, c.label or labels.get(c.key) or label_of(c.key), c.etag, c.order) for c in kept],
+            added=[Added(c.key, c.label or label_of(c.key), c.etag, c.order) for c in kept],
             vectors=vectors,
             removed=[Removed(c.key, c.order) for c in removed],
             skipped=model_skipped,
