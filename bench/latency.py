@@ -106,7 +106,8 @@ def real_precision(models: dict, k: int = 10) -> dict:
     from PIL import Image
 
     from lambda_fn.imaging import prepare
-    from training.evaluate import exact_top_k, precision_at_k
+    from lambda_fn.indexing import exact_top_k
+    from training.evaluate import precision_at_k
 
     data = lfw_subset()
     if data is None:

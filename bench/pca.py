@@ -16,7 +16,8 @@ import numpy as np
 from bench._setup import RESULTS
 from bench._synthetic import make_clustered
 from bench.harness import percentile, write_result
-from training.evaluate import exact_top_k, precision_at_k, recall_at_k
+from lambda_fn.indexing import exact_top_k, recall_at_k
+from training.evaluate import precision_at_k
 
 
 def pca_project(x: np.ndarray, dim: int) -> np.ndarray:

@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
+from lambda_fn.indexing import exact_top_k, recall_at_k
 from tests.helpers import SAMPLE_COUNT
-from training.evaluate import average_precision_at_k, exact_top_k, get_args_parser, main, precision_at_k, recall_at_k
+from training.evaluate import average_precision_at_k, get_args_parser, main, precision_at_k
 
 
 def test_exact_top_k_on_hand_made_vectors():
