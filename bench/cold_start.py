@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -153,7 +154,17 @@ def main(args: argparse.Namespace) -> dict:
     s3.create_bucket(Bucket="bench")
     for name in models:
         upload(artifacts(int8=name == "int8"), collection(), "bench", name, client=s3)
-    query = Path(tempfile.mkdtemp()) / "q.jpg"
+    # Every run's cache folder (a whole build each) lives under one scratch folder, removed at the end.
+    scratch = Path(tempfile.mkdtemp(prefix="cold-start-"))
+    try:
+        return _measure(args, models, creds, scratch)
+    finally:
+        server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _measure(args: argparse.Namespace, models: list[str], creds: dict[str, str], scratch: Path) -> dict:
+    query = scratch / "q.jpg"
     query.write_bytes(photo_jpeg(640, 480))
     # The first search of each run counts: time to answer includes interpreter start, imports, download,
     # verification, load and warm-up; 20 warm searches follow only to measure the warm RSS.
@@ -163,7 +174,7 @@ def main(args: argparse.Namespace) -> dict:
             settings = service_env(
                 artifacts_uri=f"s3://bench/{name}/",
                 log_level="WARNING",
-                cache_dir=tempfile.mkdtemp(prefix="coldcache"),
+                cache_dir=tempfile.mkdtemp(prefix="cache-", dir=scratch),
                 num_threads=THREADS,
             )
             env = {**os.environ, **creds, **settings, "PYTHONPATH": str(REPO_ROOT)}
@@ -178,7 +189,6 @@ def main(args: argparse.Namespace) -> dict:
                     seconds, breakdown = run_floor(args.python, artifacts(int8=name == "int8") / "model.pt", env)
                     r["floor_s"].append(seconds)
                     r["floor"].append(breakdown)
-    server.stop()
     report = {
         "isa": args.isa if args.isa != "both" else "full",
         "python": args.python,

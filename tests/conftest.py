@@ -159,10 +159,18 @@ def s3(s3_endpoint):
 
 
 @pytest.fixture
-def bucket(s3, request) -> str:
+def bucket(s3, request):
+    """A bucket named after the test, emptied and removed afterwards: the loopback server spools objects over
+    16 MiB (every model) to temporary files that it keeps until their bucket goes."""
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + "-bkt"
     s3.create_bucket(Bucket=name)
-    return name
+    yield name
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=name):
+        for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
+            s3.delete_object(Bucket=name, Key=item["Key"], VersionId=item["VersionId"])
+    for upload in s3.list_multipart_uploads(Bucket=name).get("Uploads", []):
+        s3.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
+    s3.delete_bucket(Bucket=name)
 
 
 @pytest.fixture
