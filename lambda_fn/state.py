@@ -269,12 +269,12 @@ class ServiceState:
         )
         if engine.model is not live.model:
             # A new model loads and warms up here, on the swap thread, not on the torch thread, where every
-            # queued request would wait behind the load and the two warm-up forwards (the first, profiling
-            # one is the slow one). The price: the warm-up forwards share the CPUs with the requests'
-            # forwards for that moment (requests slow down rather than wait), this thread gets an OpenMP
-            # pool of its own (the torch thread's stays warm), and both models are in memory until the last
-            # request on the old engine ends. TorchScript's optimised plan belongs to the method, not the
-            # thread, so the torch thread runs the warmed-up plan from its first request.
+            # queued request would wait behind the load and the warm-up forward. The price: the warm-up
+            # shares the CPUs with the requests' forwards for that moment (requests slow down rather than
+            # wait), this thread gets an OpenMP pool of its own (the torch thread's stays warm), and both
+            # models are in memory until the last request on the old engine ends. TorchScript's plan belongs
+            # to the method and oneDNN's kernel cache to the process, not the thread, so the torch thread
+            # runs the warmed-up model from its first request.
             engine.warm_up()
         return engine
 

@@ -28,6 +28,31 @@ def test_embed_gives_unit_vectors_and_class_probabilities(engine):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_the_model_runs_without_the_executors_profiling_and_answers_as_the_optimised_plan_does(engine, monkeypatch):
+    """A frozen model gains nothing from TorchScript's re-optimisation; the engine runs it without, and one
+    warm-up forward is then all the first request needs. The answers are those of the optimised plan."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (1, TEST_CROP, TEST_CROP, 3), dtype=np.uint8)
+    model = engine.model
+    with torch.inference_mode():
+        for _ in range(3):  # profile, optimise, then run the optimised plan
+            optimised = model.embed_and_classify(torch.from_numpy(images))
+    flags = []
+
+    class Recorder:
+        def embed_and_classify(self, batch):
+            flags.append(torch._C._get_graph_executor_optimize())
+            return model.embed_and_classify(batch)
+
+    monkeypatch.setattr(engine, "model", Recorder())
+    engine.warm_up()
+    vectors, probs = engine.embed(images)
+    assert flags == [False, False]  # one warm-up forward, then the request's, neither re-optimised
+    assert torch._C._get_graph_executor_optimize()  # the flag is the executor's default again afterwards
+    np.testing.assert_allclose(vectors, optimised[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(probs, optimised[1].numpy(), atol=1e-5)
+
+
 def test_search_is_nearest_first_and_can_leave_the_query_out(engine):
     found = engine.search(engine.vector(5), 4)
     assert len(found) == 4 and found[0].id == 5 and found[0].distance < 1e-3
