@@ -7,7 +7,9 @@ The first search is broken down in the container's own terms: interpreter start,
 (``import lambda_fn.main``), the build's fetch (S3 client, manifest, download + sha256, in a process of its own
 that overlaps the imports) and what the first load still waited for it, model load, index load, warm-up
 forwards and the request itself, by timing the service's own functions in the child. The floor
-child reports ``import torch`` and ``torch.jit.load`` apart. ``--python`` runs the children with another interpreter,
+child reports ``import torch`` and ``torch.jit.load`` apart. The service imports with Python's cyclic garbage
+collector off (``lambda_fn/main.py``); a second floor does the same (``floor_nogc``), so the ratio against it
+shows what is left when the floor gets that cut too. ``--python`` runs the children with another interpreter,
 e.g. a venv with torch's CPU-only wheel (what the Lambda image installs), to separate what the CUDA wheel
 of the development venv adds to the imports.
 
@@ -32,7 +34,9 @@ from bench.harness import REPO_ROOT, free_port, service_env, write_result
 from bench.isa import run_capped
 
 FLOOR = """
-import json, sys, time
+import gc, json, sys, time
+if sys.argv[2] == "nogc":
+    gc.disable()
 t0 = time.perf_counter()
 import torch
 t1 = time.perf_counter()
@@ -107,11 +111,12 @@ def run_ours(python: str, query: Path, env: dict) -> tuple[float, dict, float]:
     return total, breakdown, json.loads(out.strip().splitlines()[-1])["VmHWM"]
 
 
-def run_floor(python: str, model: Path, env: dict) -> tuple[float, dict]:
-    """(seconds until the model is loaded, not until the process has exited, like ``run_ours``; its breakdown)."""
+def run_floor(python: str, model: Path, env: dict, *, collect: bool = True) -> tuple[float, dict]:
+    """(seconds until the model is loaded, not until the process has exited, like ``run_ours``; its breakdown).
+    ``collect=False``: the floor with the cyclic garbage collector off, as the service imports."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [python, "-c", FLOOR, str(model)],
+        [python, "-c", FLOOR, str(model), "gc" if collect else "nogc"],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -168,7 +173,8 @@ def _measure(args: argparse.Namespace, models: list[str], creds: dict[str, str],
     query.write_bytes(photo_jpeg(640, 480))
     # The first search of each run counts: time to answer includes interpreter start, imports, download,
     # verification, load and warm-up; 20 warm searches follow only to measure the warm RSS.
-    results = {name: {"ours_s": [], "floor_s": [], "ours": [], "floor": [], "warm_rss_mb": []} for name in models}
+    kinds = ["ours", "floor", "floor_nogc"]
+    results = {name: {"warm_rss_mb": [], **{k: [] for kind in kinds for k in (kind, f"{kind}_s")}} for name in models}
     for i in range(args.runs):
         for name in models if i % 2 == 0 else models[::-1]:
             settings = service_env(
@@ -179,16 +185,15 @@ def _measure(args: argparse.Namespace, models: list[str], creds: dict[str, str],
             )
             env = {**os.environ, **creds, **settings, "PYTHONPATH": str(REPO_ROOT)}
             r = results[name]
-            for which in ["ours", "floor"] if i % 2 == 0 else ["floor", "ours"]:
+            for which in kinds[i % 3 :] + kinds[: i % 3]:  # each kind goes first in turn
                 if which == "ours":
                     seconds, breakdown, rss = run_ours(args.python, query, env)
-                    r["ours_s"].append(seconds)
-                    r["ours"].append(breakdown)
                     r["warm_rss_mb"].append(rss)
                 else:
-                    seconds, breakdown = run_floor(args.python, artifacts(int8=name == "int8") / "model.pt", env)
-                    r["floor_s"].append(seconds)
-                    r["floor"].append(breakdown)
+                    model = artifacts(int8=name == "int8") / "model.pt"
+                    seconds, breakdown = run_floor(args.python, model, env, collect=which == "floor")
+                r[f"{which}_s"].append(seconds)
+                r[which].append(breakdown)
     report = {
         "isa": args.isa if args.isa != "both" else "full",
         "python": args.python,
@@ -200,13 +205,17 @@ def _measure(args: argparse.Namespace, models: list[str], creds: dict[str, str],
         m = {
             "ours_s": r["ours_s"],
             "floor_s": r["floor_s"],
+            "floor_nogc_s": r["floor_nogc_s"],
             "warm_rss_mb": r["warm_rss_mb"],
             "ours_median_s": statistics.median(r["ours_s"]),
             "floor_median_s": statistics.median(r["floor_s"]),
+            "floor_nogc_median_s": statistics.median(r["floor_nogc_s"]),
             "ours_breakdown_median_s": medians(r["ours"]),
             "floor_breakdown_median_s": medians(r["floor"]),
+            "floor_nogc_breakdown_median_s": medians(r["floor_nogc"]),
         }
         m["ratio"] = m["ours_median_s"] / m["floor_median_s"]
+        m["ratio_vs_floor_nogc"] = m["ours_median_s"] / m["floor_nogc_median_s"]
         report["models"][name] = m
     print(
         f"cold start [{report['isa']} ISA], {args.runs} interleaved runs, artifacts from a loopback S3 server "
@@ -217,7 +226,8 @@ def _measure(args: argparse.Namespace, models: list[str], creds: dict[str, str],
         floor = ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in m["floor_breakdown_median_s"].items())
         print(
             f"  {name}: first search {m['ours_median_s']:.2f} s vs floor {m['floor_median_s']:.2f} s -> ratio "
-            f"{m['ratio']:.2f}; warm peak RSS {statistics.median(m['warm_rss_mb']):.0f} MB\n"
+            f"{m['ratio']:.2f} (vs floor with collection off {m['floor_nogc_median_s']:.2f} s: "
+            f"{m['ratio_vs_floor_nogc']:.2f}); warm peak RSS {statistics.median(m['warm_rss_mb']):.0f} MB\n"
             f"    ours (s): {parts}\n    floor (s): {floor}"
         )
     if args.isa == "both":
