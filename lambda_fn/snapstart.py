@@ -2,7 +2,7 @@
 where sharing a snapshot would be wrong.
 
 With SnapStart (``cdk.search_function``'s ``snap_start``), Lambda runs the init phase once per published
-version (``DEEPFOOD_LOAD_ON_IMPORT=true``: imports, model and index load, warm-up forwards) and resumes new
+version (``DEEPFOOD_LOAD_ON_IMPORT=true``: imports, model and index load, the warm-up forward) and resumes new
 containers from a memory snapshot of it, so a cold start skips the torch import and the load. AWS documents
 SnapStart for container images built on its Python 3.12+ base images, whose runtime calls the hooks that
 ``snapshot_restore_py`` registers (docs.aws.amazon.com/lambda/latest/dg/snapstart-runtime-hooks-custom.html).
