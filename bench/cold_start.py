@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bench._setup import RESULTS, THREADS, artifacts, collection, photo_jpeg
 from bench.harness import REPO_ROOT, free_port, service_env, write_result
-from bench.isa import run_capped
+from bench.isa import add_isa_argument, run_capped
 
 FLOOR = """
 import gc, json, sys, time
@@ -231,9 +231,8 @@ def _measure(args: argparse.Namespace, models: list[str], creds: dict[str, str],
             f"    ours (s): {parts}\n    floor (s): {floor}"
         )
     if args.isa == "both":
-        with tempfile.TemporaryDirectory() as tmp:
-            argv = ["--runs", str(args.runs), "--models", args.models, "--python", args.python]
-            report["avx2"] = run_capped("cold_start", argv, Path(tmp) / "cold_start.json")
+        argv = ["--runs", str(args.runs), "--models", args.models, "--python", args.python]
+        report["avx2"] = run_capped("cold_start", argv)
     write_result(report, args.out)
     return report
 
@@ -242,12 +241,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=5, help="cold starts of each kind and model (default: 5)")
     p.add_argument("--models", default="fp32,int8", help="comma-separated: fp32, int8 (default: both)")
-    p.add_argument(
-        "--isa",
-        choices=("both", "full", "avx2"),
-        default="both",
-        help="both: this run, then the same under an AVX2 cap in a child (default); full/avx2: this process only",
-    )
+    add_isa_argument(p)
     p.add_argument("--python", default=sys.executable, help="interpreter for the children (default: this one)")
     p.add_argument("--out", type=Path, default=RESULTS / "cold_start.json", help="JSON results")
     return p

@@ -10,13 +10,12 @@ that start-up weighs on the fast int8 model; 480 images keep it small.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 from bench._setup import RESULTS, THREADS, artifacts, collection, pin_threads
 from bench.harness import write_result
-from bench.isa import run_capped
+from bench.isa import add_isa_argument, run_capped
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -82,9 +81,8 @@ def main(args: argparse.Namespace) -> dict:
                 f"img/s -> ratio {r['ratio']:.2f}"
             )
     if args.isa == "both":
-        with tempfile.TemporaryDirectory() as tmp:
-            argv = ["--images", str(args.images), "--batch-size", str(args.batch_size), "--rounds", str(args.rounds)]
-            report["avx2"] = run_capped("embed", [*argv, "--workers", str(args.workers)], Path(tmp) / "embed.json")
+        argv = ["--images", str(args.images), "--batch-size", str(args.batch_size), "--rounds", str(args.rounds)]
+        report["avx2"] = run_capped("embed", [*argv, "--workers", str(args.workers)])
     write_result(report, args.out)
     return report
 
@@ -95,12 +93,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="batch size for both (default: 32)")
     p.add_argument("--workers", type=int, default=2, help="decode workers of the pipeline (default: 2)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per model (default: 3)")
-    p.add_argument(
-        "--isa",
-        choices=("both", "full", "avx2"),
-        default="both",
-        help="both: this run, then the same under an AVX2 cap in a child (default); full/avx2: this process only",
-    )
+    add_isa_argument(p)
     p.add_argument("--out", type=Path, default=RESULTS / "embed.json", help="JSON results")
     return p
 

@@ -93,6 +93,50 @@ def machine_info() -> dict:
     return info
 
 
+def describe_machine(info: dict) -> str:
+    """One line for the console: CPU, CPUs usable, torch's capability, load."""
+    return (
+        f"{info.get('model_name')} ({len(os.sched_getaffinity(0))} CPUs, flags {','.join(info.get('flags', []))}, "
+        f"torch {info.get('torch_cpu_capability')}), load {info.get('loadavg')}"
+    )
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all processes have used since boot (user, nice, system, irq, softirq; /proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int | str = "self") -> float:
+    """CPU seconds (user + system, all threads) a process has used (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_quiet(threshold_cpus: float = 0.3, max_wait_s: float = 120.0, window_s: float = 1.0) -> dict:
+    """Wait until other processes use less than ``threshold_cpus`` CPUs over ``window_s`` (this machine is
+    shared), at most ``max_wait_s``; returns how long it waited and the last CPUs measured."""
+    started = time.perf_counter()
+    while True:
+        busy = machine_busy_s()
+        time.sleep(window_s)
+        others = (machine_busy_s() - busy) / window_s
+        waited = time.perf_counter() - started
+        if others < threshold_cpus or waited >= max_wait_s:
+            return {"waited_s": round(waited, 1), "others_cpus": round(others, 2)}
+
+
+def add_max_wait_argument(parser, before: str) -> None:
+    """``--max-wait`` (seconds, default 60): how long ``wait_for_quiet`` may wait before ``before``."""
+    parser.add_argument(
+        "--max-wait",
+        type=float,
+        default=60.0,
+        help=f"before {before}, wait up to this long for the shared machine to quiet down (default: 60)",
+    )
+
+
 def write_result(report: dict, out: Path | str) -> Path:
     """Write a benchmark's report as indented JSON to ``out`` (parents created) and say so. The report gets a
     ``machine`` entry (``machine_info()``) unless it has one."""

@@ -29,7 +29,18 @@ from pathlib import Path
 import numpy as np
 
 from bench._setup import RESULTS, WORK, artifacts
-from bench.harness import REPO_ROOT, machine_info, percentile, proc_status_kib, write_result
+from bench.harness import (
+    REPO_ROOT,
+    add_max_wait_argument,
+    describe_machine,
+    machine_busy_s,
+    machine_info,
+    percentile,
+    proc_status_kib,
+    process_cpu_s,
+    wait_for_quiet,
+    write_result,
+)
 
 PHOTO_SIZE = (512, 384)  # Food-101's photos are rescaled to a longest side of 512 px
 PHOTOS = 128
@@ -42,40 +53,6 @@ LAMBDA_MEMORY_MB = 10240  # the most a function may have; the reindex after a ba
 # An invocation counts as quiet when the rest of this shared machine used less than this many CPUs meanwhile.
 QUIET_CPUS = 0.3
 PROBE_BATCH = 16  # images per probe forward: short enough to fit between other jobs' bursts
-
-
-def describe_machine(info: dict) -> str:
-    """One line for the console: CPU, CPUs usable, torch's capability, load."""
-    return (
-        f"{info.get('model_name')} ({len(os.sched_getaffinity(0))} CPUs, flags {','.join(info.get('flags', []))}, "
-        f"torch {info.get('torch_cpu_capability')}), load {info.get('loadavg')}"
-    )
-
-
-def machine_busy_s() -> float:
-    """CPU seconds all processes have used since boot (user, nice, system, irq, softirq; /proc/stat)."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[:7])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_s(pid: int | str = "self") -> float:
-    """CPU seconds (user + system, all threads) a process has used (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_for_quiet(threshold_cpus: float = 0.3, max_wait_s: float = 120.0, window_s: float = 1.0) -> dict:
-    """Wait until other processes use less than ``threshold_cpus`` CPUs over ``window_s`` (this machine is
-    shared), at most ``max_wait_s``; returns how long it waited and the last CPUs measured."""
-    started = time.perf_counter()
-    while True:
-        busy = machine_busy_s()
-        time.sleep(window_s)
-        others = (machine_busy_s() - busy) / window_s
-        waited = time.perf_counter() - started
-        if others < threshold_cpus or waited >= max_wait_s:
-            return {"waited_s": round(waited, 1), "others_cpus": round(others, 2)}
 
 
 def amdahl_serial_fraction(t1: float, t2: float) -> float:
@@ -663,12 +640,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--probe-reps", type=int, default=20, help="forwards per thread count for the scaling (default: %(default)s)"
     )
-    p.add_argument(
-        "--max-wait",
-        type=float,
-        default=60.0,
-        help="before each invocation, wait up to this long for the shared machine to quiet down (default: 60)",
-    )
+    add_max_wait_argument(p, "each invocation")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round, batch 32, 3 probes")
     p.add_argument(
         "--plan",

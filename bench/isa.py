@@ -31,6 +31,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -128,15 +129,28 @@ def isa_env(isa: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k not in ISA_ENV}, **ISAS[isa], "PYTHONPATH": str(REPO_ROOT)}
 
 
-def run_capped(module: str, argv: list[str], out: Path, timeout: float = 1800) -> dict:
-    """Run ``python -m bench.<module> --isa avx2 ... --out out`` under ``AVX2_ENV``; its report, parsed."""
-    cmd = [sys.executable, "-m", f"bench.{module}", *argv, "--isa", "avx2", "--out", str(out)]
+def add_isa_argument(parser: argparse.ArgumentParser) -> None:
+    """``--isa both|full|avx2`` for a benchmark that reruns itself under the AVX2 cap with ``run_capped``."""
+    parser.add_argument(
+        "--isa",
+        choices=("both", "full", "avx2"),
+        default="both",
+        help="both: this run, then the same under an AVX2 cap in a child (default); full/avx2: this process only",
+    )
+
+
+def run_capped(module: str, argv: list[str], timeout: float = 1800) -> dict:
+    """Run ``python -m bench.<module> --isa avx2 ...`` under ``AVX2_ENV``; its report, parsed (the child writes it
+    to a scratch folder, removed afterwards)."""
     print(f"  running {module} again under {' '.join(f'{k}={v}' for k, v in AVX2_ENV.items())}", flush=True)
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=isa_env("avx2"), timeout=timeout, text=True, capture_output=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{module} under the AVX2 cap failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    print("\n".join("    " + line for line in proc.stdout.splitlines()), flush=True)
-    return json.loads(out.read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / f"{module}.json"
+        cmd = [sys.executable, "-m", f"bench.{module}", *argv, "--isa", "avx2", "--out", str(out)]
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=isa_env("avx2"), timeout=timeout, text=True, capture_output=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{module} under the AVX2 cap failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        print("\n".join("    " + line for line in proc.stdout.splitlines()), flush=True)
+        return json.loads(out.read_text())
 
 
 def fbgemm_isa() -> str | None:

@@ -26,7 +26,6 @@ import importlib.util
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import numpy as np
 
 from bench._setup import RESULTS, THREADS, artifacts, bench_net, photo_jpeg, pin_threads
 from bench.harness import LambdaContext, percentile, proc_status_kib, search_event, service_env, write_result
-from bench.isa import run_capped
+from bench.isa import add_isa_argument, run_capped
 from lambda_fn.imaging import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
 
 SIZES = {
@@ -303,9 +302,7 @@ def main(args: argparse.Namespace) -> dict:
     report["peak_rss_mb"] = proc_status_kib()["VmHWM"] / 1024
     print_report(report, original.index.get_n_items())
     if args.isa == "both":
-        with tempfile.TemporaryDirectory() as tmp:
-            argv = ["--iterations", str(args.iterations)]
-            report["avx2"] = run_capped("latency", argv, Path(tmp) / "latency-avx2.json")
+        report["avx2"] = run_capped("latency", ["--iterations", str(args.iterations)])
     write_result(report, args.out)
     return report
 
@@ -343,12 +340,7 @@ def torch_capability() -> str:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--iterations", type=int, default=30, help="timed queries per pipeline and size (default: 30)")
-    p.add_argument(
-        "--isa",
-        choices=("both", "full", "avx2"),
-        default="both",
-        help="both: this run, then the same under an AVX2 cap in a child (default); full/avx2: this process only",
-    )
+    add_isa_argument(p)
     p.add_argument("--out", type=Path, default=RESULTS / "latency.json", help="JSON results")
     return p
 

@@ -29,17 +29,18 @@ from pathlib import Path
 import numpy as np
 
 from bench._setup import RESULTS, WORK, artifacts
-from bench.harness import REPO_ROOT, machine_info, proc_status_kib, write_result
-from bench.ingest import (
-    LAMBDA_CONFIGS,
-    amdahl_serial_fraction,
-    amdahl_time,
+from bench.harness import (
+    REPO_ROOT,
+    add_max_wait_argument,
     describe_machine,
-    lambda_cpus,
     machine_busy_s,
+    machine_info,
+    proc_status_kib,
     process_cpu_s,
     wait_for_quiet,
+    write_result,
 )
+from bench.ingest import LAMBDA_CONFIGS, amdahl_serial_fraction, amdahl_time, lambda_cpus
 
 SHARD_IMAGES = 64
 LAMBDA_TIMEOUT_S = 900
@@ -382,12 +383,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="10000,100000", help="synthetic vectors, comma-separated (default: %(default)s)")
     p.add_argument("--n-jobs", default="1,2", help="Annoy build threads to compare (default: %(default)s)")
     p.add_argument("--scenarios", default="backfill,incremental", help="runs per size (default: %(default)s)")
-    p.add_argument(
-        "--max-wait",
-        type=float,
-        default=60.0,
-        help="before each run, wait up to this long for the shared machine to quiet down (default: 60)",
-    )
+    add_max_wait_argument(p, "each run")
     p.add_argument("--quick", action="store_true", help="smoke run: 2,000 and 10^4, 2 threads, backfill only")
     p.add_argument(
         "--fit",

@@ -30,8 +30,17 @@ import urllib.request
 from pathlib import Path
 
 from bench._setup import RESULTS, WORK, artifacts, photo_jpeg
-from bench.harness import machine_info, percentile, service_env, start_local_server_process, write_result
-from bench.ingest import PHOTO_SIZE, describe_machine, wait_for_quiet
+from bench.harness import (
+    add_max_wait_argument,
+    describe_machine,
+    machine_info,
+    percentile,
+    service_env,
+    start_local_server_process,
+    wait_for_quiet,
+    write_result,
+)
+from bench.ingest import PHOTO_SIZE
 from bench.reindex import SHARD_IMAGES, new_shard
 
 QUERY_GAP_S = 0.1
@@ -270,12 +279,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--check-s", type=float, default=1.0, help="the server's manifest check interval (default: 1)")
     p.add_argument("--steady-s", type=float, default=5.0, help="steady-state seconds per cycle (default: 5)")
-    p.add_argument(
-        "--max-wait",
-        type=float,
-        default=60.0,
-        help="before each cycle, wait up to this long for the shared machine to quiet down (default: 60)",
-    )
+    add_max_wait_argument(p, "each cycle")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 cycles over 2,000 vectors")
     p.add_argument("--out", type=Path, default=RESULTS / "swap.json", help="JSON results")
     return p

@@ -109,7 +109,7 @@ def test_window_stats_groups_searches_by_start_time():
 
 
 def test_cpu_counters_see_this_process_working():
-    from bench.ingest import machine_busy_s, process_cpu_s
+    from bench.harness import machine_busy_s, process_cpu_s
 
     busy0, own0 = machine_busy_s(), process_cpu_s()
     deadline = time.process_time() + 0.3
