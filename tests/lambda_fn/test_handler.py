@@ -199,31 +199,31 @@ def test_missing_configuration_fails_cold_start_with_the_variable_name():
     assert env_name("artifacts_uri") in proc.stderr and "Field required" in proc.stderr
 
 
-def test_the_handler_imports_without_pydantic_v1(artifacts_dir):
-    script = "import sys\nimport lambda_fn.main\nprint('pydantic.v1 imported:', 'pydantic.v1' in sys.modules)"
-    env = {**service_env(artifacts_uri=artifacts_dir), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "pydantic.v1 imported: False" in proc.stdout
-
-
-def test_init_runs_without_cyclic_collection_and_freezes_what_it_made(artifacts_dir):
+@pytest.fixture(scope="module")
+def fresh_import(artifacts_dir) -> dict:
+    """What a fresh process looks like right after ``import lambda_fn.main``, as a Lambda init leaves it."""
     script = (
-        "import gc\nimport lambda_fn.main\n"
-        "print('enabled:', gc.isenabled(), 'frozen:', gc.get_freeze_count(), 'tracked:', len(gc.get_objects()))"
+        "import gc, json, sys\nimport lambda_fn.main\n"
+        "print(json.dumps({'pydantic_v1': 'pydantic.v1' in sys.modules, 'gc_enabled': gc.isenabled(), "
+        "'frozen': gc.get_freeze_count(), 'tracked': len(gc.get_objects())}))"
     )
     env = {**service_env(artifacts_uri=artifacts_dir), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _, enabled, _, frozen, _, tracked = proc.stdout.split()
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_the_handler_imports_without_pydantic_v1(fresh_import):
+    assert fresh_import["pydantic_v1"] is False
+
+
+def test_init_runs_without_cyclic_collection_and_freezes_what_it_made(fresh_import):
     # Collection is back on for the requests, and the ~230,000 objects of the imports (torch's, mostly) are in
     # the permanent generation, where no collection walks them; the objects a collection would walk are few.
-    assert enabled == "True"
-    assert int(frozen) > 100_000 and int(tracked) < int(frozen) // 10
+    assert fresh_import["gc_enabled"] is True
+    assert fresh_import["frozen"] > 100_000 and fresh_import["tracked"] < fresh_import["frozen"] // 10
 
 
 def test_a_pydantic_v1_model_is_still_refused_once_v1_is_imported():
