@@ -116,14 +116,20 @@ def _decode_all(good: list[tuple[Change, bytes]], model: LoadedModel, max_pixels
     Decoding runs on one thread per CPU (Pillow releases the GIL while it decodes and resizes): at 6 vCPUs the
     forward pass gets faster, a serial decode does not. No torch work happens on these threads.
     """
+    workers = min(len(good), len(os.sched_getaffinity(0)))
 
     def decode(data: bytes) -> np.ndarray | ImageError:
         try:
-            return load_for_model(data, model.meta.resize_size, model.meta.crop_size, max_pixels=max_pixels)
+            return load_for_model(
+                data,
+                model.meta.resize_size,
+                model.meta.crop_size,
+                max_pixels=max_pixels,
+                jpeg_threads=1 if workers > 1 else None,  # the images already keep every CPU busy
+            )
         except ImageError as exc:
             return exc
 
-    workers = min(len(good), len(os.sched_getaffinity(0)))
     if workers <= 1:
         return [decode(data) for _, data in good]
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -1,0 +1,154 @@
+"""The threaded 1/8-scale JPEG decoder: byte for byte what Pillow's draft decode gives, or it declines."""
+
+import io
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lambda_fn import jpegscale
+from lambda_fn.imaging import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE, load_for_model
+
+# Pillow's `subsampling` values
+SUBSAMPLING_444, SUBSAMPLING_422, SUBSAMPLING_420 = 0, 1, 2
+# Odd sizes: MCUs cut by the right and bottom edges.
+NOISE_SIZE = (1203, 997)
+ORIENTATION_TAG = 0x0112
+
+
+def _encode(img: Image.Image, **save) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", **save)
+    return buf.getvalue()
+
+
+def _noise(size: tuple[int, int], seed: int, mode: str = "RGB") -> Image.Image:
+    """Per-pixel noise over a smooth picture: large entropy-coded data, so every thread gets a part."""
+    rng = np.random.default_rng(seed)
+    smooth = Image.fromarray(rng.integers(0, 256, (12, 15, 3), dtype=np.uint8)).resize(size, Image.Resampling.BICUBIC)
+    noisy = np.asarray(smooth).astype(np.int16) + rng.integers(-40, 41, (size[1], size[0], 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).convert(mode)
+
+
+def _pillow_eighth(data: bytes) -> np.ndarray:
+    img = Image.open(io.BytesIO(data))
+    width, height = img.size
+    img.draft("RGB", (width // 8, height // 8))
+    assert img.size == (-(-width // 8), -(-height // 8))  # Pillow chose the 1/8 scale
+    img.load()
+    return np.asarray(img)
+
+
+def test_the_library_is_built():
+    assert jpegscale.available(), f"{jpegscale.LIBRARY} is missing: `make install` builds it from {jpegscale.SOURCE}"
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+@pytest.mark.parametrize(
+    ("mode", "subsampling"), [("RGB", SUBSAMPLING_420), ("RGB", SUBSAMPLING_444), ("L", SUBSAMPLING_420)]
+)
+def test_equals_pillows_draft_decode_byte_for_byte(mode, subsampling, threads):
+    data = _encode(_noise(NOISE_SIZE, seed=threads, mode=mode), quality=90, subsampling=subsampling)
+    stats = {}
+    got = jpegscale.decode(data, threads, stats)
+    assert got is not None
+    expected = _pillow_eighth(data)
+    assert got.size == (-(-NOISE_SIZE[0] // 8), -(-NOISE_SIZE[1] // 8)) == expected.shape[1::-1]
+    np.testing.assert_array_equal(np.asarray(got), expected)
+    # Every thread's part met the previous one's decoding: the output is stitched from all of them.
+    assert stats["parts"] == threads
+
+
+def test_small_scans_use_fewer_threads():
+    data = _encode(_noise((160, 120), seed=1), quality=50)
+    stats = {}
+    assert jpegscale.decode(data, 4, stats) is not None
+    assert stats["parts"] == 1
+
+
+@pytest.mark.parametrize(
+    "why",
+    ["progressive", "4:2:2", "restart markers", "CMYK", "PNG", "truncated", "extra scan", "not an image"],
+)
+def test_declines_what_it_does_not_handle_and_pillow_still_decodes_the_valid_ones(why):
+    img = _noise((640, 480), seed=7)
+    data = {
+        "progressive": lambda: _encode(img, progressive=True),
+        "4:2:2": lambda: _encode(img, subsampling=SUBSAMPLING_422),
+        "restart markers": lambda: _encode(img, restart_marker_blocks=8),
+        "CMYK": lambda: _encode(img.convert("CMYK")),
+        "PNG": lambda: (lambda b: (img.save(b, "PNG"), b.getvalue())[1])(io.BytesIO()),
+        "truncated": lambda: _encode(img)[:-5000],
+        "extra scan": lambda: _encode(img)[:-2] + b"\xff\xda\x00\x02",
+        "not an image": lambda: b"\xff\xd8\xff\xe0 not really",
+    }[why]()
+    assert jpegscale.decode(data, 2) is None
+    if why in ("progressive", "4:2:2", "restart markers", "CMYK"):
+        assert _pillow_eighth(data).shape[:2] == (60, 80)
+
+
+def test_mutated_files_decode_exactly_as_pillow_does_or_are_declined():
+    """Random byte changes in the headers and the scan: the C decoder never crashes, never accepts what
+    Pillow rejects, and whatever it returns is Pillow's output; every doubtful case is left to Pillow."""
+    base = _encode(_noise((640, 512), seed=3), quality=85)
+    scan_start = jpegscale._parse(base)["offset"]
+    rng = random.Random(0)
+    outcomes = {"declined": 0, "equal": 0}
+    for _ in range(150):
+        data = bytearray(base)
+        start = 2 if rng.random() < 0.2 else scan_start
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(start, len(data))] = rng.choice([rng.randrange(256), 0xFF, 0x00])
+        data = bytes(data)
+        try:
+            expected = _pillow_eighth(data)
+        except Exception:
+            expected = None
+        for threads in (1, 3):
+            got = jpegscale.decode(data, threads)
+            if got is None:
+                outcomes["declined"] += 1
+                continue
+            assert expected is not None, "decoded a file Pillow rejects"
+            np.testing.assert_array_equal(np.asarray(got), expected)
+            outcomes["equal"] += 1
+    assert outcomes["equal"] > 50 and outcomes["declined"] > 20, outcomes  # both branches really ran
+
+
+def _photo_12mp(orientation: int = 1) -> bytes:
+    rng = np.random.default_rng(12)
+    img = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).resize((4000, 3000), Image.BICUBIC)
+    exif = Image.Exif()
+    exif[ORIENTATION_TAG] = orientation
+    return _encode(img, quality=90, exif=exif)
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_model_input_is_the_same_with_and_without_it(orientation, tmp_path):
+    data = _photo_12mp(orientation)
+    pillow_only = load_for_model(data, DEFAULT_RESIZE_SIZE, DEFAULT_CROP_SIZE, jpeg_threads=0)
+    np.testing.assert_array_equal(load_for_model(data, DEFAULT_RESIZE_SIZE, DEFAULT_CROP_SIZE), pillow_only)
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(data)  # a file on disk, as indexing reads it
+    np.testing.assert_array_equal(load_for_model(path, DEFAULT_RESIZE_SIZE, DEFAULT_CROP_SIZE), pillow_only)
+
+
+def test_prepare_uses_it_for_large_jpegs(monkeypatch):
+    calls = []
+    decode = jpegscale.decode
+    monkeypatch.setattr(jpegscale, "decode", lambda data, threads, *a: calls.append(threads) or decode(data, threads))
+    load_for_model(_photo_12mp(), DEFAULT_RESIZE_SIZE, DEFAULT_CROP_SIZE)
+    load_for_model(_encode(_noise((1000, 800), seed=1)), DEFAULT_RESIZE_SIZE, DEFAULT_CROP_SIZE)  # 1/2 scale
+    load_for_model(_photo_12mp(), DEFAULT_RESIZE_SIZE, DEFAULT_CROP_SIZE, jpeg_threads=1)
+    assert calls == [None, 1]
+
+
+def test_without_the_library_pillow_decodes_everything(monkeypatch):
+    data = _photo_12mp()
+    expected = load_for_model(data, DEFAULT_RESIZE_SIZE, DEFAULT_CROP_SIZE, jpeg_threads=0)
+    monkeypatch.setattr(jpegscale, "_lib", None)
+    monkeypatch.setattr(jpegscale, "_loaded", True)
+    assert not jpegscale.available()
+    assert jpegscale.decode(data) is None
+    np.testing.assert_array_equal(load_for_model(data, DEFAULT_RESIZE_SIZE, DEFAULT_CROP_SIZE), expected)
