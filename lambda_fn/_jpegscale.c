@@ -200,6 +200,30 @@ static inline int decode_symbol(const huff_t *h, uint64_t *acc, int *n) {
     return -1;
 }
 
+enum { AC_VALUE, AC_END_OF_BLOCK, AC_SIXTEEN_ZEROS, AC_BAD_CODE };
+
+/* One AC step: a coefficient (run of zeros, then value), end of block, or sixteen zeros. */
+static inline int ac_symbol(const huff_t *ac, uint64_t *acc, int *n, int *run_length, int *value) {
+    int32_t f = ac->fast[*acc >> (64 - LUT_BITS)];
+    if (__builtin_expect(f != 0, 1)) {
+        *acc <<= f & 31;
+        *n -= f & 31;
+        *run_length = (f >> 8) & 15;
+        if (f & FAST_NO_VALUE) return *run_length == 15 ? AC_SIXTEEN_ZEROS : AC_END_OF_BLOCK;
+        *value = f >> 16;
+        return AC_VALUE;
+    }
+    int rs = decode_symbol(ac, acc, n);
+    if (rs < 0) return AC_BAD_CODE;
+    *run_length = rs >> 4;
+    int size = rs & 15;
+    if (!size) return *run_length == 15 ? AC_SIXTEEN_ZEROS : AC_END_OF_BLOCK;
+    *value = extend((uint32_t)(*acc >> (64 - size)), size);
+    *acc <<= size;
+    *n -= size;
+    return AC_VALUE;
+}
+
 /*
  * Decode blocks from the job's current state. Phase 1 (first_other < 0) stops at the first block that starts
  * at or after the job's end_bit. Phase 2 compares every block start with the phase-1 records of the later
@@ -264,36 +288,34 @@ static void run(job_t *j, int first_other) {
         }
         r->cum = j->cum[comp];
         const huff_t *ac = c->ac[blk];
-        for (int k = 1; k < 64; k++) {
-            REFILL();
-            int run_length, value;
-            f = ac->fast[acc >> (64 - LUT_BITS)];
-            if (f) {
-                acc <<= f & 31;
-                n -= f & 31;
-                run_length = (f >> 8) & 15;
-                if (f & FAST_NO_VALUE) {
-                    if (run_length != 15) break; /* end of block */
+        int run_length, value, kind;
+        if (!keep) { /* luma at 1/8 scale (and 4:4:4 chroma): the AC coefficients are only skipped */
+            for (int k = 1; k < 64; k++) {
+                REFILL();
+                kind = ac_symbol(ac, &acc, &n, &run_length, &value);
+                if (kind == AC_VALUE) {
+                    k += run_length;
+                } else if (kind == AC_SIXTEEN_ZEROS) {
                     k += 15;
-                    continue;
+                } else if (kind == AC_END_OF_BLOCK) {
+                    break;
+                } else {
+                    goto bad_code;
                 }
-                value = f >> 16;
-            } else {
-                int rs = decode_symbol(ac, &acc, &n);
-                if (rs < 0) goto bad_code;
-                run_length = rs >> 4;
-                int size = rs & 15;
-                if (!size) {
-                    if (run_length != 15) break;
-                    k += 15;
-                    continue;
-                }
-                value = extend((uint32_t)(acc >> (64 - size)), size);
-                acc <<= size;
-                n -= size;
             }
-            k += run_length;
-            if (keep) {
+        } else {
+            for (int k = 1; k < 64; k++) {
+                REFILL();
+                kind = ac_symbol(ac, &acc, &n, &run_length, &value);
+                if (kind == AC_SIXTEEN_ZEROS) {
+                    k += 15;
+                    continue;
+                } else if (kind == AC_END_OF_BLOCK) {
+                    break;
+                } else if (kind != AC_VALUE) {
+                    goto bad_code;
+                }
+                k += run_length;
                 int slot = kept_slot[natural_order[k]];
                 if (slot >= 0) {
                     if (!coef) {
