@@ -54,9 +54,9 @@ typedef struct {
     uint8_t blk;   /* block index within its MCU */
     uint8_t flags; /* RESYNC: follows an invalid code, so a guess; BAD_CODE: holds one (or runs past the data);
                       HAS_AC: kept AC != 0 */
-    int32_t cum;   /* running sum of this part's DC differences for the block's component, this one included */
-    uint32_t kept; /* index into the kept-coefficient array, for blocks whose AC coefficients are kept */
-} rec_t;
+    uint16_t cum;  /* running sum of this part's DC differences for the block's component, this one included,
+                      modulo 2^16: libjpeg stores the DC value as a 16-bit JCOEF, so that is all it keeps */
+} rec_t;          /* 8 bytes: the kept coefficients of HAS_AC blocks follow in order in the job's kept array */
 
 typedef struct ctx ctx_t;
 
@@ -73,14 +73,14 @@ typedef struct {
     const uint8_t *p;
     uint64_t acc;
     int n, blk, resync;
-    int32_t cum[3];
+    uint16_t cum[3];
     /* phase 2: the part and record this decoder met, or -1 if it decoded to the end */
     int met_job;
     size_t met_rec;
     /* the records of this part that the stitched stream uses: [first, end), the first being block g0 */
     int used;
     size_t first, end, g0;
-    int32_t base[3]; /* absolute DC of each component before block g0 */
+    uint16_t base[3]; /* DC value (modulo 2^16) of each component before block g0 */
 } job_t;
 
 struct ctx {
@@ -89,6 +89,7 @@ struct ctx {
     int blocks_per_mcu, lw, lh, keep_chroma;
     int blk_comp[MAX_BLOCKS_PER_MCU];
     int blk_keep[MAX_BLOCKS_PER_MCU];
+    int blk_x[MAX_BLOCKS_PER_MCU], blk_y[MAX_BLOCKS_PER_MCU]; /* a luma block's place within its MCU */
     const huff_t *dc[MAX_BLOCKS_PER_MCU];
     const huff_t *ac[MAX_BLOCKS_PER_MCU];
     size_t rec_cap, kept_cap, total, mcux, mcuy;
@@ -276,12 +277,12 @@ static void run(job_t *j, int first_other) {
         if (f) {
             acc <<= f & 31;
             n -= f & 31;
-            j->cum[comp] += f >> 16;
+            j->cum[comp] += (uint16_t)(f >> 16);
         } else {
             int size = decode_symbol(dct, &acc, &n);
             if (size < 0) goto bad_code;
             if (size) {
-                j->cum[comp] += extend((uint32_t)(acc >> (64 - size)), size);
+                j->cum[comp] += (uint16_t)extend((uint32_t)(acc >> (64 - size)), size);
                 acc <<= size;
                 n -= size;
             }
@@ -323,7 +324,6 @@ static void run(job_t *j, int first_other) {
                             j->status = JS_CORRUPT;
                             break;
                         }
-                        r->kept = (uint32_t)j->nkept;
                         coef = &j->kept[KEPT * j->nkept++];
                         memset(coef, 0, KEPT * sizeof *coef);
                         r->flags |= HAS_AC;
@@ -356,7 +356,7 @@ static void run(job_t *j, int first_other) {
 }
 
 /* The running DC sum of component comp just before record i of job j (0 if the job had none yet). */
-static int32_t cum_before(const job_t *j, size_t i, int comp) {
+static uint16_t cum_before(const job_t *j, size_t i, int comp) {
     const ctx_t *c = j->c;
     while (i > 0) {
         const rec_t *r = &j->rec[--i];
@@ -370,7 +370,7 @@ static int32_t cum_before(const job_t *j, size_t i, int comp) {
 static void chain(ctx_t *c) {
     size_t g = 0, i = 0;
     int cur = 0;
-    int32_t base[3] = {0, 0, 0};
+    uint16_t base[3] = {0, 0, 0};
     while (g < c->total) {
         job_t *j = &c->jobs[cur];
         if (i >= j->nrec || j->rec[i].blk != (int)(g % (size_t)c->blocks_per_mcu)) {
@@ -386,7 +386,7 @@ static void chain(ctx_t *c) {
             j->base[comp] = base[comp];
             size_t last = end;
             while (last > i && c->blk_comp[j->rec[last - 1].blk] != comp) last--;
-            if (last > i) base[comp] += j->rec[last - 1].cum - cum_before(j, i, comp);
+            if (last > i) base[comp] += (uint16_t)(j->rec[last - 1].cum - cum_before(j, i, comp));
         }
         g += end - i;
         if (g < c->total) {
@@ -441,12 +441,14 @@ static int idct_2x2(const int16_t *k, int dc, const uint16_t *q, uint8_t out[4])
    chroma. A block with no kept AC coefficient needs no IDCT: its 2x2 output is its DC value four times. */
 static void convert(job_t *j) {
     ctx_t *c = j->c;
-    int32_t cum0[3];
+    uint16_t cum0[3];
     for (int comp = 0; comp < c->ncomp; comp++) cum0[comp] = cum_before(j, j->first, comp);
     size_t bpm = (size_t)c->blocks_per_mcu;
     size_t mcu = j->g0 / bpm, mx = mcu % c->mcux, my = mcu / c->mcux;
     int blk = (int)(j->g0 % bpm);
     size_t ow = (size_t)c->ow, oh = (size_t)c->oh, cw = c->cw;
+    size_t kept = 0; /* each HAS_AC record took the next entry of the kept array */
+    for (size_t i = 0; i < j->first; i++) kept += (j->rec[i].flags & HAS_AC) != 0;
     for (size_t i = j->first; i < j->end; i++) {
         const rec_t *r = &j->rec[i];
         if (r->blk != blk || (r->flags & BAD_CODE) || ((r->flags & RESYNC) && i > j->first)) {
@@ -454,15 +456,15 @@ static void convert(job_t *j) {
             return;
         }
         int comp = c->blk_comp[blk];
-        int dc = (int16_t)(j->base[comp] + (r->cum - cum0[comp]));
+        int dc = (int16_t)(uint16_t)(j->base[comp] + r->cum - cum0[comp]);
         const uint16_t *q = &c->quant[comp * 64];
         uint8_t flat = range_limit[descale((int64_t)dc * q[0], 3) & 1023];
         if (comp == 0) {
-            size_t bx = mx * (size_t)c->lw + (size_t)(blk % c->lw), by = my * (size_t)c->lh + (size_t)(blk / c->lw);
+            size_t bx = mx * (size_t)c->lw + (size_t)c->blk_x[blk], by = my * (size_t)c->lh + (size_t)c->blk_y[blk];
             if (bx < ow && by < oh) c->yplane[by * ow + bx] = flat;
         } else if (c->keep_chroma) {
             uint8_t px[4] = {flat, flat, flat, flat};
-            int bad = r->flags & HAS_AC ? idct_2x2(&j->kept[KEPT * r->kept], dc, q, px)
+            int bad = r->flags & HAS_AC ? idct_2x2(&j->kept[KEPT * kept++], dc, q, px)
                                         : beyond_16_bits((int64_t)dc * q[0]) ||
                                               beyond_range_limit(descale((int64_t)dc * q[0], 3));
             if (bad) {
@@ -616,6 +618,8 @@ int js_decode(const uint8_t *file, size_t file_len, size_t scan_offset, int widt
         for (int b = 0; b < c->blocks_per_mcu; b++) {
             int comp = b < c->lw * c->lh ? 0 : b - c->lw * c->lh + 1;
             c->blk_comp[b] = comp;
+            c->blk_x[b] = comp == 0 ? b % c->lw : 0;
+            c->blk_y[b] = comp == 0 ? b / c->lw : 0;
             c->blk_keep[b] = comp > 0 && c->keep_chroma;
             c->dc[b] = &tables[comp * 2];
             c->ac[b] = &tables[comp * 2 + 1];
