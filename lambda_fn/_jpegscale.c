@@ -533,6 +533,13 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+#ifndef JS_SOURCE_SHA256
+#define JS_SOURCE_SHA256 "unknown"
+#endif
+
+/* The sha256 of the source this library was built from (build_jpegscale.sh passes it). */
+const char *js_source_sha256(void) { return JS_SOURCE_SHA256; }
+
 /*
  * Decode one baseline scan at 1/8 scale.
  *

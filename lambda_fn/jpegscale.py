@@ -18,7 +18,10 @@ it is missing, ``available()`` is False and everything goes through Pillow.
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import logging
 import os
+import threading
 from pathlib import Path
 
 from PIL import Image
@@ -36,27 +39,43 @@ _SOF_SEQUENTIAL_HUFFMAN = (0xC0, 0xC1)
 _OTHER_SOF = frozenset({0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 _lib: ctypes.CDLL | None = None
 _loaded = False
+_load_lock = threading.Lock()
+log = logging.getLogger(__name__)
 
 
 class _Unsupported(Exception):
     """The file is valid for Pillow but outside what the C decoder handles (or malformed: Pillow decides)."""
 
 
+def _load() -> ctypes.CDLL | None:
+    try:
+        lib = ctypes.CDLL(str(LIBRARY))
+    except OSError:
+        log.warning("%s is missing: large JPEGs are decoded by Pillow on one core (`make install` builds it)", LIBRARY)
+        return None
+    try:
+        lib.js_source_sha256.restype = ctypes.c_char_p
+        built_from = lib.js_source_sha256().decode()
+    except AttributeError:  # built before the library said what it was built from
+        built_from = None
+    if SOURCE.exists() and built_from != hashlib.sha256(SOURCE.read_bytes()).hexdigest():
+        log.warning("%s was built from another version of %s: not used; `make install` rebuilds it", LIBRARY, SOURCE)
+        return None
+    lib.js_decode.restype = ctypes.c_int
+    lib.js_decode.argtypes = [
+        ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+        ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int,
+        ctypes.c_void_p, ctypes.POINTER(ctypes.c_int),
+    ]  # fmt: skip
+    return lib
+
+
 def _library() -> ctypes.CDLL | None:
     global _lib, _loaded
-    if not _loaded:
-        _loaded = True
-        try:
-            lib = ctypes.CDLL(str(LIBRARY))
-        except OSError:
-            return None
-        lib.js_decode.restype = ctypes.c_int
-        lib.js_decode.argtypes = [
-            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-            ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int,
-            ctypes.c_void_p, ctypes.POINTER(ctypes.c_int),
-        ]  # fmt: skip
-        _lib = lib
+    with _load_lock:  # the ingest decodes on several threads at once
+        if not _loaded:
+            _lib = _load()
+            _loaded = True
     return _lib
 
 

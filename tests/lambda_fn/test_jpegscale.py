@@ -2,6 +2,7 @@
 
 import io
 import random
+import subprocess
 
 import numpy as np
 import pytest
@@ -142,6 +143,23 @@ def test_prepare_uses_it_for_large_jpegs(monkeypatch):
     load_for_model(_encode(_noise((1000, 800), seed=1)), DEFAULT_RESIZE_SIZE, DEFAULT_CROP_SIZE)  # 1/2 scale
     load_for_model(_photo_12mp(), DEFAULT_RESIZE_SIZE, DEFAULT_CROP_SIZE, jpeg_threads=1)
     assert calls == [None, 1]
+
+
+def test_a_library_built_from_another_version_of_the_source_is_not_used(tmp_path, monkeypatch, caplog):
+    # A stale build after a pull: its ctypes signature may differ from what jpegscale.py declares.
+    for name in ("build_jpegscale.sh", jpegscale.SOURCE.name):
+        (tmp_path / name).write_bytes((jpegscale.SOURCE.parent / name).read_bytes())
+    with (tmp_path / jpegscale.SOURCE.name).open("a") as source:
+        source.write("/* another version */\n")
+    stale = tmp_path / jpegscale.LIBRARY.name
+    subprocess.run(["sh", str(tmp_path / "build_jpegscale.sh"), str(stale)], check=True)
+    monkeypatch.setattr(jpegscale, "LIBRARY", stale)
+    monkeypatch.setattr(jpegscale, "_loaded", False)
+    assert not jpegscale.available()
+    assert "built from another version" in caplog.text
+    monkeypatch.setattr(jpegscale, "LIBRARY", jpegscale.SOURCE.with_name(stale.name))
+    monkeypatch.setattr(jpegscale, "_loaded", False)
+    assert jpegscale.available()  # the library make built from this source
 
 
 def test_without_the_library_pillow_decodes_everything(monkeypatch):
