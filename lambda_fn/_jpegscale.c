@@ -19,7 +19,8 @@
  * If no thread ever meets the next one, thread 0 simply decodes everything (correct, only not faster).
  * Anything this code does not handle (restart markers, progressive or arithmetic coding, 4:2:2 or other
  * sampling, more than 3 components, corrupt data) returns an error and the caller uses Pillow instead.
- * All reads go through a buffer padded with zero bytes and every index is bounded by the frame size.
+ * All reads go through a buffer padded with zero bytes (PAD_BYTES) and every index is bounded by the frame
+ * size.
  */
 #include <pthread.h>
 #include <stdint.h>
@@ -31,6 +32,9 @@
 #define MAX_BLOCKS_PER_MCU 10
 #define FAST_NO_VALUE 0x1000
 #define KEPT 25 /* coefficients the 2x2 reduced IDCT reads: rows and columns 0, 1, 3, 5, 7 */
+/* Zero bytes after the scan data. A block that starts before the end of the data may read on past it: at
+   most 64 symbols of at most 31 bits (248 bytes), plus the 8 bytes each refill loads. */
+#define PAD_BYTES 512
 
 enum {
     JS_OK = 0,
@@ -84,7 +88,7 @@ typedef struct {
 } job_t;
 
 struct ctx {
-    const uint8_t *data; /* un-stuffed entropy-coded data, followed by 16 zero bytes */
+    const uint8_t *data; /* un-stuffed entropy-coded data, followed by PAD_BYTES zero bytes */
     size_t bits;
     int blocks_per_mcu, lw, lh, keep_chroma;
     int blk_comp[MAX_BLOCKS_PER_MCU];
@@ -570,7 +574,7 @@ int js_decode(const uint8_t *file, size_t file_len, size_t scan_offset, int widt
 
     ctx_t *c = calloc(1, sizeof *c);
     huff_t *tables = malloc(sizeof(huff_t) * 2 * (size_t)ncomp);
-    uint8_t *clean = malloc(scan_len + 16);
+    uint8_t *clean = malloc(scan_len + PAD_BYTES);
     int status = c && tables && clean ? JS_OK : JS_NOMEM;
     for (int k = 0; k < 2 * ncomp && status == JS_OK; k++)
         status = build_huff(&tables[k], &counts[k * 16], &symbols[k * 256], k % 2 == 0);
@@ -601,7 +605,7 @@ int js_decode(const uint8_t *file, size_t file_len, size_t scan_offset, int widt
     if (status == JS_OK && !ended) status = JS_CORRUPT;
 
     if (status == JS_OK) {
-        memset(clean + w, 0, 16);
+        memset(clean + w, 0, PAD_BYTES);
         c->data = clean;
         c->bits = w * 8;
         c->ncomp = ncomp;

@@ -70,7 +70,7 @@ def test_small_scans_use_fewer_threads():
 
 @pytest.mark.parametrize(
     "why",
-    ["progressive", "4:2:2", "restart markers", "CMYK", "PNG", "truncated", "extra scan", "not an image"],
+    ["progressive", "4:2:2", "restart markers", "CMYK", "PNG", "truncated", "cut short", "extra scan", "not an image"],
 )
 def test_declines_what_it_does_not_handle_and_pillow_still_decodes_the_valid_ones(why):
     img = _noise((640, 480), seed=7)
@@ -81,12 +81,36 @@ def test_declines_what_it_does_not_handle_and_pillow_still_decodes_the_valid_one
         "CMYK": lambda: _encode(img.convert("CMYK")),
         "PNG": lambda: (lambda b: (img.save(b, "PNG"), b.getvalue())[1])(io.BytesIO()),
         "truncated": lambda: _encode(img)[:-5000],
+        # the end-of-image marker right after a cut: the last blocks would read past the data
+        "cut short": lambda: _encode(img)[:-5000] + b"\xff\xd9",
         "extra scan": lambda: _encode(img)[:-2] + b"\xff\xda\x00\x02",
         "not an image": lambda: b"\xff\xd8\xff\xe0 not really",
     }[why]()
     assert jpegscale.decode(data, 2) is None
     if why in ("progressive", "4:2:2", "restart markers", "CMYK"):
         assert _pillow_eighth(data).shape[:2] == (60, 80)
+
+
+def _segment(marker: int, body: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(body) + 2).to_bytes(2, "big") + body
+
+
+def test_the_longest_read_past_the_data_is_declined():
+    """An 8x8 grey JPEG whose only Huffman codes are 16 bits of zeros with 15 extra bits: the one block,
+    starting in the scan's single byte, reads 64 x 31 bits of the zero padding (the most a block can; the
+    C code pads for it, which an AddressSanitizer build checks) and is declined as running past the data."""
+    only_code_16_bits = bytes(15) + b"\x01"
+    data = (
+        b"\xff\xd8"
+        + _segment(0xDB, b"\x00" + bytes([1] * 64))
+        + _segment(0xC0, b"\x08\x00\x08\x00\x08\x01\x01\x11\x00")
+        + _segment(0xC4, b"\x00" + only_code_16_bits + b"\x0f")
+        + _segment(0xC4, b"\x10" + only_code_16_bits + b"\x0f")
+        + _segment(0xDA, b"\x01\x01\x00\x00\x3f\x00")
+        + b"\x00\xff\xd9"
+    )
+    assert jpegscale._parse(data)["width"] == 8
+    assert jpegscale.decode(data, 1) is None
 
 
 def test_mutated_files_decode_exactly_as_pillow_does_or_are_declined():
