@@ -140,7 +140,9 @@ static int build_huff(huff_t *h, const uint8_t counts[16], const uint8_t *vals, 
     for (int len = 1; len <= 16; len++) {
         h->valoffset[len] = k - code;
         for (int i = 0; i < counts[len - 1]; i++) {
-            if (k >= 256) return JS_UNSUPPORTED;
+            /* libjpeg rejects a table whose codes overflow their length or use the all-ones code; checked
+               before the code's table entries are written, which an over-full table would put out of range */
+            if (k >= 256 || code >= (1 << len) - 1) return JS_UNSUPPORTED;
             h->vals[k] = vals[k];
             if (is_dc && vals[k] > 15) return JS_UNSUPPORTED;
             if (len <= LUT_BITS) {
@@ -591,9 +593,14 @@ int js_decode(const uint8_t *file, size_t file_len, size_t scan_offset, int widt
         w += chunk;
         i += chunk;
         if (!ff) break;
+        size_t first_ff = i;
         while (i + 1 < scan_len && scan[i + 1] == 0xFF) i++;
         if (i + 1 >= scan_len) break;
-        if (scan[i + 1] == 0x00) {
+        if (scan[i + 1] == 0x00 && i != first_ff) {
+            /* fill bytes then a stuffed zero: libjpeg-turbo's fast path takes FF FF for a marker and leaves
+               stray coefficients in the block, which this decoder would not reproduce */
+            status = JS_UNSUPPORTED;
+        } else if (scan[i + 1] == 0x00) {
             clean[w++] = 0xFF;
             i += 2;
         } else if (scan[i + 1] == 0xD9) {
@@ -666,8 +673,10 @@ int js_decode(const uint8_t *file, size_t file_len, size_t scan_offset, int widt
         c->threads = 1 + created; /* fewer if a thread could not be started */
         for (int t = 0; t < c->threads && status == JS_OK; t++) {
             job_t *j = &c->jobs[t];
-            j->c = c;
-            j->id = t;
+            if (t == 0) { /* the others were set before pthread_create, and their threads read them already */
+                j->c = c;
+                j->id = 0;
+            }
             j->p = clean + w * (size_t)t / (size_t)c->threads;
             j->end_bit = t + 1 < c->threads ? (w * (size_t)(t + 1) / (size_t)c->threads) * 8 : SIZE_MAX;
             j->met_job = -1;
@@ -675,15 +684,16 @@ int js_decode(const uint8_t *file, size_t file_len, size_t scan_offset, int widt
             j->kept = c->keep_chroma ? malloc(sizeof(int16_t) * KEPT * c->kept_cap) : NULL;
             if (!j->rec || (c->keep_chroma && !j->kept)) status = JS_NOMEM;
         }
-        if (status == JS_OK) pthread_barrier_init(&c->barrier, NULL, (unsigned)c->threads);
+        int barrier = status == JS_OK && pthread_barrier_init(&c->barrier, NULL, (unsigned)c->threads) == 0;
+        if (!barrier) status = status == JS_OK ? JS_NOMEM : status;
         pthread_mutex_lock(&c->gate_lock);
         c->gate = status == JS_OK ? 1 : -1;
         pthread_cond_broadcast(&c->gate_cond);
         pthread_mutex_unlock(&c->gate_lock);
         if (status == JS_OK) worker(&c->jobs[0]);
         for (int t = 1; t <= created; t++) pthread_join(tids[t], NULL);
+        if (barrier) pthread_barrier_destroy(&c->barrier);
         if (status == JS_OK) {
-            pthread_barrier_destroy(&c->barrier);
             status = c->status;
             *parts_used = 0;
             for (int t = 0; t < c->threads && status == JS_OK; t++) {

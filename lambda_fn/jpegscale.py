@@ -153,13 +153,13 @@ def _parse(data: bytes) -> dict:
             frame = (width, height, [(cid, sf >> 4, sf & 15, tq) for cid, sf, tq in comps])
         elif marker in _OTHER_SOF or marker == 0xCC:  # progressive, lossless, arithmetic (and its DAC)
             raise _Unsupported("not sequential Huffman")
-        elif marker == 0xE0 and body[:5] == b"JFIF\x00":
+        elif marker == 0xE0 and body[:5] == b"JFIF\x00" and len(body) >= 14:  # what libjpeg counts as JFIF
             jfif = True
         elif marker == 0xEE and body[:5] == b"Adobe" and len(body) >= 12:
             adobe_transform = body[11]
         elif marker == 0xDA:
             return _scan(data, pos + 2 + length, body, frame, quant, huff, jfif, adobe_transform)
-        elif marker in (0xD8, 0xD9) or 0xD0 <= marker <= 0xD7 or marker == 0x01:
+        elif not (0xE0 <= marker <= 0xEF or marker in (0xFE, 0xDC)):  # libjpeg skips only APPn, COM, DNL
             raise _Unsupported("unexpected marker")
         pos += 2 + length
 
@@ -169,7 +169,7 @@ def _scan(data, offset, sos, frame, quant, huff, jfif, adobe_transform) -> dict:
         raise _Unsupported("no frame header")
     width, height, comps = frame
     ncomp = len(comps)
-    if width == 0 or height == 0 or ncomp not in (1, 3):
+    if not (0 < width <= 65500 and 0 < height <= 65500) or ncomp not in (1, 3):  # libjpeg's size limit
         raise _Unsupported("components")
     if ncomp == 3:
         ids = tuple(c[0] for c in comps)
@@ -180,6 +180,8 @@ def _scan(data, offset, sos, frame, quant, huff, jfif, adobe_transform) -> dict:
         if (h0, v0) not in ((1, 1), (2, 2)) or any((h, v) != (1, 1) for _, h, v, _ in rest):
             raise _Unsupported("sampling")
     else:
+        if not (1 <= comps[0][1] <= 4 and 1 <= comps[0][2] <= 4):  # libjpeg refuses other factors
+            raise _Unsupported("sampling")
         h0 = v0 = 1
     if not sos or sos[0] != ncomp or len(sos) != 1 + 2 * ncomp + 3:
         raise _Unsupported("not one interleaved scan of every component")

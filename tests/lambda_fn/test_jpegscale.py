@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from lambda_fn import jpegscale
-from lambda_fn.imaging import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE, load_for_model
+from lambda_fn.imaging import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE, ImageError, load_for_model
 
 # Pillow's `subsampling` values
 SUBSAMPLING_444, SUBSAMPLING_422, SUBSAMPLING_420 = 0, 1, 2
@@ -111,6 +111,73 @@ def test_the_longest_read_past_the_data_is_declined():
     )
     assert jpegscale._parse(data)["width"] == 8
     assert jpegscale.decode(data, 1) is None
+
+
+def _grey_8x8(dc_table: bytes, scan: bytes, sof: bytes = b"\x08\x00\x08\x00\x08\x01\x01\x11\x00") -> bytes:
+    return (
+        b"\xff\xd8"
+        + _segment(0xDB, b"\x00" + bytes([1] * 64))
+        + _segment(0xC0, sof)
+        + _segment(0xC4, b"\x00" + dc_table)
+        + _segment(0xC4, b"\x10\x01" + bytes(15) + b"\x00")
+        + _segment(0xDA, b"\x01\x01\x00\x00\x3f\x00")
+        + scan
+        + b"\xff\xd9"
+    )
+
+
+def test_an_over_full_huffman_table_is_declined_before_any_table_entry_is_written():
+    """255 one-bit codes: the table builder once wrote far past its lookup table (a heap overflow a
+    395-byte upload could trigger; Pillow opens the file, so it reached the decoder)."""
+    data = _grey_8x8(bytes([255]) + bytes(15) + bytes(255), b"\x00", sof=b"\x08\x10\x00\x10\x00\x01\x01\x11\x00")
+    assert jpegscale.decode(data, 2) is None
+    with pytest.raises(ImageError):
+        load_for_model(data, DEFAULT_RESIZE_SIZE, DEFAULT_CROP_SIZE)
+
+
+def test_a_huffman_table_using_the_all_ones_code_is_declined_as_libjpeg_refuses_it():
+    data = _grey_8x8(bytes([2]) + bytes(15) + b"\x00\x01", b"\x3f")
+    assert jpegscale.decode(data, 1) is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["fill byte before a stuffed zero", "short JFIF with R, G, B ids", "JPG marker", "grey sampling 0"],
+)
+def test_what_libjpeg_reads_differently_or_refuses_is_declined(change):
+    base = _encode(_noise((160, 128), seed=5), quality=90, subsampling=SUBSAMPLING_444)
+    offset = jpegscale._parse(base)["offset"]
+    stuffed = base.index(b"\xff\x00", offset)
+    sof = base.index(b"\xff\xc0")
+    if change == "fill byte before a stuffed zero":  # libjpeg-turbo's fast path reads FF FF as a marker
+        data = base[:stuffed] + b"\xff" + base[stuffed:]
+    elif change == "short JFIF with R, G, B ids":  # libjpeg needs 14 bytes to call it JFIF, then ids mean RGB
+        data = bytearray(base.replace(base[2 : 2 + 4 + 14], b"\xff\xe0\x00\x09JFIF\x00\x01\x01", 1))
+        sof = bytes(data).index(b"\xff\xc0")
+        sos = bytes(data).index(b"\xff\xda")
+        data[sof + 10], data[sof + 13], data[sof + 16] = 82, 71, 66
+        data[sos + 5], data[sos + 7], data[sos + 9] = 82, 71, 66
+        data = bytes(data)
+    elif change == "JPG marker":  # libjpeg stops at segments it does not know; only APPn and COM are skipped
+        data = base[:2] + _segment(0xC8, b"xx") + base[2:]
+    else:
+        grey = _encode(_noise((160, 128), seed=5, mode="L"), quality=90)
+        sof = grey.index(b"\xff\xc0")
+        data = grey[: sof + 11] + b"\x00" + grey[sof + 12 :]
+    assert jpegscale.decode(base, 1) is not None  # the unchanged file is one it decodes
+    assert jpegscale.decode(data, 1) is None
+
+
+@pytest.mark.parametrize("width", [65500, 65501])
+def test_frames_wider_than_libjpegs_limit_are_declined(width):
+    # Grey, 8 rows; every block is a zero DC difference and an end of block, one bit each.
+    sof = b"\x08\x00\x08" + width.to_bytes(2, "big") + b"\x01\x01\x11\x00"
+    data = _grey_8x8(b"\x01" + bytes(15) + b"\x00", bytes(-(-width // 8) * 2 // 8 + 1), sof=sof)
+    got = jpegscale.decode(data, 1)
+    if width <= 65500:
+        np.testing.assert_array_equal(np.asarray(got), _pillow_eighth(data))
+    else:
+        assert got is None
 
 
 def test_mutated_files_decode_exactly_as_pillow_does_or_are_declined():
