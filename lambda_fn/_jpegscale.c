@@ -246,6 +246,7 @@ static void run(job_t *j, int first_other) {
     for (;;) {
         size_t pos = BITPOS();
         if (pos >= end_bit || pos >= c->bits) break;
+        if (j->id == 0 && j->nrec >= c->total) break; /* part 0 counts true blocks: the frame is complete */
         if (first_other >= 0) {
             while (target < c->threads) {
                 const job_t *o = &c->jobs[target];

@@ -314,7 +314,8 @@ def _reduced_jpeg(img: Image.Image, resize_size: int, jpeg_threads: int | None) 
         return None
     size = (math.ceil(img.width * scale), math.ceil(img.height * scale))
     # Image.draft picks the smallest of 1/8, 1/4, 1/2 that still covers `size`, by whole-number ratios.
-    if jpeg_threads != 0 and min(img.width // size[0], img.height // size[1]) >= 8:
+    # jpegscale decodes a file's first picture: an MPO moved to a later one is left to Pillow.
+    if jpeg_threads != 0 and img.tell() == 0 and min(img.width // size[0], img.height // size[1]) >= 8:
         data = _jpeg_bytes(img)
         small = jpegscale.decode(data, jpeg_threads) if data is not None else None
         if small is not None:

@@ -211,7 +211,9 @@ def _scan(data, offset, sos, frame, quant, huff, jfif, adobe_transform) -> dict:
     }
 
 
-def decode(data: bytes, threads: int | None = None, stats: dict | None = None) -> Image.Image | None:
+def decode(
+    data: bytes | bytearray | memoryview, threads: int | None = None, stats: dict | None = None
+) -> Image.Image | None:
     """The JPEG at 1/8 scale (``ceil(w/8) x ceil(h/8)``, "RGB" or "L"), exactly as Pillow's draft decode
     gives it, or None when this decoder does not handle the file (the caller then uses Pillow).
 
@@ -220,6 +222,7 @@ def decode(data: bytes, threads: int | None = None, stats: dict | None = None) -
     lib = _library()
     if lib is None:
         return None
+    data = bytes(data)  # what ctypes passes as a pointer (no copy for bytes)
     try:
         info = _parse(data)
     except _Unsupported:

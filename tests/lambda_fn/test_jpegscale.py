@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from lambda_fn import jpegscale
-from lambda_fn.imaging import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE, ImageError, load_for_model
+from lambda_fn.imaging import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE, ImageError, load_for_model, prepare
 
 # Pillow's `subsampling` values
 SUBSAMPLING_444, SUBSAMPLING_422, SUBSAMPLING_420 = 0, 1, 2
@@ -59,6 +59,20 @@ def test_equals_pillows_draft_decode_byte_for_byte(mode, subsampling, threads):
     np.testing.assert_array_equal(np.asarray(got), expected)
     # Every thread's part met the previous one's decoding: the output is stitched from all of them.
     assert stats["parts"] == threads
+
+
+def test_data_after_the_last_block_is_not_decoded():
+    # Decodable bytes between the frame's last block and the end marker: ignored, as libjpeg ignores them.
+    base = _encode(_noise((640, 480), seed=9), quality=90)
+    data = base[:-2] + bytes(200_000) + b"\xff\xd9"
+    np.testing.assert_array_equal(np.asarray(jpegscale.decode(data, 1)), _pillow_eighth(data))
+
+
+def test_accepts_any_bytes_like_object():
+    data = _encode(_noise((640, 480), seed=9), quality=90)
+    expected = np.asarray(jpegscale.decode(data, 2))
+    for view in (bytearray(data), memoryview(data)):
+        np.testing.assert_array_equal(np.asarray(jpegscale.decode(view, 2)), expected)
 
 
 def test_small_scans_use_fewer_threads():
@@ -224,6 +238,18 @@ def test_model_input_is_the_same_with_and_without_it(orientation, tmp_path):
     path = tmp_path / "photo.jpg"
     path.write_bytes(data)  # a file on disk, as indexing reads it
     np.testing.assert_array_equal(load_for_model(path, DEFAULT_RESIZE_SIZE, DEFAULT_CROP_SIZE), pillow_only)
+
+
+def test_an_mpo_moved_to_its_second_picture_is_decoded_by_pillow():
+    first, second = _noise((2400, 2100), seed=1), _noise((2400, 2100), seed=2)
+    buf = io.BytesIO()
+    first.save(buf, "MPO", save_all=True, append_images=[second])
+    inputs = []
+    for jpeg_threads in (None, 0):
+        img = Image.open(io.BytesIO(buf.getvalue()))
+        img.seek(1)
+        inputs.append(prepare(img, DEFAULT_RESIZE_SIZE, DEFAULT_CROP_SIZE, jpeg_threads=jpeg_threads))
+    np.testing.assert_array_equal(*inputs)
 
 
 def test_prepare_uses_it_for_large_jpegs(monkeypatch):
