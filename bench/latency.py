@@ -273,7 +273,7 @@ def main(args: argparse.Namespace) -> dict:
         "isa": args.isa if args.isa != "both" else "full",
         "threads": THREADS,
         "iterations": args.iterations,
-        "jpeg decode threads": jpegscale.default_threads() if jpegscale.available() else 0,
+        "jpeg decode threads": jpegscale.decode_threads(),
     }
     report["cases"] = {}
     runners = {

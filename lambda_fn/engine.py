@@ -47,7 +47,7 @@ def runtime_info(meta: ModelMeta) -> dict[str, object]:
         "model": "int8" if meta.quantization else "fp32",
         "quantized_engine": torch.backends.quantized.engine if meta.quantization else None,
         "threads": torch.get_num_threads(),
-        "jpeg_decode_threads": jpegscale.default_threads() if jpegscale.available() else 0,
+        "jpeg_decode_threads": jpegscale.decode_threads(),
     }
 
 

@@ -89,6 +89,11 @@ def default_threads() -> int:
     return max(1, min(MAX_THREADS, len(os.sched_getaffinity(0))))
 
 
+def decode_threads() -> int:
+    """How many threads ``decode`` uses by default here; 0 when the library is missing (Pillow decodes)."""
+    return default_threads() if available() else 0
+
+
 def _u16(data: bytes, pos: int) -> int:
     if pos + 2 > len(data):
         raise _Unsupported("truncated header")

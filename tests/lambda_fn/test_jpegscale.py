@@ -109,35 +109,34 @@ def _segment(marker: int, body: bytes) -> bytes:
     return bytes([0xFF, marker]) + (len(body) + 2).to_bytes(2, "big") + body
 
 
-def test_the_longest_read_past_the_data_is_declined():
-    """An 8x8 grey JPEG whose only Huffman codes are 16 bits of zeros with 15 extra bits: the one block,
-    starting in the scan's single byte, reads 64 x 31 bits of the zero padding (the most a block can; the
-    C code pads for it, which an AddressSanitizer build checks) and is declined as running past the data."""
-    only_code_16_bits = bytes(15) + b"\x01"
-    data = (
-        b"\xff\xd8"
-        + _segment(0xDB, b"\x00" + bytes([1] * 64))
-        + _segment(0xC0, b"\x08\x00\x08\x00\x08\x01\x01\x11\x00")
-        + _segment(0xC4, b"\x00" + only_code_16_bits + b"\x0f")
-        + _segment(0xC4, b"\x10" + only_code_16_bits + b"\x0f")
-        + _segment(0xDA, b"\x01\x01\x00\x00\x3f\x00")
-        + b"\x00\xff\xd9"
-    )
-    assert jpegscale._parse(data)["width"] == 8
-    assert jpegscale.decode(data, 1) is None
-
-
-def _grey_8x8(dc_table: bytes, scan: bytes, sof: bytes = b"\x08\x00\x08\x00\x08\x01\x01\x11\x00") -> bytes:
+def _grey_8x8(
+    dc_table: bytes,
+    scan: bytes,
+    sof: bytes = b"\x08\x00\x08\x00\x08\x01\x01\x11\x00",
+    ac_table: bytes = b"\x01" + bytes(15) + b"\x00",
+) -> bytes:
+    """A grey JPEG (8x8 unless ``sof`` says otherwise) with the given Huffman tables (16 counts, then the
+    symbols) and scan bytes; every quantisation value 1. By default the one AC code means end of block."""
     return (
         b"\xff\xd8"
         + _segment(0xDB, b"\x00" + bytes([1] * 64))
         + _segment(0xC0, sof)
         + _segment(0xC4, b"\x00" + dc_table)
-        + _segment(0xC4, b"\x10\x01" + bytes(15) + b"\x00")
+        + _segment(0xC4, b"\x10" + ac_table)
         + _segment(0xDA, b"\x01\x01\x00\x00\x3f\x00")
         + scan
         + b"\xff\xd9"
     )
+
+
+def test_the_longest_read_past_the_data_is_declined():
+    """An 8x8 grey JPEG whose only Huffman codes are 16 bits of zeros with 15 extra bits: the one block,
+    starting in the scan's single byte, reads 64 x 31 bits of the zero padding (the most a block can; the
+    C code pads for it, which an AddressSanitizer build checks) and is declined as running past the data."""
+    only_code_16_bits = bytes(15) + b"\x01" + b"\x0f"
+    data = _grey_8x8(only_code_16_bits, b"\x00", ac_table=only_code_16_bits)
+    assert jpegscale._parse(data)["width"] == 8
+    assert jpegscale.decode(data, 1) is None
 
 
 def test_an_over_full_huffman_table_is_declined_before_any_table_entry_is_written():
@@ -279,11 +278,10 @@ def test_a_library_built_from_another_version_of_the_source_is_not_used(tmp_path
     assert jpegscale.available()  # the library make built from this source
 
 
-def test_without_the_library_pillow_decodes_everything(monkeypatch):
+def test_without_the_library_pillow_decodes_everything(request):
     data = _photo_12mp()
     expected = load_for_model(data, DEFAULT_RESIZE_SIZE, DEFAULT_CROP_SIZE, jpeg_threads=0)
-    monkeypatch.setattr(jpegscale, "_lib", None)
-    monkeypatch.setattr(jpegscale, "_loaded", True)
-    assert not jpegscale.available()
+    request.getfixturevalue("jpeg_library_missing")
+    assert not jpegscale.available() and jpegscale.decode_threads() == 0
     assert jpegscale.decode(data) is None
     np.testing.assert_array_equal(load_for_model(data, DEFAULT_RESIZE_SIZE, DEFAULT_CROP_SIZE), expected)

@@ -35,11 +35,7 @@ def test_health_says_which_model_and_kernels_run(client):
     assert runtime["jpeg_decode_threads"] == len(os.sched_getaffinity(0))  # the C decoder is built and found
 
 
-def test_health_says_when_the_jpeg_decoder_library_is_missing(client, monkeypatch):
-    from lambda_fn import jpegscale
-
-    monkeypatch.setattr(jpegscale, "_lib", None)
-    monkeypatch.setattr(jpegscale, "_loaded", True)
+def test_health_says_when_the_jpeg_decoder_library_is_missing(client, jpeg_library_missing):
     assert client.get("/health").json()["runtime"]["jpeg_decode_threads"] == 0
 
 
