@@ -107,7 +107,8 @@ def daily_cost(function: lambda_.Function, label: str) -> cloudwatch.MathExpress
 
 
 class Monitoring(Construct):
-    """The ``DeepFood`` dashboard and the alarms; with ``alarm_email`` or ``alarm_topic_arn``, alarms notify.
+    """The ``<stack>-operations-<region>`` dashboard and the alarms; with ``alarm_email`` or ``alarm_topic_arn``,
+    alarms notify.
 
     Tunables (``DeepFoodStack(monitoring_options={...})``):
     - ``alarm_email``: creates an SNS topic and subscribes this address (AWS emails a confirmation link first).
@@ -163,8 +164,10 @@ class Monitoring(Construct):
             period=FIVE_MINUTES,
         )
         total_p95 = emf(m.TOTAL_LATENCY, m.SEARCH_SERVICE, "p95", label="total p95")
+        # Throttles has datapoints only where something was throttled, and metric math can drop a period in
+        # which an operand has none: FILL makes those 0, so one function's throttles are never left out of the sum.
         throttles = cloudwatch.MathExpression(
-            expression=" + ".join(functions),
+            expression=" + ".join(f"FILL({name}, 0)" for name in functions),
             using_metrics={
                 name: fn.metric_throttles(statistic="Sum", period=FIVE_MINUTES) for name, fn in functions.items()
             },
@@ -267,7 +270,9 @@ class Monitoring(Construct):
             )
         self.topic = self._notify(alarm_email, alarm_topic_arn)
 
-        self.dashboard_name = f"{cdk.Stack.of(self).stack_name}-operations"
+        # Dashboard names are global to the account: the region keeps one stack per region apart.
+        stack = cdk.Stack.of(self)
+        self.dashboard_name = f"{stack.stack_name}-operations-{stack.region}"
         self.dashboard = cloudwatch.Dashboard(
             self,
             "Dashboard",

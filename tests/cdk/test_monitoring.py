@@ -224,7 +224,7 @@ def test_each_alarm_watches_its_metric_with_its_threshold(monitored):
     assert watched(latency) == [(m.NAMESPACE, m.TOTAL_LATENCY, {"service": m.SEARCH_SERVICE}, "p95", 300)]
     assert (latency["Threshold"], latency["EvaluationPeriods"], latency["DatapointsToAlarm"]) == (800, 3, 3)
 
-    throttles = found["search + ingest + reindex"]
+    throttles = found["FILL(search, 0) + FILL(ingest, 0) + FILL(reindex, 0)"]
     functions = {text(d["FunctionName"]) for _, n, d, _, _ in watched(throttles) if n == "Throttles"}
     assert functions == {function_ref(monitored, h) for h in HANDLERS} and throttles["Threshold"] == 0
 
@@ -314,4 +314,19 @@ def test_no_unacknowledged_cdk_nag_findings_with_alarms_and_tracing_on(monitored
 
 def test_the_dashboard_url_is_an_output(template):
     (output,) = template.find_outputs("DashboardUrl").values()
-    assert text(output["Value"]).endswith("#dashboards/dashboard/DeepFood-operations")
+    assert text(output["Value"]).endswith("#dashboards/dashboard/DeepFood-operations-<AWS::Region>")
+
+
+def test_the_dashboard_name_holds_the_region_so_a_second_region_does_not_collide(template):
+    # Dashboard names are global to the account; the region is resolved by CloudFormation at deploy.
+    (dashboard_resource,) = template.find_resources("AWS::CloudWatch::Dashboard").values()
+    assert text(dashboard_resource["Properties"]["DashboardName"]) == "DeepFood-operations-<AWS::Region>"
+
+
+def test_every_throttles_series_is_filled_before_the_sum(monitored):
+    # Throttles is sparse: a period where one function has no datapoint must not drop the others' throttles.
+    (throttles,) = [a for key, a in alarms(monitored).items() if "Throttles" in {n for _, n, *_ in watched(a)}]
+    expression = next(q for q in throttles["Metrics"] if q.get("ReturnData", True))["Expression"]
+    series = [q["Id"] for q in throttles["Metrics"] if "MetricStat" in q]
+    assert len(series) == 3
+    assert expression == " + ".join(f"FILL({s}, 0)" for s in series)
