@@ -15,8 +15,10 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
+from pydantic import TypeAdapter, ValidationError
 
 from lambda_fn.config import Settings, env_name
+from lambda_fn.manifest import Sha256
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = "Dockerfile.lambda"
@@ -41,6 +43,20 @@ def image_code(handler: str, architecture: lambda_.Architecture) -> lambda_.Dock
         platform=_PLATFORMS[architecture.name],
         cmd=[handler],
     )
+
+
+def pinned_model(sha256: str) -> str:
+    """``trusted_model_sha256`` as the runtime accepts it (64 lowercase hex); uppercase, as PowerShell's
+    ``Get-FileHash`` prints it, is lowercased. ValueError for anything else, so it fails at synth, not at every
+    cold start."""
+    digest = sha256.strip().lower()
+    try:
+        return TypeAdapter(Sha256).validate_python(digest)
+    except ValidationError:
+        raise ValueError(
+            f"trustedModelSha256={sha256!r} is not a sha256: it must be exactly 64 hex characters "
+            "(sha256sum model.pt, or Get-FileHash model.pt)"
+        ) from None
 
 
 def worker_environment(

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import aws_cdk as cdk
+import jsii
 from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
-from aws_cdk import aws_s3_notifications as s3n
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from cdk.artifacts import Artifacts
-from cdk.image import INGEST_HANDLER, SETTINGS_DEFAULTS, execution_role, image_code, worker_environment
+from cdk.image import INGEST_HANDLER, SETTINGS_DEFAULTS, execution_role, image_code, pinned_model, worker_environment
 from cdk.monitoring import active_tracing
 from cdk.nag import acknowledge
 
@@ -22,6 +23,29 @@ from cdk.nag import acknowledge
 VISIBILITY_TIMEOUT_FACTOR = 6
 # The id prefix aws-cdk-lib gives its stack-wide handler of bucket notification custom resources.
 _NOTIFICATIONS_HANDLER_ID = "BucketNotificationsHandler"
+
+
+@jsii.implements(s3.IBucketNotificationDestination)
+class _OwnBucketQueue:
+    """``s3_notifications.SqsDestination``, whose grant to S3 names the bucket (``aws:SourceArn``) but not its
+    owner: bucket names are global and can be re-created in another account, so ``aws:SourceAccount`` too."""
+
+    def __init__(self, queue: sqs.Queue) -> None:
+        self.queue = queue
+
+    def bind(self, scope: Construct, bucket: s3.IBucketRef) -> s3.BucketNotificationDestinationConfig:
+        self.queue.grant_send_messages(
+            iam.ServicePrincipal(
+                "s3.amazonaws.com",
+                conditions={
+                    "ArnLike": {"aws:SourceArn": bucket.bucket_ref.bucket_arn},
+                    "StringEquals": {"aws:SourceAccount": cdk.Stack.of(scope).account},
+                },
+            )
+        )
+        return s3.BucketNotificationDestinationConfig(
+            arn=self.queue.queue_arn, type=s3.BucketNotificationDestinationType.QUEUE, dependencies=[self.queue]
+        )
 
 
 class Ingest(Construct):
@@ -70,6 +94,7 @@ class Ingest(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         timeout = timeout or cdk.Duration.minutes(5)
+        self.memory_mb = memory_mb
         self.dead_letter_queue = sqs.Queue(
             self,
             "DeadLetters",
@@ -87,7 +112,7 @@ class Ingest(Construct):
         )
         for event in (s3.EventType.OBJECT_CREATED, s3.EventType.OBJECT_REMOVED):
             artifacts.bucket.add_event_notification(
-                event, s3n.SqsDestination(self.queue), s3.NotificationKeyFilter(prefix=artifacts.images_prefix)
+                event, _OwnBucketQueue(self.queue), s3.NotificationKeyFilter(prefix=artifacts.images_prefix)
             )
 
         role, self.log_group = execution_role(
@@ -96,7 +121,7 @@ class Ingest(Construct):
             log_retention=log_retention,
         )
         artifacts.grant_ingest(role)
-        pin = {"trusted_model_sha256": trusted_model_sha256} if trusted_model_sha256 else {}
+        pin = {"trusted_model_sha256": pinned_model(trusted_model_sha256)} if trusted_model_sha256 else {}
         environment = worker_environment(
             artifacts.uri, log_level=log_level, num_threads=num_threads, tracing=tracing, **pin
         )

@@ -31,8 +31,9 @@ class Reindex(Construct):
     Two reindexes never race: the runtime takes a lease under ``locks/`` with an S3 conditional write, and
     a run that finds the lease held ends at once. The lease lasts as long as the function's ``timeout``
     (``reindex_lease_s``), so a run that dies holding it blocks the next one for that long at most. Reserved
-    concurrency is not what keeps runs apart: a new account (concurrency quota 10) cannot reserve any. Where
-    the account allows it, ``reserved_concurrency=1`` also caps the function at one container.
+    concurrency is not what keeps runs apart: an account may reserve only up to its unreserved concurrency
+    minus 100, so one whose quota is under 101 (a new account's is 10) cannot reserve any. Where the account
+    allows it, ``reserved_concurrency=1`` also caps the function at one container.
 
     A failed run is not retried, by the schedule or by Lambda's asynchronous invocation (retry attempts 0):
     the next tick is the retry.
@@ -40,7 +41,8 @@ class Reindex(Construct):
     Tunables:
     - ``every``: 5 minutes by default: how long a new photo may wait before search can find it.
     - ``memory_mb``: 3008 by default (~270,000 images); the stack sizes it from ``collectionImages``
-      (``cdk.sizing``): the merged embeddings and the Annoy build must fit in memory, 9,088 MB for 10^6.
+      (``cdk.sizing``): the merged embeddings and the Annoy build must fit in memory, 9,088 MB for 10^6, which
+      needs the account's memory quota raised first (the stack's ``memory_quota_mb``).
     - ``timeout``: 15 minutes, the most Lambda allows; also the lease.
     - ``ephemeral_storage_mb``: 10240, the most Lambda allows: the new index is written to ``/tmp`` first.
     - ``tracing``: off by default; on, X-Ray active tracing and ``DEEPFOOD_TRACING`` (``cdk.monitoring``).

@@ -8,13 +8,12 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from cdk.artifacts import Artifacts
-from cdk.image import SEARCH_HANDLER, SETTINGS_DEFAULTS, execution_role, image_code
+from cdk.image import SEARCH_HANDLER, SETTINGS_DEFAULTS, execution_role, image_code, pinned_model
 from cdk.monitoring import active_tracing
 from cdk.sizing import SEARCH_EPHEMERAL_FLOOR_MB, SEARCH_MEMORY_FLOOR_MB
 from lambda_fn.config import env_name
 
 DEFAULT_TIMEOUT = cdk.Duration.seconds(120)
-DEFAULT_RESERVED_CONCURRENCY = 20
 SNAP_START_MAX_EPHEMERAL_STORAGE_MB = 512  # SnapStart's limit on /tmp
 
 
@@ -25,7 +24,8 @@ class SearchFunction(Construct):
     - ``memory_mb``: 3008 by default. Lambda gives CPU in proportion to memory (one vCPU at 1,769 MB), and
       a ResNet34 forward pass is CPU-bound, so memory buys latency; 3008 MB is also the largest size a new
       account may use before asking for a quota increase. A collection past ~890,000 images needs more for
-      its index pages: the stack sizes it from ``collectionImages`` (``cdk.sizing``).
+      its index pages: the stack sizes it from ``collectionImages`` (``cdk.sizing``), and refuses a size above
+      the account's memory quota (``memory_quota_mb``).
     - ``timeout``: 120 s. A request's own work is bounded by the decode limits (``lambda_fn.imaging``:
       bytes, pixels, JPEG scans; about 2 s for the costliest image admitted), so the timeout instead covers
       the slowest cold start supported: downloading, verifying and loading a 10^6-image index (about
@@ -38,18 +38,22 @@ class SearchFunction(Construct):
       images), ~6 GB for 10^6 images (``cdk.sizing`` from ``collectionImages``).
     - ``architecture``: x86_64 by default. ``Dockerfile.lambda`` compiles annoy with x86-64 flags, so arm64
       also needs that file changed.
-    - ``reserved_concurrency``: 20 by default: at most 20 containers search at once, so one client that
-      floods the API can neither run up more than 20 containers' cost nor take the account's concurrency
-      from the ingest, reindex and backfill functions (or other workloads). Lambda keeps 10 of an account's
-      concurrency unreserved, so an account still at the default quota of 10 cannot reserve any: pass
-      None there (``-c searchReservedConcurrency=none``) until the quota increase (to 1,000) comes through.
+    - ``reserved_concurrency``: none by default. N reserves N containers for search and caps it at N, so a
+      client that floods the API can neither run up more than N containers' cost nor take the account's
+      concurrency from the ingest, reindex and backfill functions (``-c searchReservedConcurrency=N``). Lambda
+      lets an account reserve only up to its unreserved concurrency minus 100, so N fails the deploy on any
+      account whose concurrency quota is under N + 100 (a new account's is 10). Without it, the caps are the
+      API stage's throttle (``cdk.api``) and, where turned on, the per-client WAF rate limit.
     - ``trusted_model_sha256``: pin the model the service may load (``DEEPFOOD_TRUSTED_MODEL_SHA256``); a
-      manifest naming any other model is refused with a 503 (see the README's trust model).
+      manifest naming any other model is refused with a 503 (see the README's trust model). Checked here and
+      lowercased (``cdk.image.pinned_model``), since the runtime refuses anything but 64 lowercase hex.
     - ``provisioned_concurrency``: optional warm containers on a ``live`` alias; then the model and index
       load during init (``load_on_import``) because provisioned environments initialise before traffic.
-    - ``snap_start``: off by default. On, Lambda initialises each published version once (model and index
-      loaded during init, ``load_on_import``) and resumes new containers from its memory snapshot, on a
-      ``live`` alias; ``lambda_fn.snapstart`` holds the hooks. AWS documents SnapStart for container images
+    - ``snap_start``: off by default (``-c snapStart=true``). On, Lambda initialises each published version once
+      (model and index loaded during init, ``load_on_import``) and resumes new containers from its memory
+      snapshot, on a ``live`` alias; ``lambda_fn.snapstart`` holds the hooks. A model must be published before
+      the deploy that publishes the version: a snapshot taken without one holds no model, and every restored
+      container then loads it on its first request. AWS documents SnapStart for container images
       on its Python 3.12+ base images (this image's); SnapStart allows at most 512 MB of ``/tmp`` (so the
       default becomes 512: the int8 model and two builds' indexes of about 8 x 10^4 images each, 2.7 kB a
       vector, while a swap holds both) and excludes provisioned concurrency. What it skips is measured in
@@ -72,7 +76,7 @@ class SearchFunction(Construct):
         timeout: cdk.Duration | None = None,
         ephemeral_storage_mb: int | None = None,
         architecture: lambda_.Architecture = lambda_.Architecture.X86_64,
-        reserved_concurrency: int | None = DEFAULT_RESERVED_CONCURRENCY,
+        reserved_concurrency: int | None = None,
         trusted_model_sha256: str | None = None,
         provisioned_concurrency: int | None = None,
         snap_start: bool = False,
@@ -92,6 +96,8 @@ class SearchFunction(Construct):
                 f"SnapStart allows at most {SNAP_START_MAX_EPHEMERAL_STORAGE_MB} MB of /tmp, and this collection "
                 f"needs {ephemeral_storage_mb} MB: a smaller collection, or no SnapStart"
             )
+        if trusted_model_sha256:
+            trusted_model_sha256 = pinned_model(trusted_model_sha256)
         self.manifest_check_s = manifest_check_s
         self.memory_mb, self.ephemeral_storage_mb = memory_mb, ephemeral_storage_mb
         role, self.log_group = execution_role(

@@ -22,12 +22,14 @@ from dataclasses import dataclass
 # Lambda's own limits (memory and /tmp both top out at 10,240 MB).
 LAMBDA_MAX_MEMORY_MB = 10240
 LAMBDA_MAX_EPHEMERAL_STORAGE_MB = 10240
+# The most memory a new account may configure ("Function memory allocation"); AWS Support raises it on request.
+NEW_ACCOUNT_MEMORY_MB = 3008
 
 # Defaults below which the sizes never go: 3,008 MB is 1.70 vCPUs, the most a new account may configure
 # before a quota increase; 2,048 MB of /tmp holds Food-101's build twice over.
-SEARCH_MEMORY_FLOOR_MB = 3008
+SEARCH_MEMORY_FLOOR_MB = NEW_ACCOUNT_MEMORY_MB
 SEARCH_EPHEMERAL_FLOOR_MB = 2048
-REINDEX_MEMORY_FLOOR_MB = 3008
+REINDEX_MEMORY_FLOOR_MB = NEW_ACCOUNT_MEMORY_MB
 
 # The reindex's peak RSS: a fixed part (runtime and libraries) plus a part per vector (the merged
 # collection, the Annoy build, the key map). The incremental run (the larger of the two) from the fit.
@@ -124,4 +126,25 @@ def sizes_for(images: int, *, search_ephemeral_floor_mb: int = SEARCH_EPHEMERAL_
             f: max(floors[f], _round_up((base + per_image * images) * HEADROOM))
             for f, (base, per_image) in _NEEDS.items()
         },
+    )
+
+
+def check_memory_quota(function: str, memory_mb: int, *, quota_mb: int, collection_images: int | None = None) -> None:
+    """ValueError when ``function``'s memory is above the account's quota (``quota_mb``), saying what to ask for;
+    ``collection_images``: the collection its size was computed for, if it was. A new account may configure at
+    most ``NEW_ACCOUNT_MEMORY_MB``, and CloudFormation would fail the deploy only after building the image."""
+    if not NEW_ACCOUNT_MEMORY_MB <= quota_mb <= LAMBDA_MAX_MEMORY_MB:
+        raise ValueError(
+            f"memoryQuotaMb={quota_mb} must be between {NEW_ACCOUNT_MEMORY_MB} (a new account's) and "
+            f"{LAMBDA_MAX_MEMORY_MB} (Lambda's largest size)"
+        )
+    if memory_mb <= quota_mb:
+        return
+    cause = f" for collectionImages={collection_images:,}" if collection_images is not None else ""
+    raise ValueError(
+        f"the {function} function is sized at {memory_mb:,} MB{cause}, above the {quota_mb:,} MB of memory the "
+        f"account may configure (-c memoryQuotaMb; a new account's maximum is {NEW_ACCOUNT_MEMORY_MB:,} MB), so the "
+        "deploy would fail. Ask AWS Support to raise the Lambda quota 'Function memory allocation' (the function "
+        f"memory maximum) to at least {memory_mb:,} MB, then deploy with -c memoryQuotaMb=<the raised maximum, at "
+        f"most {LAMBDA_MAX_MEMORY_MB}>"
     )

@@ -15,7 +15,7 @@ from cdk.ingest import Ingest
 from cdk.monitoring import Monitoring
 from cdk.reindex import Reindex
 from cdk.search_function import SNAP_START_MAX_EPHEMERAL_STORAGE_MB, SearchFunction
-from cdk.sizing import capacity, sizes_for
+from cdk.sizing import NEW_ACCOUNT_MEMORY_MB, capacity, check_memory_quota, sizes_for
 from cdk.website import SiteDeployment, Website
 from lambda_fn.config import env_name
 from lambda_fn.manifest import DEFAULT_PREFIX
@@ -28,7 +28,9 @@ class DeepFoodStack(cdk.Stack):
     ``collection_images``, the number of images the collection is expected to reach, sizes the search and
     reindex functions' memory and ``/tmp`` (``cdk.sizing``; None keeps the defaults, ~270,000 images); sizes
     given in ``function_options`` or ``reindex_options`` win over it. The CollectionSize alarm goes off when
-    the live build nears what the deployed sizes hold.
+    the live build nears what the deployed sizes hold. ``memory_quota_mb`` is the most memory the account may
+    give a function (a new account's 3,008 MB by default); a function sized above it is refused here, naming the
+    quota to ask AWS for, rather than failing the deploy.
 
     Photos put under ``<prefix>/images/`` are embedded by ingest, merged into a new build by reindex, and
     picked up by the search function's warm containers. The backfill state machine embeds the whole collection
@@ -53,10 +55,16 @@ class DeepFoodStack(cdk.Stack):
         monitoring_options: dict[str, Any] | None = None,
         tracing: bool = False,
         collection_images: int | None = None,
+        memory_quota_mb: int = NEW_ACCOUNT_MEMORY_MB,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         function_options, reindex_options = dict(function_options or {}), dict(reindex_options or {})
+        # The collection a function's memory was computed for, where no explicit size overrides it.
+        sized_for = {
+            "search": None if "memory_mb" in function_options else collection_images,
+            "reindex": None if "memory_mb" in reindex_options else collection_images,
+        }
         if collection_images is not None:
             snap_start = function_options.get("snap_start", False)
             sizes = sizes_for(
@@ -98,6 +106,12 @@ class DeepFoodStack(cdk.Stack):
             **(ingest_options or {}),
         )
         reindex = Reindex(self, "Reindex", artifacts=artifacts, tracing=tracing, **reindex_options)
+        # Largest first, so the quota a refusal asks for covers every function.
+        sized = sorted({"search": search, "ingest": ingest, "reindex": reindex}.items(), key=lambda f: -f[1].memory_mb)
+        for name, function in sized:
+            check_memory_quota(
+                name, function.memory_mb, quota_mb=memory_quota_mb, collection_images=sized_for.get(name)
+            )
         backfill = Backfill(
             self,
             "Backfill",

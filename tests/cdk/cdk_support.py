@@ -21,9 +21,11 @@ TUNED_FUNCTION = {
     "timeout": cdk.Duration.seconds(20),
     "ephemeral_storage_mb": 3072,
     "provisioned_concurrency": 2,
-    "reserved_concurrency": None,
+    "reserved_concurrency": 30,
     "trusted_model_sha256": "ab" * 32,
 }
+# Above a new account's memory maximum: the tuned stack declares the raised quota its sizes need.
+TUNED_MEMORY_QUOTA_MB = 10240
 # The existing bucket in the tests encrypts with this customer-managed key (SSE-KMS).
 EXISTING_BUCKET_KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 TUNED_API = {"throttle_rate": 7, "throttle_burst": 11, "waf_rate_limit": 300}

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import pytest
 from aws_cdk.assertions import Template
-from cdk_support import EXISTING_BUCKET_KEY, TUNED_API, TUNED_FUNCTION, TUNED_INGEST, TUNED_REINDEX, build_stack
+from cdk_support import (
+    EXISTING_BUCKET_KEY,
+    TUNED_API,
+    TUNED_FUNCTION,
+    TUNED_INGEST,
+    TUNED_MEMORY_QUOTA_MB,
+    TUNED_REINDEX,
+    build_stack,
+)
 
 from cdk.stack import DeepFoodStack
 
@@ -31,6 +39,7 @@ def tuned_template(tmp_path_factory) -> Template:
         api_options=TUNED_API,
         ingest_options=TUNED_INGEST,
         reindex_options=TUNED_REINDEX,
+        memory_quota_mb=TUNED_MEMORY_QUOTA_MB,
     )
     return Template.from_stack(stack)
 

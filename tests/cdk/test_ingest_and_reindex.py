@@ -112,7 +112,7 @@ def test_only_images_created_or_removed_reach_the_queue(which, request):
             for event in ("s3:ObjectCreated:*", "s3:ObjectRemoved:*")
         ]
     }
-    # S3 may send to the queue only for this bucket.
+    # S3 may send to the queue only for this bucket, and only while this account owns it (names are global).
     template.has_resource_properties(
         "AWS::SQS::QueuePolicy",
         {
@@ -126,7 +126,10 @@ def test_only_images_created_or_removed_reach_the_queue(which, request):
                                     "Effect": "Allow",
                                     "Principal": {"Service": "s3.amazonaws.com"},
                                     "Action": Match.array_with(["sqs:SendMessage"]),
-                                    "Condition": {"ArnLike": {"aws:SourceArn": Match.any_value()}},
+                                    "Condition": {
+                                        "ArnLike": {"aws:SourceArn": Match.any_value()},
+                                        "StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}},
+                                    },
                                 }
                             )
                         ]

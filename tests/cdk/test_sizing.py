@@ -87,7 +87,10 @@ def test_past_one_index_is_refused_with_the_reason():
 
 @pytest.fixture(scope="module")
 def million_template(tmp_path_factory) -> Template:
-    return Template.from_stack(build_stack(tmp_path_factory.mktemp("million"), collection_images=1_000_000))
+    stack = build_stack(
+        tmp_path_factory.mktemp("million"), collection_images=1_000_000, memory_quota_mb=sizing.LAMBDA_MAX_MEMORY_MB
+    )
+    return Template.from_stack(stack)
 
 
 def test_the_stack_sizes_search_and_reindex_for_the_collection(million_template):
@@ -128,6 +131,7 @@ def test_explicit_sizes_win_over_the_collection(tmp_path):
         collection_images=1_000_000,
         function_options={"memory_mb": 4096},
         reindex_options={"memory_mb": 10240},
+        memory_quota_mb=10240,
     )
     template = Template.from_stack(stack)
     assert image_function(template, SEARCH_HANDLER)["MemorySize"] == 4096
@@ -143,6 +147,44 @@ def test_snap_start_takes_a_collection_that_fits_its_tmp_and_refuses_one_that_do
     assert search["EphemeralStorage"] == {"Size": SNAP_START_MAX_EPHEMERAL_STORAGE_MB}
     with pytest.raises(ValueError, match="SnapStart allows at most 512 MB of /tmp, and this collection needs"):
         build_stack(tmp_path / "big", collection_images=1_000_000, function_options={"snap_start": True})
+
+
+def test_the_default_sizes_fit_a_new_account_up_to_the_collection_the_readme_names():
+    # README, collectionImages: "above ~274,000 images the reindex needs more than 3,008 MB".
+    assert sizing.sizes_for(274_000).reindex_memory_mb == sizing.NEW_ACCOUNT_MEMORY_MB
+    assert sizing.sizes_for(275_000).reindex_memory_mb > sizing.NEW_ACCOUNT_MEMORY_MB
+
+
+def test_a_collection_past_a_new_accounts_memory_maximum_is_refused_naming_the_quota(tmp_path):
+    with pytest.raises(ValueError) as refused:
+        build_stack(tmp_path, collection_images=1_000_000)
+    message = str(refused.value)
+    reindex_mb = sizing.sizes_for(1_000_000).reindex_memory_mb
+    assert f"the reindex function is sized at {reindex_mb:,} MB for collectionImages=1,000,000" in message
+    assert "'Function memory allocation'" in message and "-c memoryQuotaMb=" in message
+
+
+@pytest.mark.parametrize(
+    ("options", "function"),
+    [
+        ({"function_options": {"memory_mb": 4096}}, "search"),
+        ({"ingest_options": {"memory_mb": 3072}}, "ingest"),
+        ({"reindex_options": {"memory_mb": 3100}, "collection_images": 10_000}, "reindex"),
+    ],
+)
+def test_every_function_sized_past_the_quota_is_refused_by_name(tmp_path, options, function):
+    mb = next(iter(options.values()))["memory_mb"]
+    # An explicit size is not blamed on the collection.
+    with pytest.raises(ValueError, match=rf"the {function} function is sized at {mb:,} MB, above the 3,008 MB"):
+        build_stack(tmp_path, **options)
+
+
+def test_a_raised_quota_lets_the_sizes_through_up_to_it_and_no_further(tmp_path):
+    build_stack(tmp_path / "raised", collection_images=1_000_000, memory_quota_mb=9088)
+    with pytest.raises(ValueError, match="the reindex function is sized at 9,088 MB"):
+        build_stack(tmp_path / "short", collection_images=1_000_000, memory_quota_mb=9000)
+    with pytest.raises(ValueError, match="memoryQuotaMb=20000 must be between 3008"):
+        build_stack(tmp_path / "past", memory_quota_mb=20000)
 
 
 @pytest.mark.parametrize(

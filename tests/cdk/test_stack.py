@@ -20,7 +20,7 @@ from cdk_support import (
 
 from cdk.artifacts import Artifacts
 from cdk.image import INGEST_HANDLER, REINDEX_HANDLER, SEARCH_HANDLER
-from cdk.search_function import DEFAULT_RESERVED_CONCURRENCY, DEFAULT_TIMEOUT
+from cdk.search_function import DEFAULT_TIMEOUT
 from cdk.stack import DEFAULT_PREFIX
 from lambda_fn.config import ENV_PREFIX, Settings, env_name
 
@@ -41,7 +41,6 @@ def test_function_is_a_container_image_with_default_sizes(template):
             "PackageType": "Image",
             "MemorySize": 3008,
             "Timeout": DEFAULT_TIMEOUT.to_seconds(),
-            "ReservedConcurrentExecutions": DEFAULT_RESERVED_CONCURRENCY,
             "EphemeralStorage": {"Size": 2048},
             "Architectures": ["x86_64"],
         },
@@ -308,8 +307,15 @@ def test_waf_is_off_by_default_and_rate_limits_each_client_when_on(template, tun
     )
 
 
-def test_search_reserved_concurrency_can_be_turned_off_for_new_accounts(tuned_template):
-    assert "ReservedConcurrentExecutions" not in search_function(tuned_template)
+def test_no_function_reserves_concurrency_by_default(template):
+    # An account may reserve only up to its unreserved concurrency minus 100: a new one (quota 10) none at all.
+    functions = template.find_resources("AWS::Lambda::Function", {"Properties": {"PackageType": "Image"}})
+    assert len(functions) == 3
+    assert [f for f in functions.values() if "ReservedConcurrentExecutions" in f["Properties"]] == []
+
+
+def test_search_reserved_concurrency_is_an_option(tuned_template):
+    assert search_function(tuned_template)["ReservedConcurrentExecutions"] == TUNED_FUNCTION["reserved_concurrency"]
 
 
 def test_an_sse_kms_bucket_gets_its_key_granted_to_readers_and_writers(template, existing_bucket_template):
