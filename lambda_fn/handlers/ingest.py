@@ -29,7 +29,7 @@ from lambda_fn.store import open_store
 log = logging.getLogger(__name__)
 
 settings = get_settings()
-configure(settings.log_level)
+configure(settings.log_level, metrics.INGEST_SERVICE)
 torch.set_num_threads(settings.threads)
 images = open_store(settings.resolved_images_uri)
 artifacts = open_store(settings.artifacts_uri)

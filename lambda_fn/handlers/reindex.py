@@ -26,7 +26,7 @@ from lambda_fn.store import Store, open_store
 log = logging.getLogger(__name__)
 
 settings = get_settings()
-configure(settings.log_level)
+configure(settings.log_level, metrics.REINDEX_SERVICE)
 artifacts = open_store(settings.artifacts_uri)
 
 
