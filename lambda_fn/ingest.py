@@ -10,6 +10,9 @@ Distributed Map batches) and the local ``training.collection`` tool. It knows no
 - A corrupt, unsupported or oversized image is *skipped* with its reason, recorded in the shard, and never
   retried; a transient failure (S3 throttling, a timeout) is reported per change so only that change is
   delivered again; one bad image never fails its batch.
+- With no model published yet, the changes are recorded as *pending* (``lambda_fn.pending``) and the next
+  reindex with a model embeds them: a durable record, since SQS redelivery ends in the dead-letter queue
+  after a few tries while the first model may come days later.
 """
 
 from __future__ import annotations
@@ -20,15 +23,18 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from botocore.exceptions import BotoCoreError, ClientError
 
+from lambda_fn import pending
 from lambda_fn.imaging import ImageError, load_for_model
 from lambda_fn.manifest import label_from_metadata
-from lambda_fn.models import LoadedModel
+from lambda_fn.models import LoadedModel, target_models
+from lambda_fn.pending import PendingEvent
 from lambda_fn.shards import Added, EventOrder, Removed, Shard, Skipped, events_digest, shard_key
 from lambda_fn.store import NotFound, Store
 
@@ -58,6 +64,7 @@ class IngestReport:
     embedded: int = 0
     removed: int = 0
     reused: int = 0
+    pending: int = 0  # changes recorded to wait for a model (none is published yet)
     skipped: list[Skipped] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # item_id -> reason
     shards: list[str] = field(default_factory=list)
@@ -68,6 +75,7 @@ class IngestReport:
             "embedded": self.embedded,
             "removed": self.removed,
             "reused": self.reused,
+            "pending": self.pending,
             "skipped": [{"key": s.key, "reason": s.reason} for s in self.skipped],
             "failed": [{"item": item, "reason": reason} for item, reason in sorted(self.failed.items())],
             "shards": self.shards,
@@ -159,8 +167,9 @@ def ingest(
     changes = list(changes)
     report = IngestReport()
     if not models:
-        log.warning("no model is published yet: changes are not embedded", extra={"changes": len(changes)})
-        report.skipped = [Skipped(c.key, c.etag, "no model is published yet") for c in changes]
+        _wait_for_model(changes, artifacts, report)
+        report.seconds = time.perf_counter() - started
+        _log_report(report)
         return report
     created = [c for c in changes if c.kind == "created"]
     removed = [c for c in changes if c.kind == "removed"]
@@ -211,15 +220,71 @@ def ingest(
         if model is todo[0]:
             report.embedded, report.removed, report.skipped = len(kept), len(removed), model_skipped
     report.seconds = time.perf_counter() - started
+    _log_report(report)
+    return report
+
+
+def _log_report(report: IngestReport) -> None:
     log.info(
         "ingested",
         extra={
             "embedded": report.embedded,
             "removed": report.removed,
+            "pending": report.pending,
             "skipped": len(report.skipped),
             "failed": len(report.failed),
             "shards": report.shards,
             "seconds": round(report.seconds, 3),
         },
     )
-    return report
+
+
+def _wait_for_model(changes: list[Change], artifacts: Store, report: IngestReport) -> None:
+    """Record the changes under ``pending/`` for the first reindex with a model; a transient failure to
+    write fails every change, so they are delivered again."""
+    if not changes:
+        return
+    events = [
+        PendingEvent(
+            kind=c.kind,
+            key=c.key,
+            etag=c.etag,
+            size=c.size,
+            time=c.order.time,
+            sequencer=c.order.sequencer,
+            label=c.label,
+        )
+        for c in changes
+    ]
+    try:
+        key = pending.record(artifacts, events)
+    except Exception as exc:
+        if not _is_transient(exc):
+            raise
+        report.failed = {c.item_id: f"{type(exc).__name__}: {exc}" for c in changes}
+        log.warning("pending changes not recorded", extra={"changes": len(changes), "error": str(exc)})
+        return
+    report.pending = len(changes)
+    log.warning(
+        "no model is published yet: changes recorded as pending", extra={"pending": len(changes), "record": key}
+    )
+
+
+def ingest_pending(
+    events: list[PendingEvent],
+    *,
+    images: Store,
+    artifacts: Store,
+    cache_dir: Path,
+    max_bytes: int,
+    max_pixels: int,
+    trusted_model_sha256: str | None = None,
+) -> set[str]:
+    """Changes that waited for a model (``lambda_fn.pending.drain``), ingested with the models new events get
+    now; returns the keys that failed for a reason that may pass."""
+    models = target_models(artifacts, cache_dir, trusted_model_sha256=trusted_model_sha256)
+    changes = [Change(e.key, e.kind, e.key, e.etag, e.size, e.order, e.label) for e in events]
+    report = ingest(
+        changes, images=images, artifacts=artifacts, models=models, max_bytes=max_bytes, max_pixels=max_pixels
+    )
+    return set(report.failed)

@@ -18,10 +18,15 @@ backfill, and ``training.collection reindex``. In order:
 4. A new model (``models/current.json``) goes live only once its namespace covers every image of the live
    build; until then the live model's namespace is reindexed and the report says what is missing.
 5. Old build files (neither the new nor the previous manifest's, older than an hour) are deleted.
+
+Photos that arrived before any model (``lambda_fn.pending``) are counted each run while there is none, and
+drained by the first run that has one (before step 3, under the lease, for part of it at most), so that
+run's build holds them.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -36,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from annoy import AnnoyIndex
 
+from lambda_fn import pending
 from lambda_fn.indexing import DEFAULT_N_TREES, DEFAULT_SEARCH_K, DEFAULT_SEED, write_build
 from lambda_fn.manifest import BUILDS_PREFIX, LOCKS_PREFIX, Manifest, read_keys
 from lambda_fn.models import read_manifest, read_pointer
@@ -60,6 +66,8 @@ class ReindexReport:
     new_shards: int = 0
     skipped: int = 0
     pending_model: dict | None = None
+    pending_images: int = 0  # photos recorded before a model existed, still waiting after this run
+    drained: int = 0  # of those, handled by this run: embedded, removed, or found in the live build
     deleted_files: int = 0
     search_k: int | None = None  # what the published build measured it needs (lambda_fn.indexing.tune_search_k)
     seconds: float = 0.0
@@ -187,20 +195,38 @@ def reindex(
     lease_s: int,
     n_jobs: int = -1,
     collect_garbage: bool = True,
+    embed_pending: pending.Embed | None = None,
+    drain_s: float | None = None,
 ) -> ReindexReport:
-    """One reindex run; see the module doc. ``workdir`` is scratch space (e.g. under /tmp)."""
+    """One reindex run; see the module doc. ``workdir`` is scratch space (e.g. under /tmp). ``embed_pending``
+    ingests photos that waited for a model (without it they are only counted), for ``drain_s`` seconds at
+    most (default: a third of the lease, so the build that follows has time to finish)."""
     started = time.perf_counter()
     report = ReindexReport()
     live, live_etag = read_manifest(store)
     pointer = read_pointer(store)
+    try:  # the photos that wait must not stop the merge of everything else
+        records = pending.record_keys(store)
+        drain = bool(records) and embed_pending is not None and (live is not None or pointer is not None)
+        if not drain:
+            report.pending_images = pending.count(store, records)
+    except Exception:
+        log.exception("photos waiting for a model could not be counted")
+        records, drain = [], False
     if live is None and pointer is None:
         report.status = "no_model"
+        if report.pending_images:
+            log.warning("photos wait for a model", extra={"pending_images": report.pending_images})
         return report
     target_sha = pointer.model_sha256 if pointer is not None else live.model_sha256
     target_key = pointer.model_file if pointer is not None else live.model_file
     shards = shard_listing(store, target_sha)
     new_model = live is None or target_sha != live.model_sha256
-    if not new_model and (live.shards_digest or listing_digest([])) == listing_digest(shards):
+
+    def unchanged() -> bool:
+        return not new_model and (live.shards_digest or listing_digest([])) == listing_digest(shards)
+
+    if not drain and unchanged():
         report.status, report.build_id = "unchanged", live.build_id
         report.seconds = time.perf_counter() - started
         return report
@@ -211,7 +237,23 @@ def reindex(
         return report
     workdir = Path(workdir) / f"reindex-{lease.owner[:8]}"
     workdir.mkdir(parents=True, exist_ok=True)
+    # the live build's collection, downloaded once whether the drain or the merge asks first
+    live_base = functools.cache(lambda: base_collection(store, live, workdir))
     try:
+        if drain:
+            t0 = time.perf_counter()
+            deadline = time.monotonic() + (lease_s / 3 if drain_s is None else drain_s)
+            covered = live_base()[0] if live is not None else None
+            try:
+                drained = pending.drain(store, records, embed_pending, live=covered, deadline=deadline)
+                report.drained, report.pending_images = drained.handled, drained.waiting
+            except Exception:
+                log.exception("photos waiting for a model were not drained; the next run retries")
+            report.timings["drain_s"] = round(time.perf_counter() - t0, 3)
+            shards = shard_listing(store, target_sha)  # with the shards the drain wrote
+            if unchanged():
+                report.status, report.build_id = "unchanged", live.build_id
+                return report
         t0 = time.perf_counter()
         if new_model:
             collection, merged = Collection(), set()
@@ -231,10 +273,10 @@ def reindex(
                 if (live.shards_digest or listing_digest([])) == listing_digest(shards):
                     report.status, report.build_id = "unchanged", live.build_id
                     return report
-                collection, merged = base_collection(store, live, workdir)
+                collection, merged = live_base()
                 applied = _apply_shards(store, collection, sorted(set(shards) - merged), workdir)
         else:
-            collection, merged = base_collection(store, live, workdir)
+            collection, merged = live_base()
             applied = _apply_shards(store, collection, sorted(set(shards) - merged), workdir)
         report.timings["merge_s"] = round(time.perf_counter() - t0, 3)
         report.new_shards = applied

@@ -200,6 +200,19 @@ class Collection:
         """Whether any event (image, removal or skip) was recorded for ``key``."""
         return key in self.latest
 
+    def reflects(self, key: str, order: EventOrder, *, etag: str | None) -> bool:
+        """Whether an event needs nothing more: the upload of ``etag`` (None: the removal) at ``order`` is
+        already embedded or skipped here, or already removed, or a later event decided the key."""
+        current = self.latest.get(key)
+        if current is None:
+            return etag is None  # nothing to remove
+        if current.order.key() > order.key():
+            return True
+        if etag is None:
+            return current.added is None and current.skipped is None
+        seen = current.added or current.skipped
+        return seen is not None and seen.etag == etag
+
     def stacked(self) -> tuple[list[Added], np.ndarray]:
         """The searchable images in key order and their vectors as one (n, dim) float32 array."""
         live = self.live()

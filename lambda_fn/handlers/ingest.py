@@ -7,6 +7,9 @@ Two triggers, one embedding path (``lambda_fn.ingest.ingest``):
 - Step Functions Distributed Map batches, ``{"Items": [{"Key", "Etag", "Size", "LastModified"}, ...]}`` as
   an S3 ItemReader lists them and an ItemBatcher groups them. A transient failure fails the invocation,
   so the map's retry policy runs the batch again; the shards of batches that finished are re-used.
+
+Before any model is published, the changes are recorded as pending (``lambda_fn.pending``) and
+acknowledged; the first reindex with a model embeds them. ``ChangesPending`` counts them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from typing import Any
 
 import torch
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import SQSEvent
 
 from lambda_fn import metrics
@@ -27,6 +31,9 @@ from lambda_fn.models import target_models
 from lambda_fn.store import open_store
 
 log = logging.getLogger(__name__)
+
+# Changes recorded to wait for a model; reported only by batches that recorded some.
+CHANGES_PENDING = "ChangesPending"
 
 settings = get_settings()
 configure(settings.log_level, metrics.INGEST_SERVICE)
@@ -74,6 +81,8 @@ def _record(report: IngestReport, oldest_age_s: float | None) -> None:
         seconds=report.seconds,
         oldest_age_s=oldest_age_s,
     )
+    if report.pending:
+        metrics.ingest.add_metric(name=CHANGES_PENDING, unit=MetricUnit.Count, value=report.pending)
 
 
 @metrics.ingest.log_metrics

@@ -5,29 +5,58 @@ the run's report (``published``, ``unchanged``, ``busy``, ...), which the state 
 
 A run that does something (or fails) also reports its outcome and the live build it leaves behind
 (``lambda_fn.metrics``): age, size, and whether embedding shards still wait to be merged, which is what the
-stale-build alarm watches. A run that finds nothing to do reports nothing (``QUIET_STATUSES``).
+stale-build alarm watches. A run that finds nothing to do reports nothing (``QUIET_STATUSES``), unless
+photos wait for a model (``lambda_fn.pending``): then it reports ``PendingImages`` too, and the first run with
+a model embeds them with the ingest's own code and limits.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from aws_lambda_powertools.metrics import MetricUnit
+
 from lambda_fn import metrics
 from lambda_fn.config import get_settings
 from lambda_fn.logs import configure, logger
 from lambda_fn.models import read_manifest
+from lambda_fn.pending import PendingEvent
 from lambda_fn.reindex import reindex
 from lambda_fn.store import Store, open_store
 
 log = logging.getLogger(__name__)
 
+# Photos recorded before a model existed that still wait after the run; reported only while there are any.
+PENDING_IMAGES = "PendingImages"
+
 settings = get_settings()
 configure(settings.log_level, metrics.REINDEX_SERVICE)
 artifacts = open_store(settings.artifacts_uri)
+
+
+@functools.cache
+def _images() -> Store:
+    return open_store(settings.resolved_images_uri)
+
+
+def embed_pending(events: list[PendingEvent]) -> set[str]:
+    """Ingest photos that waited for a model, as the ingest function would have."""
+    from lambda_fn.ingest import ingest_pending  # torch: imported only by a run that has photos to embed
+
+    return ingest_pending(
+        events,
+        images=_images(),
+        artifacts=artifacts,
+        cache_dir=settings.cache_dir,
+        max_bytes=settings.max_ingest_bytes,
+        max_pixels=settings.max_image_pixels,
+        trusted_model_sha256=settings.trusted_model_sha256,
+    )
 
 
 def record_live_build(store: Store, *, pending: bool) -> None:
@@ -55,14 +84,22 @@ def record_live_build(store: Store, *, pending: bool) -> None:
 def invoke(event: dict, context: Any) -> dict:
     started = time.perf_counter()
     try:
-        report = reindex(artifacts, Path(settings.cache_dir) / "reindex", lease_s=settings.reindex_lease_s)
+        report = reindex(
+            artifacts,
+            Path(settings.cache_dir) / "reindex",
+            lease_s=settings.reindex_lease_s,
+            embed_pending=embed_pending,
+        )
     except Exception:
         metrics.reindexed(metrics.REINDEX_FAILED, time.perf_counter() - started)
         record_live_build(artifacts, pending=True)
         raise
-    if report.status not in metrics.QUIET_STATUSES:
+    waiting = report.pending_images > 0
+    if waiting:
+        metrics.reindex.add_metric(name=PENDING_IMAGES, unit=MetricUnit.Count, value=report.pending_images)
+    if report.status not in metrics.QUIET_STATUSES or waiting:
         metrics.reindexed(report.status, report.seconds)
-        record_live_build(artifacts, pending=report.status not in metrics.SETTLED_STATUSES)
+        record_live_build(artifacts, pending=waiting or report.status not in metrics.SETTLED_STATUSES)
     return report.as_dict()
 
 
