@@ -194,6 +194,11 @@ class UpdatesInfo(BaseModel):
         description="sha256 of a model announced in models/current.json but not live yet: the collection is "
         "being embedded with it, and the live build serves until a build of the new model covers it",
     )
+    pending_images: int | None = Field(
+        None,
+        description="Photos that arrived before any model was published and are not searchable yet, as the last "
+        "reindex counted them; the first reindex with a model embeds them. Null until the first check",
+    )
 
 
 class HealthResponse(BaseModel):

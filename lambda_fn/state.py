@@ -47,6 +47,7 @@ from lambda_fn.config import Settings
 from lambda_fn.engine import Engine
 from lambda_fn.errors import NotReady
 from lambda_fn.models import read_pointer
+from lambda_fn.pending import read_status
 from lambda_fn.prefetch import Prefetch
 from lambda_fn.store import open_store
 
@@ -128,6 +129,7 @@ class ServiceState:
         self.swapping = False
         self.check_error: str | None = None
         self.pending_model: str | None = None  # announced in models/current.json, not live yet
+        self.pending_images: int | None = None  # photos that arrived before any model, as the last reindex counted
         try:  # downloads a killed process left half done
             artifacts.clean_partials(settings.cache_dir)
         except OSError as exc:
@@ -288,6 +290,18 @@ class ServiceState:
         sha = pointer.model_sha256 if pointer is not None else None
         self.pending_model = sha if sha and sha != live.manifest.model_sha256 else None
 
+    def _note_pending_images(self, client, *, swapped: bool = False) -> None:
+        """Photos still waiting to be embedded: one small GET of what the reindex counted, never a listing.
+        Photos wait only while no model exists, so once this reads none it reads again only after a swap."""
+        if self.pending_images == 0 and not swapped:
+            return
+        try:
+            status = read_status(open_store(self.settings.artifacts_uri, client))
+        except Exception as exc:  # must not stop the manifest check either
+            log.warning("pending status unreadable", extra=_log_fields(exc))
+            return
+        self.pending_images = status.images if status is not None else 0
+
     def _check(self) -> None:
         live, old = self.engine, self._live
         started = time.perf_counter()
@@ -295,6 +309,7 @@ class ServiceState:
         try:
             client = self._client()
             self._note_pending_model(client, live)
+            self._note_pending_images(client)
             published = artifacts.read_manifest(self.settings.artifacts_uri, client, stamp=old.stamp)
             if published is None:
                 self.check_error = None
@@ -311,6 +326,7 @@ class ServiceState:
             engine = self._engine_for(fetched, live)
             self._live = fetched
             self.engine = engine  # the swap: one reference assignment
+            self._note_pending_images(client, swapped=True)
             removed = artifacts.prune(old, fetched)
             self.check_error = None
             log.info(

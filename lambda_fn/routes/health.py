@@ -55,6 +55,7 @@ async def health(state: StateDep):
         swapping=state.swapping,
         error=state.check_error,
         pending_model=state.pending_model,
+        pending_images=state.pending_images,
     )
     body.model = ModelInfo(
         sha256=m.model_sha256,

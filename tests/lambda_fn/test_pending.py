@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import time
 
 import pytest
@@ -184,3 +185,31 @@ def test_the_functions_acknowledge_pending_photos_and_report_them(empty, functio
     assert _metrics(capsys.readouterr().out)[ingest_fn.CHANGES_PENDING] == [3]
     assert reindex_fn.handler({}, lambda_context)["pending_images"] == 3
     assert _metrics(capsys.readouterr().out)[reindex_fn.PENDING_IMAGES] == [3]
+
+
+def _health_until(client, predicate) -> dict:
+    deadline = time.monotonic() + 30
+    while True:
+        body = client.get("/health").json()
+        if predicate(body) or time.monotonic() > deadline:
+            return body
+        time.sleep(0.1)
+
+
+def test_health_shows_the_photos_waiting(tmp_path, artifacts_dir, make_client):
+    """/health reads the number the last reindex counted (one small GET per manifest check, no listing),
+    until it reads none: with a build live, no new photo waits."""
+    art = tmp_path / "art"
+    shutil.copytree(artifacts_dir, art)
+    status = art / pending.STATUS_FILE
+    status.parent.mkdir(parents=True)
+    status.write_text(PendingStatus(images=7).model_dump_json())
+    with make_client(artifacts_uri=str(art), manifest_check_s=0.1) as client:
+        body = _health_until(client, lambda b: b["updates"]["pending_images"] is not None)
+        assert body["updates"]["pending_images"] == 7 and body["status"] == "ready"
+        status.write_text(PendingStatus(images=0).model_dump_json())  # the reindex embedded them
+        assert _health_until(client, lambda b: b["updates"]["pending_images"] == 0)["updates"]["pending_images"] == 0
+        status.write_text(PendingStatus(images=5).model_dump_json())
+        checked = client.get("/health").json()["updates"]["checked_at"]
+        body = _health_until(client, lambda b: b["updates"]["checked_at"] != checked)
+        assert body["updates"]["pending_images"] == 0  # not read again

@@ -266,10 +266,16 @@ def test_an_unchanged_manifest_costs_a_pointer_read_and_one_conditional_request(
         before, cached = health["updates"]["checked_at"], _cached(tmp_path / "cache")
         calls.seen.clear()
         health = _health_until(client, lambda body: body["updates"]["checked_at"] != before)
-        # the model pointer (none announced: 404), then the manifest (unchanged: 304, nothing downloaded)
-        assert calls.seen == [("GetObject", 404), ("GetObject", 304)]
+        # the model pointer (none announced: 404), the photos waiting for a model (none: 404, read until none
+        # wait), then the manifest (unchanged: 304, nothing downloaded)
+        assert calls.seen == [("GetObject", 404), ("GetObject", 404), ("GetObject", 304)]
         assert health["build"]["id"] == published.build_id and health["updates"]["error"] is None
+        assert health["updates"]["pending_images"] == 0
         assert _cached(tmp_path / "cache") == cached
+        before = health["updates"]["checked_at"]
+        calls.seen.clear()
+        _health_until(client, lambda body: body["updates"]["checked_at"] != before)
+        assert calls.seen == [("GetObject", 404), ("GetObject", 304)]  # the pointer and the manifest only
 
 
 def test_a_corrupt_new_build_keeps_the_old_one_serving_until_it_is_fixed(s3, bucket, published, rebuilt, tmp_path):
