@@ -10,6 +10,9 @@ in AWS, run here against a folder (or any S3-compatible server).
 ``--artifacts`` is the build folder (default: artifacts) or s3://bucket/prefix/; ``--images`` the collection
 (default: data/sample for a folder, <artifacts>/images/ for S3). A running ``lambda_fn.local`` server picks
 the new build up within its manifest check interval, without a restart.
+
+Photos added before any model exists wait under ``pending/`` (``lambda_fn.pending``); ``status`` counts
+them, and the first ``reindex`` (or ``add``, ``remove``) once a model is published embeds them.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ import torch
 from botocore.exceptions import BotoCoreError, ClientError
 from tqdm import tqdm
 
+from lambda_fn import pending
 from lambda_fn.artifacts import ArtifactError
 from lambda_fn.config import Settings
 from lambda_fn.imaging import IMAGE_EXTENSIONS
-from lambda_fn.ingest import Change, IngestReport, ingest
+from lambda_fn.ingest import Change, IngestReport, ingest, ingest_pending
 from lambda_fn.models import read_manifest, read_pointer, target_models
 from lambda_fn.reindex import ReindexReport, base_collection, listing_digest, reindex, shard_listing
 from lambda_fn.shards import EventOrder
@@ -79,19 +83,34 @@ def _ingest_all(changes: list[Change], images: Store, artifacts: Store, args) ->
             total.embedded += report.embedded
             total.removed += report.removed
             total.reused += report.reused
+            total.pending += report.pending
             total.skipped += report.skipped
             total.failed.update(report.failed)
             bar.update(len(chunk))
     for skipped in total.skipped:
         print(f"skipped {skipped.key}: {skipped.reason}", file=sys.stderr)
+    if total.pending:
+        print(f"no model is published yet: {total.pending} changes wait for one (pending/)", file=sys.stderr)
     if total.failed:
         raise IngestFailed(f"{len(total.failed)} images failed ({next(iter(total.failed.values()))}); run again")
     return total
 
 
-def _reindex(artifacts: Store, args) -> ReindexReport:
+def _reindex(images: Store, artifacts: Store, args) -> ReindexReport:
+    def embed_pending(events: list[pending.PendingEvent]) -> set[str]:
+        return ingest_pending(
+            events,
+            images=images,
+            artifacts=artifacts,
+            cache_dir=args.cache_dir,
+            max_bytes=_DEFAULTS["max_ingest_bytes"],
+            max_pixels=_DEFAULTS["max_image_pixels"],
+        )
+
     with tempfile.TemporaryDirectory(prefix="reindex-") as work:
-        report = reindex(artifacts, Path(work), lease_s=_DEFAULTS["reindex_lease_s"])
+        report = reindex(artifacts, Path(work), lease_s=_DEFAULTS["reindex_lease_s"], embed_pending=embed_pending)
+    if report.drained:
+        print(f"{report.drained} photos that waited for a model were handled")
     if report.status == "published":
         print(f"build {report.build_id} with {report.count} images is live ({report.seconds:.1f}s)")
     elif report.status == "unchanged":
@@ -105,7 +124,15 @@ def _reindex(artifacts: Store, args) -> ReindexReport:
             f"a new model ({report.pending_model['model_sha256'][:12]}…) waits for {report.pending_model['missing']} "
             "images to be embedded with it: run `python -m training.collection sync --all`"
         )
+    if report.pending_images:
+        print(_waiting(report.pending_images, report.status == "no_model"))
     return report
+
+
+def _waiting(images: int, no_model: bool) -> str:
+    if no_model:
+        return f"{images} photos wait for a model: publish one (training.upload), then reindex"
+    return f"{images} photos that arrived before the model still wait: the next reindex embeds them"
 
 
 def cmd_add(args, images: Store, artifacts: Store) -> int:
@@ -125,7 +152,7 @@ def cmd_add(args, images: Store, artifacts: Store) -> int:
         changes.append(Change(str(len(changes)), "created", key, etag, len(data), _now()))
     report = _ingest_all(changes, images, artifacts, args)
     print(f"added {report.embedded} images ({len(report.skipped)} skipped)")
-    _reindex(artifacts, args)
+    _reindex(images, artifacts, args)
     return 0
 
 
@@ -138,7 +165,7 @@ def cmd_remove(args, images: Store, artifacts: Store) -> int:
         changes.append(Change(str(len(changes)), "removed", key, order=_now()))
     report = _ingest_all(changes, images, artifacts, args)
     print(f"removed {report.removed} images")
-    _reindex(artifacts, args)
+    _reindex(images, artifacts, args)
     return 0
 
 
@@ -161,12 +188,12 @@ def cmd_sync(args, images: Store, artifacts: Store) -> int:
         changes.append(Change(str(len(changes)), "removed", key, order=_now()))
     print(f"{len(changes)} changes to ingest ({len(present)} images in {images.describe()})")
     _ingest_all(changes, images, artifacts, args)
-    _reindex(artifacts, args)
+    _reindex(images, artifacts, args)
     return 0
 
 
 def cmd_reindex(args, images: Store, artifacts: Store) -> int:
-    _reindex(artifacts, args)
+    _reindex(images, artifacts, args)
     return 0
 
 
@@ -177,13 +204,19 @@ def cmd_status(args, images: Store, artifacts: Store) -> int:
         print(f"no build published in {artifacts.describe()}")
     else:
         shards = shard_listing(artifacts, live.model_sha256)
-        pending = (live.shards_digest or listing_digest([])) != listing_digest(shards)
+        unmerged = (live.shards_digest or listing_digest([])) != listing_digest(shards)
         print(
             f"live build {live.build_id}: {live.count} images, model {live.model_sha256[:12]}…, built {live.built_at}; "
-            f"{len(shards)} shards, {'changes waiting for a reindex' if pending else 'all merged'}"
+            f"{len(shards)} shards, {'changes waiting for a reindex' if unmerged else 'all merged'}"
         )
     if pointer is not None and (live is None or pointer.model_sha256 != live.model_sha256):
         print(f"new model {pointer.model_sha256[:12]}… announced {pointer.uploaded_at}; not live yet")
+    # counted from the records themselves, not from the last reindex's status
+    waiting = pending.latest(pending.read_records(artifacts, pending.record_keys(artifacts))).values()
+    images, removals = sum(e.kind == "created" for e in waiting), sum(e.kind == "removed" for e in waiting)
+    print(_waiting(images, live is None and pointer is None) if images else "no photos wait for a model")
+    if removals:
+        print(f"{removals} removals recorded before the model wait for the next reindex too")
     return 0
 
 
@@ -213,7 +246,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     sync = sub.add_parser("sync", help="embed what was added, changed or deleted in the collection, then reindex")
     sync.add_argument("--all", action="store_true", help="embed every image again (after announcing a new model)")
     sub.add_parser("reindex", help="merge pending embedding shards and publish a build")
-    sub.add_parser("status", help="the live build, pending shards and any new model")
+    sub.add_parser("status", help="the live build, pending shards, photos waiting for a model, any new model")
     return p
 
 

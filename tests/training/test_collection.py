@@ -79,3 +79,25 @@ def test_status_and_clear_errors(local, tmp_path, capsys):
     notes.write_text("not a photo")
     assert cli([*common, "add", str(notes)]) == 2
     assert "not an image file" in capsys.readouterr().err
+
+
+def test_photos_added_before_any_model_wait_and_the_first_reindex_embeds_them(artifacts_dir, tmp_path, capsys):
+    art, images = tmp_path / "artifacts", tmp_path / "images"
+    common = ["--artifacts", str(art), "--images", str(images), "--cache-dir", str(tmp_path / "cache")]
+    photo = tmp_path / "early.jpg"
+    photo.write_bytes(unique_photo(9))
+    assert cli([*common, "add", str(photo), "--label", "ramen"]) == 0
+    captured = capsys.readouterr()
+    assert "1 changes wait for one" in captured.err and "1 photos wait for a model" in captured.out
+    assert cli([*common, "status"]) == 0
+    assert "1 photos wait for a model" in capsys.readouterr().out
+
+    shutil.copytree(artifacts_dir, art, dirs_exist_ok=True)  # the first model and build are published
+    assert cli([*common, "status"]) == 0
+    assert "1 photos that arrived before the model still wait" in capsys.readouterr().out
+    assert cli([*common, "reindex"]) == 0
+    out = capsys.readouterr().out
+    assert "1 photos that waited for a model were handled" in out and f"with {SAMPLE_COUNT + 1} images" in out
+    assert "ramen/early.jpg" in {e.key for e in _engine(art, tmp_path).keys}
+    assert cli([*common, "status"]) == 0
+    assert "no photos wait for a model" in capsys.readouterr().out
