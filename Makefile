@@ -12,7 +12,7 @@ DEMO_TRAIN_ARGS ?= --head-epochs 1 --epochs 2 --batch-size 32 --workers 2 --weig
 # int8 is ~5x faster on x86 CPUs at the same retrieval quality (docs/benchmarks.md); EXPORT_ARGS= for fp32.
 EXPORT_ARGS ?= --int8
 
-.PHONY: help install demo serve add-photo test lint format browser node bench lock audit clean
+.PHONY: help install demo serve add-photo test test-avx2 lint format browser node bench lock audit clean
 
 help:
 	@echo "make demo   - sample data -> train -> export -> index -> local server on http://127.0.0.1:$(PORT)"
@@ -53,8 +53,14 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# int8 kernels and their numerics differ between AVX-512 VNNI and AVX2 (all Lambda promises): the tests marked
+# `isa` run again with the kernels capped at AVX2, so a machine with AVX-512 also catches what AVX2 breaks.
 test: install node browser lint
 	$(VENV)/bin/python -m pytest
+	$(MAKE) --no-print-directory test-avx2
+
+test-avx2: install
+	env $$($(PY) -m bench.isa --avx2-env) $(PY) -m pytest -m isa -p no:cacheprovider
 
 $(DATA)/README.txt: | install
 	$(PY) -m training.sample_data $(DATA)

@@ -14,7 +14,7 @@ from pathlib import Path
 WORK = Path(__file__).resolve().parent / ".work"
 RESULTS = Path(__file__).resolve().parent / "results"
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))  # a 3008 MB Lambda has 2 vCPUs
-EXPORT_VERSION = 4
+EXPORT_VERSION = 5
 
 
 def pin_threads(n: int = THREADS) -> None:

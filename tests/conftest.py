@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import LambdaContext, free_port
+from bench.harness import ISA_ENV, LambdaContext, free_port
 from lambda_fn.manifest import MANIFEST_FILE, Manifest
 from tests.helpers import (
     INDEX_TREES,
@@ -25,6 +25,14 @@ from tests.helpers import (
     UploadedBuild,
     tiny_train_args,
 )
+
+
+def pytest_report_header(config) -> str:
+    """Which instruction set the kernels run with: int8 numerics depend on it (make test runs both)."""
+    import torch
+
+    caps = {k: os.environ[k] for k in ISA_ENV if k in os.environ}
+    return f"cpu capability: {torch.backends.cpu.get_cpu_capability()}; caps: {caps or 'none'}"
 
 
 @pytest.fixture(scope="session", autouse=True)

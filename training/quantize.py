@@ -1,18 +1,9 @@
 """Static int8 quantisation of the embedding network (FX graph mode, x86 backend), calibrated on real images.
 
 Only the convolutional trunk is quantised; normalisation, the average pool, the classifier head,
-L2-normalisation and softmax stay float. Measured on one core of this AMD EPYC (Zen 4) with bench/isa.py:
-19.3 ms vs 76.0 ms for the fp32 model with AVX-512 VNNI, 37.1 vs 81.3 ms with the kernels capped at AVX2
-(what Lambda promises), so int8 is the faster model on both. The int8 kernels (oneDNN / FBGEMM, picked by
-``lambda_fn.engine.int8_engine``) need an x86-64 CPU.
-
-Retrieval quality on real photos (scikit-image's lfw_subset, 200 labelled images, each querying the other 199;
-bench/latency.py, bench weights): precision@10 0.8655 int8 vs 0.8645 fp32, mean / min cosine to fp32 0.99986 /
-0.99941, 86% of the top-10 shared with fp32; under the AVX2 cap 0.8685 (oneDNN, the service's engine there) and
-0.859 (FBGEMM), cosine 0.99986 / 0.99947 with both. Over six calibration sets (128 synthetic sample images,
-seeds 1-6) int8 stays at 0.864-0.866. With the average pool quantised as well it was 0.838-0.845 (cosine
-0.99970 / 0.99858, 77% of the top-10 shared); a paired bootstrap over the 200 queries puts that gap at -4.0 to
--0.9 points and the float pool's at -0.5 to +0.75. Running the pool in float costs 0.1-0.3% of the AVX2 forward.
+L2-normalisation and softmax stay float. int8 is the faster model with and without AVX-512 VNNI, at
+fp32's retrieval quality (docs/benchmarks.md, "Instruction sets"). The int8 kernels (oneDNN / FBGEMM,
+picked by ``lambda_fn.engine.int8_engine``) need an x86-64 CPU.
 """
 
 from __future__ import annotations
@@ -22,13 +13,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from torch.ao.quantization import (
-    QConfig,
-    QConfigMapping,
-    default_per_channel_weight_observer,
-    get_default_qconfig_mapping,
-)
-from torch.ao.quantization.observer import HistogramObserver
+from torch.ao.quantization import QConfigMapping, get_default_qconfig_mapping
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from training.model import EmbeddingNet, ExportedModel
@@ -37,25 +22,15 @@ BACKEND = "x86"
 
 
 def default_qconfig_mapping() -> QConfigMapping:
-    """The x86 backend's defaults (histogram-calibrated activations, per-channel symmetric weights), but with
-    8-bit activations instead of 7 (``reduce_range=False``).
+    """The x86 backend's defaults: histogram-calibrated 7-bit activations (``reduce_range``), per-channel
+    symmetric weights.
 
-    x86's 7-bit default guards AVX2's vpmaddubsw, whose pairwise u8 x s8 sums saturate at 16 bits. Measured on
-    real photos (scikit-image's lfw_subset, bench/latency.py, average pool still quantised then): precision@10
-    0.766 with 7-bit activations and 0.840 with 8-bit, against 0.865 for fp32; mean cosine to fp32 0.9991 ->
-    0.9997. Under an AVX2 cap the 8-bit model gives the same embeddings with oneDNN's and FBGEMM's AVX2 kernels
-    (module docstring): no saturation shows.
-
-    Compared with the float pool in place (lfw_subset, same calibration): min-max activation observers give
-    0.860-0.870 over the six calibration sets (cosine 0.99987 / 0.99950, 90% of the top-10 shared), closer in
-    cosine but no better in precision, and a min-max range follows the largest outlier a trained model's
-    activations have; per-tensor weights 0.861 (cosine 0.99977); conv1 or layer4's last block in float 0.862 /
-    0.863. None is kept.
+    Without VNNI (AVX2, all Lambda promises) oneDNN and FBGEMM multiply u8 x s8 pairs with vpmaddubsw, whose
+    16-bit pair sums saturate on 8-bit activations; 7-bit ones cannot. So an embedding no longer depends on
+    the CPU: an index built on an AVX-512 machine matches the queries Lambda embeds on AVX2
+    (docs/benchmarks.md, "int8 and the instruction set").
     """
-    activation = HistogramObserver.with_args(reduce_range=False)
-    return get_default_qconfig_mapping(BACKEND).set_global(
-        QConfig(activation=activation, weight=default_per_channel_weight_observer)
-    )
+    return get_default_qconfig_mapping(BACKEND)
 
 
 class _Trunk(nn.Module):
@@ -77,7 +52,7 @@ class Int8Model(ExportedModel):
     A quantised average pool keeps its input's scale, so it rounds each 512-d feature, the mean of 49
     positions, back to one of 256 steps; the float mean of the dequantised 7x7 map keeps the resolution the
     averaging adds. Embeddings of similar photos differ by less than a step, so this rounding, not the
-    convolutions, was most of int8's loss (module docstring).
+    convolutions, was most of int8's loss (docs/benchmarks.md).
     """
 
     def __init__(self, net: EmbeddingNet, trunk: nn.Module):

@@ -11,6 +11,9 @@ from lambda_fn.engine import Engine, Neighbour, load_index, load_model
 from lambda_fn.manifest import MODEL_META_FILE, Manifest, read_keys
 from tests.helpers import EMBED_DIM, SAMPLE_CLASSES, SAMPLE_COUNT, TEST_CROP
 
+# int8 and kernel numerics: `make test` runs these again with the kernels capped at AVX2.
+pytestmark = pytest.mark.isa
+
 
 @pytest.fixture(scope="module")
 def engine(artifacts_dir) -> Engine:

@@ -12,6 +12,9 @@ from tests.helpers import EMBED_DIM, REPO_ROOT, SAMPLE_CLASSES, TEST_CROP, TEST_
 from training.data import list_images
 from training.export import load_checkpoint
 
+# int8 and kernel numerics: `make test` runs these again with the kernels capped at AVX2.
+pytestmark = pytest.mark.isa
+
 
 def test_exported_model_matches_eager_on_real_images(model_path, checkpoint_dir, sample_dir):
     net, _ = load_checkpoint(checkpoint_dir / "best.pt")
