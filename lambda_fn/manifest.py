@@ -35,6 +35,11 @@ EMBEDDINGS_PREFIX = "embeddings/"  # embeddings/<model sha256>/<shard>.npz; writ
 BUILDS_PREFIX = "builds/"  # builds/<build id>/{model.pt,index.ann,keys.json}; content-addressed, never rewritten
 MODELS_PREFIX = "models/"  # models/current.json names the model new embeddings are made with
 LOCKS_PREFIX = "locks/"  # locks/reindex.json: the lease that keeps two reindexes from racing
+# pending/events/<digest>.json: changes ingest received before any model existed, until a reindex embeds them;
+# pending/status.json: how many photos still wait, as the last reindex counted them (lambda_fn.pending)
+PENDING_PREFIX = "pending/"
+PENDING_RECORDS_PREFIX = f"{PENDING_PREFIX}events/"
+PENDING_STATUS_FILE = f"{PENDING_PREFIX}status.json"
 BACKFILL_RESULTS_PREFIX = "backfill-results/"  # <map run id>/{manifest,SUCCEEDED_n,FAILED_n}.json: backfill outcomes
 # Key prefix a deployment keeps everything under in its bucket, unless told otherwise.
 DEFAULT_PREFIX = "deepfood"

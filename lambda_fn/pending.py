@@ -25,14 +25,12 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from lambda_fn.manifest import PENDING_RECORDS_PREFIX, PENDING_STATUS_FILE
 from lambda_fn.shards import Collection, EventOrder, events_digest
 from lambda_fn.store import NotFound, Store
 
 log = logging.getLogger(__name__)
 
-PENDING_PREFIX = "pending/"
-RECORDS_PREFIX = f"{PENDING_PREFIX}events/"
-STATUS_FILE = f"{PENDING_PREFIX}status.json"
 # Events per ingest call while draining: one shard each, like one SQS batch.
 DRAIN_CHUNK = 64
 RECORD_DOWNLOADS = 8
@@ -75,7 +73,7 @@ class PendingStatus(BaseModel):
 def record_key(events: list[PendingEvent]) -> str:
     created = [(e.key, e.etag, e.order) for e in events if e.kind == "created"]
     removed = [(e.key, e.order) for e in events if e.kind == "removed"]
-    return f"{RECORDS_PREFIX}{events_digest(created, removed)}.json"
+    return f"{PENDING_RECORDS_PREFIX}{events_digest(created, removed)}.json"
 
 
 def record(store: Store, events: list[PendingEvent]) -> str:
@@ -87,7 +85,7 @@ def record(store: Store, events: list[PendingEvent]) -> str:
 
 def record_keys(store: Store) -> list[str]:
     """The records waiting (one LIST)."""
-    return sorted(i.key for i in store.list(RECORDS_PREFIX) if i.key.endswith(".json"))
+    return sorted(i.key for i in store.list(PENDING_RECORDS_PREFIX) if i.key.endswith(".json"))
 
 
 def _digest(keys: Iterable[str]) -> str:
@@ -120,13 +118,13 @@ def latest(records: dict[str, list[PendingEvent]]) -> dict[str, PendingEvent]:
 
 def read_status(store: Store) -> PendingStatus | None:
     try:
-        body, _ = store.get(STATUS_FILE)
+        body, _ = store.get(PENDING_STATUS_FILE)
     except NotFound:
         return None
     try:
         return PendingStatus.model_validate_json(body)
     except ValidationError:
-        log.warning("pending status unreadable; it is counted again", extra={"key": STATUS_FILE})
+        log.warning("pending status unreadable; it is counted again", extra={"key": PENDING_STATUS_FILE})
         return None
 
 
@@ -138,7 +136,7 @@ def _write_status(store: Store, waiting: Iterable[PendingEvent], remaining: list
         records=len(remaining),
         records_digest=_digest(remaining),
     )
-    store.put(STATUS_FILE, status.model_dump_json(indent=2).encode())
+    store.put(PENDING_STATUS_FILE, status.model_dump_json(indent=2).encode())
     return status
 
 

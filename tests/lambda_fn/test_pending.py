@@ -17,6 +17,7 @@ from bench.harness import service_env
 from lambda_fn import pending
 from lambda_fn.events import changes_from_sqs
 from lambda_fn.ingest import ingest, ingest_pending
+from lambda_fn.manifest import PENDING_STATUS_FILE
 from lambda_fn.pending import PendingStatus
 from lambda_fn.reindex import reindex
 from lambda_fn.shards import Shard, namespace
@@ -47,7 +48,7 @@ def _reindex(d: Deployment, tmp_path, **kw):
 
 
 def _status(d: Deployment) -> PendingStatus:
-    return PendingStatus.model_validate_json(d.artifacts.get(pending.STATUS_FILE)[0])
+    return PendingStatus.model_validate_json(d.artifacts.get(PENDING_STATUS_FILE)[0])
 
 
 def _arrive_before_any_model(d: Deployment) -> tuple[dict[str, bytes], str]:
@@ -201,7 +202,7 @@ def test_health_shows_the_photos_waiting(tmp_path, artifacts_dir, make_client):
     until it reads none: with a build live, no new photo waits."""
     art = tmp_path / "art"
     shutil.copytree(artifacts_dir, art)
-    status = art / pending.STATUS_FILE
+    status = art / PENDING_STATUS_FILE
     status.parent.mkdir(parents=True)
     status.write_text(PendingStatus(images=7).model_dump_json())
     with make_client(artifacts_uri=str(art), manifest_check_s=0.1) as client:
