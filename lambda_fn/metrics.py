@@ -54,6 +54,7 @@ IMAGES_SKIPPED = "ImagesSkipped"  # permanent: corrupt, unsupported, too large, 
 IMAGES_FAILED = "ImagesFailed"  # transient: delivered again by SQS or the backfill's retry
 OLDEST_MESSAGE_AGE = "OldestMessageAge"  # s, since SQS received the batch's oldest message
 INGEST_DURATION = "IngestDuration"  # s
+CHANGES_PENDING = "ChangesPending"  # changes recorded to wait for a model (none published); only when some were
 # Reindex (service deepfood-reindex), per run.
 REINDEX_RUNS = "ReindexRuns"  # with Status: published, busy, empty or failed (see QUIET_STATUSES)
 REINDEX_DURATION = "ReindexDuration"  # s
@@ -63,6 +64,8 @@ LIVE_BUILD_AGE = "LiveBuildAge"  # s since the live build was made (manifest bui
 # The live build's age when embedding shards wait to be merged, 0 otherwise: a quiet collection has an old
 # build and nothing waiting, so only this one is alarmed on.
 STALE_BUILD_AGE = "StaleBuildAge"
+# Photos recorded before any model existed that still wait after the run (lambda_fn.pending); only while some do.
+PENDING_IMAGES = "PendingImages"
 REINDEX_FAILED = "failed"  # the Status of a run that raised
 # Run outcomes after which nothing waits to be merged: the shards are all in the live build, or none can be.
 SETTLED_STATUSES = frozenset({"published", "unchanged", "no_model"})

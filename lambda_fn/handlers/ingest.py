@@ -32,9 +32,6 @@ from lambda_fn.store import open_store
 
 log = logging.getLogger(__name__)
 
-# Changes recorded to wait for a model; reported only by batches that recorded some.
-CHANGES_PENDING = "ChangesPending"
-
 settings = get_settings()
 configure(settings.log_level, metrics.INGEST_SERVICE)
 torch.set_num_threads(settings.threads)
@@ -82,7 +79,7 @@ def _record(report: IngestReport, oldest_age_s: float | None) -> None:
         oldest_age_s=oldest_age_s,
     )
     if report.pending:
-        metrics.ingest.add_metric(name=CHANGES_PENDING, unit=MetricUnit.Count, value=report.pending)
+        metrics.ingest.add_metric(name=metrics.CHANGES_PENDING, unit=MetricUnit.Count, value=report.pending)
 
 
 @metrics.ingest.log_metrics

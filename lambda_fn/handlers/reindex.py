@@ -31,9 +31,6 @@ from lambda_fn.store import Store, open_store
 
 log = logging.getLogger(__name__)
 
-# Photos recorded before a model existed that still wait after the run; reported only while there are any.
-PENDING_IMAGES = "PendingImages"
-
 settings = get_settings()
 configure(settings.log_level, metrics.REINDEX_SERVICE)
 artifacts = open_store(settings.artifacts_uri)
@@ -96,7 +93,7 @@ def invoke(event: dict, context: Any) -> dict:
         raise
     waiting = report.pending_images > 0
     if waiting:
-        metrics.reindex.add_metric(name=PENDING_IMAGES, unit=MetricUnit.Count, value=report.pending_images)
+        metrics.reindex.add_metric(name=metrics.PENDING_IMAGES, unit=MetricUnit.Count, value=report.pending_images)
     if report.status not in metrics.QUIET_STATUSES or waiting:
         metrics.reindexed(report.status, report.seconds)
         record_live_build(artifacts, pending=waiting or report.status not in metrics.SETTLED_STATUSES)

@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from bench.harness import service_env
-from lambda_fn import pending
+from lambda_fn import metrics, pending
 from lambda_fn.events import changes_from_sqs
 from lambda_fn.ingest import ingest, ingest_pending
 from lambda_fn.manifest import PENDING_STATUS_FILE
@@ -155,7 +155,6 @@ def functions(empty, s3_endpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     for name, value in service_env(artifacts_uri=empty.uri, num_threads=1, cache_dir=tmp_path / "fn").items():
         monkeypatch.setenv(name, value)
-    from lambda_fn import metrics
     from lambda_fn.config import get_settings
 
     get_settings.cache_clear()
@@ -183,9 +182,9 @@ def test_the_functions_acknowledge_pending_photos_and_report_them(empty, functio
     event = sqs_event(*(d.put_image(key, unique_photo(130 + i)) for i, key in enumerate(EARLY)), bucket=d.bucket)
     capsys.readouterr()
     assert ingest_fn.handler(event, lambda_context) == {"batchItemFailures": []}  # recorded: not redelivered
-    assert _metrics(capsys.readouterr().out)[ingest_fn.CHANGES_PENDING] == [3]
+    assert _metrics(capsys.readouterr().out)[metrics.CHANGES_PENDING] == [3]
     assert reindex_fn.handler({}, lambda_context)["pending_images"] == 3
-    assert _metrics(capsys.readouterr().out)[reindex_fn.PENDING_IMAGES] == [3]
+    assert _metrics(capsys.readouterr().out)[metrics.PENDING_IMAGES] == [3]
 
 
 def _health_until(client, predicate) -> dict:
