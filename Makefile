@@ -26,11 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-# The 1/8-scale JPEG decoder's shared library (lambda_fn/jpegscale.py); without it Pillow decodes everything.
-lambda_fn/_jpegscale.so: lambda_fn/_jpegscale.c lambda_fn/build_jpegscale.sh
-	sh lambda_fn/build_jpegscale.sh $@
-
-install: $(VENV)/.installed lambda_fn/_jpegscale.so
+install: $(VENV)/.installed
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
@@ -105,4 +101,4 @@ audit: install
 	$(PY) .ci/audit.py
 
 clean:
-	rm -rf $(ART) $(CKPT) $(DATA) cdk.out test-output lambda_fn/_jpegscale.so
+	rm -rf $(ART) $(CKPT) $(DATA) cdk.out test-output

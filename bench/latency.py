@@ -168,8 +168,8 @@ def stage_times(event: dict, model, meta, rounds: int) -> dict:
     """Median ms of each stage of a request, interleaved: base64 decode of the body (``lambda_fn.main``'s
     pybase64, and the standard library's that Mangum would use), multipart
     parsing (Starlette, parts kept in memory as ``lambda_fn.uploads`` sets it; also with Starlette's default of
-    spooling a part past 1 MiB to a temporary file), JPEG decode + resize + crop (``lambda_fn.imaging``: as the
-    service runs it, with ``lambda_fn.jpegscale`` on one thread, and with Pillow alone), the forward."""
+    spooling a part past 1 MiB to a temporary file), JPEG decode + resize + crop (``lambda_fn.imaging``: Pillow's draft
+    decode), the forward."""
     import asyncio
     import base64
 
@@ -191,8 +191,6 @@ def stage_times(event: dict, model, meta, rounds: int) -> dict:
             _parse_form(body, content_type, spool_max_size=1 << 20)
         ),
         "decode + resize": lambda: load_for_model(image, meta.resize_size, meta.crop_size),
-        "decode + resize, one thread": lambda: load_for_model(image, meta.resize_size, meta.crop_size, jpeg_threads=1),
-        "decode + resize, Pillow only": lambda: load_for_model(image, meta.resize_size, meta.crop_size, jpeg_threads=0),
         "forward": lambda: model(torch.from_numpy(pixels[None])),
     }
     times = {name: [] for name in stages}
@@ -231,7 +229,6 @@ def main(args: argparse.Namespace) -> dict:
     from mangum import Mangum
 
     import lambda_fn.main as service
-    from lambda_fn import jpegscale
     from lambda_fn.app import create_app
     from lambda_fn.config import Settings
     from lambda_fn.engine import load_model
@@ -273,7 +270,6 @@ def main(args: argparse.Namespace) -> dict:
         "isa": args.isa if args.isa != "both" else "full",
         "threads": THREADS,
         "iterations": args.iterations,
-        "jpeg decode threads": jpegscale.decode_threads(),
     }
     report["cases"] = {}
     runners = {

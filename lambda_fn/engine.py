@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from annoy import AnnoyIndex
 
-from lambda_fn import jpegscale
 from lambda_fn.artifacts import ArtifactError
 from lambda_fn.labels import LabelIndex, item_vectors
 from lambda_fn.manifest import MODEL_META_FILE, KeyEntry, Manifest, ModelMeta, read_keys
@@ -47,7 +46,6 @@ def runtime_info(meta: ModelMeta) -> dict[str, object]:
         "model": "int8" if meta.quantization else "fp32",
         "quantized_engine": torch.backends.quantized.engine if meta.quantization else None,
         "threads": torch.get_num_threads(),
-        "jpeg_decode_threads": jpegscale.decode_threads(),
     }
 
 

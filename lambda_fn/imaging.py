@@ -15,8 +15,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from lambda_fn import jpegscale
-
 # The preprocessing every model of this project is trained and served with, unless its export says otherwise:
 # torchvision's classification preset (shorter side to 256, centre crop 224).
 DEFAULT_RESIZE_SIZE = 256
@@ -282,61 +280,20 @@ def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
     return int(shorter * width / height), shorter
 
 
-def _jpeg_bytes(img: Image.Image) -> bytes | None:
-    """The whole file behind a lazily opened JPEG (its first picture starts at offset 0, MPO included)."""
-    fp = getattr(img, "fp", None)
-    if fp is None:
-        return None
-    try:
-        if isinstance(fp, io.BytesIO):
-            return fp.getvalue()
-        pos = fp.tell()
-        fp.seek(0)
-        data = fp.read()
-        fp.seek(pos)
-        return data
-    except (OSError, ValueError):
-        return None
-
-
-def _reduced_jpeg(img: Image.Image, resize_size: int, jpeg_threads: int | None) -> Image.Image | None:
-    """A JPEG much larger than needed, decoded at a reduced DCT scale; None when it is not such a JPEG.
-
-    At 1/8 scale (a 12-megapixel photo for a 256-px resize) ``jpegscale`` decodes it on ``jpeg_threads``
-    threads (all CPUs when None), byte for byte what Pillow's draft decode gives; any JPEG that decoder does
-    not handle, and every other scale, goes through ``Image.draft`` on one core. ``jpeg_threads=0``: Pillow
-    only.
-    """
-    if img.format not in ("JPEG", "MPO"):
-        return None
-    scale = resize_size / min(img.size)
-    if scale >= 0.5:
-        return None
-    size = (math.ceil(img.width * scale), math.ceil(img.height * scale))
-    # Image.draft picks the smallest of 1/8, 1/4, 1/2 that still covers `size`, by whole-number ratios.
-    # jpegscale decodes a file's first picture: an MPO moved to a later one is left to Pillow.
-    if jpeg_threads != 0 and img.tell() == 0 and min(img.width // size[0], img.height // size[1]) >= 8:
-        data = _jpeg_bytes(img)
-        small = jpegscale.decode(data, jpeg_threads) if data is not None else None
-        if small is not None:
-            return small
-    img.draft("RGB", size)
-    return None
-
-
-def prepare(img: Image.Image, resize_size: int, crop_size: int, *, jpeg_threads: int | None = None) -> np.ndarray:
+def prepare(img: Image.Image, resize_size: int, crop_size: int) -> np.ndarray:
     """PIL image -> (crop, crop, 3) uint8 RGB array: orient, RGB, resize shorter side, centre crop.
 
     Matches torchvision ``Resize(resize_size)`` + ``CenterCrop(crop_size)`` on PIL images (bilinear).
-    JPEGs much larger than needed are decoded at a reduced DCT scale (see ``_reduced_jpeg``), so a
-    12-megapixel photo is never decoded at full size to produce a 224 crop.
+    JPEGs much larger than needed are decoded by libjpeg at a reduced DCT scale (``Image.draft``: 1/2, 1/4
+    or 1/8), so a 12-megapixel photo is never decoded at full size to produce a 224 crop.
     """
     try:
-        small = _reduced_jpeg(img, resize_size, jpeg_threads)
-        if small is None:
-            img.load()
+        if img.format in ("JPEG", "MPO") and resize_size / min(img.size) < 0.5:
+            scale = resize_size / min(img.size)
+            img.draft("RGB", (math.ceil(img.width * scale), math.ceil(img.height * scale)))
+        img.load()
         turn = orientation(img)
-        img = orient(convert_rgb(small if small is not None else _shrink(img, resize_size)), turn)
+        img = orient(convert_rgb(_shrink(img, resize_size)), turn)
     except ImageError:
         raise
     except Exception as exc:
@@ -366,8 +323,6 @@ def load_for_model(
     crop_size: int,
     *,
     max_pixels: int | None = None,
-    jpeg_threads: int | None = None,
 ) -> np.ndarray:
-    """Bytes or a path -> model input array; raises ImageError subclasses for anything unusable.
-    ``jpeg_threads``: see ``prepare`` (callers that decode several images at once pass 1)."""
-    return prepare(open_image(source, max_pixels=max_pixels), resize_size, crop_size, jpeg_threads=jpeg_threads)
+    """Bytes or a path -> model input array; raises ImageError subclasses for anything unusable."""
+    return prepare(open_image(source, max_pixels=max_pixels), resize_size, crop_size)

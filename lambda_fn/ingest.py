@@ -133,7 +133,6 @@ def _decode_all(good: list[tuple[Change, bytes]], model: LoadedModel, max_pixels
                 model.meta.resize_size,
                 model.meta.crop_size,
                 max_pixels=max_pixels,
-                jpeg_threads=1 if workers > 1 else None,  # the images already keep every CPU busy
             )
         except ImageError as exc:
             return exc

@@ -160,10 +160,6 @@ class RuntimeInfo(BaseModel):
         None, description="int8 only: x86 (oneDNN with AVX-512 VNNI, else FBGEMM) or onednn (AVX2 only)"
     )
     threads: int
-    jpeg_decode_threads: int = Field(
-        description="Threads that decode large JPEGs at 1/8 scale (lambda_fn.jpegscale); 0: its compiled library "
-        "is missing from this deployment and Pillow decodes them on one core, about twice as slowly"
-    )
 
 
 class IndexInfo(BaseModel):

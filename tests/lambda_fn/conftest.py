@@ -2,7 +2,6 @@
 
 import pytest
 
-from lambda_fn import jpegscale
 from tests.helpers import SITE_ORIGIN
 
 
@@ -11,10 +10,3 @@ def client(make_client):
     """TestClient over the real app and the session's local artifacts; CORS allows ``SITE_ORIGIN``."""
     with make_client(cors_origins=SITE_ORIGIN) as c:
         yield c
-
-
-@pytest.fixture
-def jpeg_library_missing(monkeypatch):
-    """As if lambda_fn/_jpegscale.so had not been built: large JPEGs go to Pillow."""
-    monkeypatch.setattr(jpegscale, "_lib", None)
-    monkeypatch.setattr(jpegscale, "_loaded", True)

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lambda_fn import jpegscale
 from tests.helpers import REPO_ROOT
 
 DOCKERFILE = (REPO_ROOT / "Dockerfile.lambda").read_text()
@@ -26,18 +25,6 @@ def test_annoy_is_compiled_for_a_portable_cpu():
     assert {"-O3", "-DANNOYLIB_MULTITHREADED_BUILD", "-std=c++14"} <= set(flags)
 
 
-def test_jpeg_decoder_is_built_in_its_own_stage_by_the_same_script_and_lands_where_the_service_loads_it():
-    native = DOCKERFILE.split("FROM ${BASE_IMAGE}\n", 1)[0]
-    assert "COPY lambda_fn/_jpegscale.c lambda_fn/build_jpegscale.sh /build/" in native
-    assert "sh /build/build_jpegscale.sh /build/_jpegscale.so" in native
-    target = f"${{LAMBDA_TASK_ROOT}}/lambda_fn/{jpegscale.LIBRARY.name}"
-    assert f"COPY --from=native /build/_jpegscale.so {target}" in DOCKERFILE
-    script = (REPO_ROOT / "lambda_fn" / "build_jpegscale.sh").read_text()
-    command = next(line for line in script.splitlines() if line.startswith("${CC:-cc}"))
-    assert "-O2" in command and "-march" not in command  # portable code: the image may run on any x86-64 CPU Lambda has
-    assert "lambda_fn/*.so" in (REPO_ROOT / ".dockerignore").read_text()  # never this machine's build
-
-
 REQUIREMENTS = (REPO_ROOT / "lambda_fn" / "requirements.txt").read_text()
 
 
@@ -55,12 +42,12 @@ def _locked() -> dict[str, tuple[str, list[str]]]:
 
 def test_image_has_cpu_torch_only_the_service_and_the_right_entry_point():
     assert re.search(r"^ARG BASE_IMAGE=public\.ecr\.aws/lambda/python:3\.12@sha256:[0-9a-f]{64}$", DOCKERFILE, re.M)
-    assert re.findall(r"^FROM (.+)$", DOCKERFILE, re.M) == ["${BASE_IMAGE} AS native", "${BASE_IMAGE}"]
+    assert re.findall(r"^FROM (.+)$", DOCKERFILE, re.M) == ["${BASE_IMAGE}"]  # one stage: no compiled code of ours
     assert "--index-url https://download.pytorch.org/whl/cpu" in DOCKERFILE
     assert 'CMD ["lambda_fn.main.handler"]' in DOCKERFILE
     final = DOCKERFILE.split("FROM ${BASE_IMAGE}\n", 1)[1]
     copies = re.findall(r"^COPY (\S+)", final, re.M)
-    assert copies == ["lambda_fn/requirements.txt", "lambda_fn/", "--from=native"]
+    assert copies == ["lambda_fn/requirements.txt", "lambda_fn/"]
     assert not set(_locked()) & {"torchvision", "tqdm", "moto", "pytest", "uvicorn"}
 
 

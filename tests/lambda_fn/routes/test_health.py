@@ -1,6 +1,5 @@
 """GET /health: the loaded model and index, or 503 with the reason until they load."""
 
-import os
 import shutil
 import time
 
@@ -32,11 +31,6 @@ def test_health_says_which_model_and_kernels_run(client):
     assert runtime["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert runtime["model"] in ("int8", "fp32") and runtime["threads"] >= 1
     assert (runtime["quantized_engine"] is None) == (runtime["model"] == "fp32")
-    assert runtime["jpeg_decode_threads"] == len(os.sched_getaffinity(0))  # the C decoder is built and found
-
-
-def test_health_says_when_the_jpeg_decoder_library_is_missing(client, jpeg_library_missing):
-    assert client.get("/health").json()["runtime"]["jpeg_decode_threads"] == 0
 
 
 def test_not_ready_is_503_and_recovers_without_restart(make_client, tmp_path, artifacts_dir):
