@@ -20,6 +20,9 @@ from lambda_fn.manifest import (
     LOCKS_PREFIX,
     MANIFEST_FILE,
     MODELS_PREFIX,
+    PENDING_PREFIX,
+    PENDING_RECORDS_PREFIX,
+    PENDING_STATUS_FILE,
 )
 
 
@@ -101,7 +104,8 @@ class Artifacts(Construct):
         )
 
     def grant_ingest(self, role: iam.Role) -> None:
-        """Ingest: reads images, the current model and build; writes embedding shards only.
+        """Ingest: reads images, the current model and build; writes embedding shards, and before any model is
+        published the records of the changes that wait for one (``pending/events/``).
 
         GetObject on ``embeddings/`` too: a HEAD of a shard that exists needs it (S3 answers 403 otherwise),
         and a redelivered or duplicate event finds its shard already there.
@@ -116,18 +120,21 @@ class Artifacts(Construct):
                     f"{EMBEDDINGS_PREFIX}*",
                     MANIFEST_FILE,
                 ],
-                "s3:PutObject": [f"{EMBEDDINGS_PREFIX}*"],
+                "s3:PutObject": [f"{EMBEDDINGS_PREFIX}*", f"{PENDING_RECORDS_PREFIX}*"],
             },
             reason="Ingest reads the uploaded images, the current model and build, and writes embedding "
-            "shards under embeddings/ only; image keys and shard names are known only at run time.",
+            "shards under embeddings/, or, before any model is published, records of the changes under "
+            "pending/events/; image keys, shard and record names are known only at run time.",
         )
 
     def grant_reindex(self, role: iam.Role) -> None:
-        """Reindex: reads shards, model and builds; publishes a build and the manifest; holds its lease.
+        """Reindex: reads shards, model and builds; publishes a build and the manifest; holds its lease; embeds
+        the photos that arrived before any model.
 
         ``locks/`` is where the lease lives (an S3 conditional write), so it may write and delete there; it
         also deletes build files no manifest names any more (after a grace period), so builds/ does not grow
-        by an index every few minutes.
+        by an index every few minutes. Photos recorded under ``pending/`` it embeds as ingest would (reading
+        the images, writing shards), counts in ``pending/status.json``, and deletes each record once handled.
         """
         self._grant(
             role,
@@ -138,13 +145,24 @@ class Artifacts(Construct):
                     f"{MODELS_PREFIX}*",
                     f"{LOCKS_PREFIX}*",
                     MANIFEST_FILE,
+                    f"{PENDING_PREFIX}*",
+                    f"{IMAGES_PREFIX}*",
                 ],
-                "s3:PutObject": [f"{BUILDS_PREFIX}*", f"{LOCKS_PREFIX}*", MANIFEST_FILE],
-                "s3:DeleteObject": [f"{BUILDS_PREFIX}*", f"{LOCKS_PREFIX}*"],
+                "s3:PutObject": [
+                    f"{BUILDS_PREFIX}*",
+                    f"{LOCKS_PREFIX}*",
+                    MANIFEST_FILE,
+                    PENDING_STATUS_FILE,
+                    f"{EMBEDDINGS_PREFIX}*",
+                ],
+                "s3:DeleteObject": [f"{BUILDS_PREFIX}*", f"{LOCKS_PREFIX}*", f"{PENDING_RECORDS_PREFIX}*"],
             },
             reason="Reindex merges the embedding shards, writes a new content-addressed build under builds/, "
             "publishes manifest.json last, deletes build files no manifest names any more, and takes and releases "
-            "its lease under locks/; build ids and shard names are known only at run time.",
+            "its lease under locks/. Photos recorded under pending/ before any model existed it embeds as ingest "
+            "would: it reads their records and images, writes their shards under embeddings/, and deletes the "
+            "records under pending/events/ once handled. Build ids, image keys, shard and record names are known "
+            "only at run time.",
         )
 
     def _grant(self, role: iam.Role, keys_by_action: dict[str, list[str]], *, reason: str) -> None:

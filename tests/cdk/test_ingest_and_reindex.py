@@ -20,6 +20,9 @@ from lambda_fn.manifest import (
     LOCKS_PREFIX,
     MANIFEST_FILE,
     MODELS_PREFIX,
+    PENDING_PREFIX,
+    PENDING_RECORDS_PREFIX,
+    PENDING_STATUS_FILE,
 )
 
 
@@ -266,7 +269,7 @@ def test_dead_letters_raise_an_alarm(stack, template):
     assert stack.ingest.dead_letter_alarm.alarm_arn
 
 
-def test_ingest_reads_images_and_writes_only_embeddings(template):
+def test_ingest_reads_images_and_writes_only_embeddings_and_pending_records(template):
     queue_id, _ = queues(template)
     ingest = image_function(template, INGEST_HANDLER)
     queue = {f"<{queue_id}.Arn>"}
@@ -279,7 +282,8 @@ def test_ingest_reads_images_and_writes_only_embeddings(template):
             f"{EMBEDDINGS_PREFIX}*",  # a HEAD of a shard already there (a repeated event) needs s3:GetObject
             MANIFEST_FILE,
         ),
-        "s3:PutObject": objects(template, f"{EMBEDDINGS_PREFIX}*"),
+        # before any model is published, the changes are recorded for the reindex to embed
+        "s3:PutObject": objects(template, f"{EMBEDDINGS_PREFIX}*", f"{PENDING_RECORDS_PREFIX}*"),
         "s3:ListBucket": {bucket(template)},
         # What the SQS event source needs to receive and delete the queue's messages, on that queue only.
         **dict.fromkeys(
@@ -296,7 +300,7 @@ def test_ingest_reads_images_and_writes_only_embeddings(template):
     }
 
 
-def test_reindex_publishes_builds_and_holds_its_lease(template):
+def test_reindex_publishes_builds_holds_its_lease_and_embeds_the_photos_that_waited(template):
     reindex = image_function(template, REINDEX_HANDLER)
     assert grants(template, REINDEX_HANDLER) == {
         "s3:GetObject": objects(
@@ -306,9 +310,19 @@ def test_reindex_publishes_builds_and_holds_its_lease(template):
             f"{MODELS_PREFIX}*",
             f"{LOCKS_PREFIX}*",
             MANIFEST_FILE,
+            # the photos that arrived before any model: their records, the count, and the images themselves
+            f"{PENDING_PREFIX}*",
+            f"{IMAGES_PREFIX}*",
         ),
-        "s3:PutObject": objects(template, f"{BUILDS_PREFIX}*", f"{LOCKS_PREFIX}*", MANIFEST_FILE),
-        "s3:DeleteObject": objects(template, f"{BUILDS_PREFIX}*", f"{LOCKS_PREFIX}*"),
+        "s3:PutObject": objects(
+            template,
+            f"{BUILDS_PREFIX}*",
+            f"{LOCKS_PREFIX}*",
+            MANIFEST_FILE,
+            PENDING_STATUS_FILE,
+            f"{EMBEDDINGS_PREFIX}*",  # the shards of the photos it embeds, as ingest writes them
+        ),
+        "s3:DeleteObject": objects(template, f"{BUILDS_PREFIX}*", f"{LOCKS_PREFIX}*", f"{PENDING_RECORDS_PREFIX}*"),
         "s3:ListBucket": {bucket(template)},
         **own_logs(reindex),
     }
