@@ -77,6 +77,17 @@ def worker_environment(
     return environment
 
 
+def embedding_environment(
+    *, trusted_model_sha256: str | None, max_ingest_bytes: int, max_image_pixels: int
+) -> dict[str, str]:
+    """The settings (field name -> value, for ``worker_environment``) that decide what a function embeds: the
+    ingest, and the reindex when it embeds the photos that waited for a model, get the same."""
+    settings = {"max_ingest_bytes": str(max_ingest_bytes), "max_image_pixels": str(max_image_pixels)}
+    if trusted_model_sha256:
+        settings["trusted_model_sha256"] = pinned_model(trusted_model_sha256)
+    return settings
+
+
 def execution_role(
     scope: Construct, *, description: str, log_retention: logs.RetentionDays
 ) -> tuple[iam.Role, logs.LogGroup]:

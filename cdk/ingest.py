@@ -14,7 +14,15 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from cdk.artifacts import Artifacts
-from cdk.image import INGEST_HANDLER, SETTINGS_DEFAULTS, execution_role, image_code, pinned_model, worker_environment
+from cdk.image import (
+    INGEST_HANDLER,
+    SETTINGS_DEFAULTS,
+    embedding_environment,
+    execution_role,
+    image_code,
+    pinned_model,
+    worker_environment,
+)
 from cdk.monitoring import active_tracing
 from cdk.nag import acknowledge
 
@@ -69,7 +77,12 @@ class Ingest(Construct):
     - ``max_concurrency`` (2, the least SQS allows): how many functions the queue may keep busy, so a
       burst of uploads cannot take the account's concurrency away from search.
     - ``max_receive_count`` (5): attempts before a message goes to the dead-letter queue (kept 14 days).
+    - ``max_ingest_bytes`` and ``max_image_pixels`` (the runtime's defaults): larger images are skipped.
+    - ``trusted_model_sha256``: the only model it embeds with (the search function's pin, ``cdk.image``).
     - ``tracing``: off by default; on, X-Ray active tracing and ``DEEPFOOD_TRACING`` (``cdk.monitoring``).
+
+    ``embedding_options`` holds the pin and the two limits, for the reindex: it embeds the photos that waited
+    for a model with the ingest's code, so it must apply the same.
     """
 
     def __init__(
@@ -86,6 +99,8 @@ class Ingest(Construct):
         max_batching_window: cdk.Duration | None = None,
         max_concurrency: int = 2,
         max_receive_count: int = 5,
+        max_ingest_bytes: int = SETTINGS_DEFAULTS["max_ingest_bytes"],
+        max_image_pixels: int = SETTINGS_DEFAULTS["max_image_pixels"],
         num_threads: int | None = SETTINGS_DEFAULTS["num_threads"],
         log_level: str = SETTINGS_DEFAULTS["log_level"],
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
@@ -121,9 +136,17 @@ class Ingest(Construct):
             log_retention=log_retention,
         )
         artifacts.grant_ingest(role)
-        pin = {"trusted_model_sha256": pinned_model(trusted_model_sha256)} if trusted_model_sha256 else {}
+        self.embedding_options = {
+            "trusted_model_sha256": pinned_model(trusted_model_sha256) if trusted_model_sha256 else None,
+            "max_ingest_bytes": max_ingest_bytes,
+            "max_image_pixels": max_image_pixels,
+        }
         environment = worker_environment(
-            artifacts.uri, log_level=log_level, num_threads=num_threads, tracing=tracing, **pin
+            artifacts.uri,
+            log_level=log_level,
+            num_threads=num_threads,
+            tracing=tracing,
+            **embedding_environment(**self.embedding_options),
         )
         self.function = lambda_.DockerImageFunction(
             self,

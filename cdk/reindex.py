@@ -10,7 +10,14 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from cdk.artifacts import Artifacts
-from cdk.image import REINDEX_HANDLER, SETTINGS_DEFAULTS, execution_role, image_code, worker_environment
+from cdk.image import (
+    REINDEX_HANDLER,
+    SETTINGS_DEFAULTS,
+    embedding_environment,
+    execution_role,
+    image_code,
+    worker_environment,
+)
 from cdk.monitoring import active_tracing
 from cdk.sizing import REINDEX_MEMORY_FLOOR_MB
 from lambda_fn.config import Settings
@@ -45,6 +52,9 @@ class Reindex(Construct):
       needs the account's memory quota raised first (the stack's ``memory_quota_mb``).
     - ``timeout``: 15 minutes, the most Lambda allows; also the lease.
     - ``ephemeral_storage_mb``: 10240, the most Lambda allows: the new index is written to ``/tmp`` first.
+    - ``trusted_model_sha256``, ``max_ingest_bytes``, ``max_image_pixels``: the ingest's (the stack passes
+      its ``embedding_options``): a run that finds photos recorded before any model existed embeds them with
+      the ingest's code, so with its model pin and image limits too.
     - ``tracing``: off by default; on, X-Ray active tracing and ``DEEPFOOD_TRACING`` (``cdk.monitoring``).
     """
 
@@ -64,6 +74,9 @@ class Reindex(Construct):
         log_level: str = SETTINGS_DEFAULTS["log_level"],
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
         tracing: bool = False,
+        trusted_model_sha256: str | None = None,
+        max_ingest_bytes: int = SETTINGS_DEFAULTS["max_ingest_bytes"],
+        max_image_pixels: int = SETTINGS_DEFAULTS["max_image_pixels"],
     ) -> None:
         super().__init__(scope, construct_id)
         timeout = timeout or cdk.Duration.minutes(15)
@@ -80,7 +93,16 @@ class Reindex(Construct):
         )
         artifacts.grant_reindex(role)
         environment = worker_environment(
-            artifacts.uri, log_level=log_level, num_threads=num_threads, tracing=tracing, reindex_lease_s=str(lease_s)
+            artifacts.uri,
+            log_level=log_level,
+            num_threads=num_threads,
+            tracing=tracing,
+            reindex_lease_s=str(lease_s),
+            **embedding_environment(
+                trusted_model_sha256=trusted_model_sha256,
+                max_ingest_bytes=max_ingest_bytes,
+                max_image_pixels=max_image_pixels,
+            ),
         )
         self.function = lambda_.DockerImageFunction(
             self,

@@ -105,7 +105,10 @@ class DeepFoodStack(cdk.Stack):
             **({"trusted_model_sha256": pinned} if pinned else {}),
             **(ingest_options or {}),
         )
-        reindex = Reindex(self, "Reindex", artifacts=artifacts, tracing=tracing, **reindex_options)
+        # The reindex embeds the photos that waited for a model with the ingest's code: its pin and limits too.
+        reindex = Reindex(
+            self, "Reindex", artifacts=artifacts, tracing=tracing, **ingest.embedding_options, **reindex_options
+        )
         # Largest first, so the quota a refusal asks for covers every function.
         sized = sorted({"search": search, "ingest": ingest, "reindex": reindex}.items(), key=lambda f: -f[1].memory_mb)
         for name, function in sized:

@@ -36,6 +36,8 @@ TUNED_INGEST = {
     "max_batching_window": cdk.Duration.seconds(5),
     "max_concurrency": 5,
     "max_receive_count": 3,
+    "max_ingest_bytes": 20_000_000,
+    "max_image_pixels": 40_000_000,
 }
 TUNED_REINDEX = {
     "every": cdk.Duration.minutes(30),

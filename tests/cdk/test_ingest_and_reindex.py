@@ -5,7 +5,16 @@ from __future__ import annotations
 import aws_cdk as cdk
 import pytest
 from aws_cdk.assertions import Match, Template
-from cdk_support import TUNED_INGEST, TUNED_REINDEX, grants, image_function, own_logs, role_of, statements
+from cdk_support import (
+    TUNED_FUNCTION,
+    TUNED_INGEST,
+    TUNED_REINDEX,
+    grants,
+    image_function,
+    own_logs,
+    role_of,
+    statements,
+)
 
 from cdk.artifacts import Artifacts
 from cdk.image import INGEST_HANDLER, REINDEX_HANDLER, SEARCH_HANDLER
@@ -24,6 +33,9 @@ from lambda_fn.manifest import (
     PENDING_RECORDS_PREFIX,
     PENDING_STATUS_FILE,
 )
+
+# The image limits the ingest applies, and the reindex with it.
+EMBEDDING_LIMITS = ("max_ingest_bytes", "max_image_pixels")
 
 
 def queues(template: Template) -> tuple[str, str]:
@@ -199,7 +211,7 @@ def test_environment_uses_the_settings_names(template, tuned_template):
         assert variables[env_name("log_level")] == Settings.model_fields["log_level"].default
         assert env_name("num_threads") not in variables  # unset: the runtime uses the CPUs Lambda gives it
     assert set(image_function(template, INGEST_HANDLER)["Environment"]["Variables"]) == {
-        env_name(f) for f in ("artifacts_uri", "cache_dir", "log_level")
+        env_name(f) for f in ("artifacts_uri", "cache_dir", "log_level", *EMBEDDING_LIMITS)
     }
     for tmpl in (template, tuned_template):
         reindex = image_function(tmpl, REINDEX_HANDLER)
@@ -208,6 +220,25 @@ def test_environment_uses_the_settings_names(template, tuned_template):
     tuned = image_function(tuned_template, REINDEX_HANDLER)["Environment"]["Variables"]
     assert tuned[env_name("num_threads")] == str(TUNED_REINDEX["num_threads"])
     assert tuned[env_name("artifacts_uri")]["Fn::Join"][1][-1] == "/food/v2/"
+
+
+def test_reindex_embeds_the_photos_that_waited_with_the_ingests_pin_and_limits(template, tuned_template):
+    # It drains them with the ingest's code: any other model or limits would embed a photo that waited
+    # differently from one that did not.
+    embedding = ("trusted_model_sha256", *EMBEDDING_LIMITS)
+    for tmpl in (template, tuned_template):
+        ingest, reindex = (
+            image_function(tmpl, h)["Environment"]["Variables"] for h in (INGEST_HANDLER, REINDEX_HANDLER)
+        )
+        assert {f: reindex.get(env_name(f)) for f in embedding} == {f: ingest.get(env_name(f)) for f in embedding}
+    default = image_function(template, REINDEX_HANDLER)["Environment"]["Variables"]
+    assert {f: default[env_name(f)] for f in EMBEDDING_LIMITS} == {
+        f: str(Settings.model_fields[f].default) for f in EMBEDDING_LIMITS
+    }
+    assert env_name("trusted_model_sha256") not in default
+    tuned = image_function(tuned_template, REINDEX_HANDLER)["Environment"]["Variables"]
+    assert tuned[env_name("trusted_model_sha256")] == TUNED_FUNCTION["trusted_model_sha256"]
+    assert {f: tuned[env_name(f)] for f in EMBEDDING_LIMITS} == {f: str(TUNED_INGEST[f]) for f in EMBEDDING_LIMITS}
 
 
 def test_reindex_timeout_shorter_than_the_least_lease_is_refused():
