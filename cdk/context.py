@@ -14,7 +14,7 @@ keyword arguments, so a wrong value stops ``cdk synth`` with a one-line error in
   the address to, or an existing topic); default: the alarms only show on the dashboard;
 - ``tracing``: ``true`` turns on X-Ray tracing for the three functions (default: off, it costs extra);
 - ``collectionImages``: how many images the collection will reach; sizes the search and reindex functions'
-  memory and ``/tmp`` for it (``cdk.sizing``; default: the 3,008 MB / 2,048 MB defaults, ~270,000 images);
+  memory and ``/tmp`` for it (``cdk.sizing``; default: the 3,008 MB / 2,048 MB defaults, ~180,000 images);
 - ``memoryQuotaMb``: the most memory the account lets a function have, once AWS has raised it (default: a new
   account's 3,008 MB); a function sized above it is refused at synth.
 """

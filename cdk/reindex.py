@@ -47,9 +47,10 @@ class Reindex(Construct):
 
     Tunables:
     - ``every``: 5 minutes by default: how long a new photo may wait before search can find it.
-    - ``memory_mb``: 3008 by default (~270,000 images); the stack sizes it from ``collectionImages``
-      (``cdk.sizing``): the merged embeddings and the Annoy build must fit in memory, 9,088 MB for 10^6, which
-      needs the account's memory quota raised first (the stack's ``memory_quota_mb``).
+    - ``memory_mb``: 3008 by default (~180,000 images); the stack sizes it from ``collectionImages``
+      (``cdk.sizing``): the merged embeddings and the Annoy build must fit in memory, beside the model that
+      embedded any photos that waited for one; 9,856 MB for 10^6, which needs the account's memory quota
+      raised first (the stack's ``memory_quota_mb``).
     - ``timeout``: 15 minutes, the most Lambda allows; also the lease.
     - ``ephemeral_storage_mb``: 10240, the most Lambda allows: the new index is written to ``/tmp`` first.
     - ``trusted_model_sha256``, ``max_ingest_bytes``, ``max_image_pixels``: the ingest's (the stack passes

@@ -26,7 +26,7 @@ class DeepFoodStack(cdk.Stack):
     ``backfill_options``, ``api_options`` and ``monitoring_options`` (dashboard, alarms, where they notify)
     pass their tunables through. ``tracing`` turns on X-Ray for the three functions (off: it costs extra).
     ``collection_images``, the number of images the collection is expected to reach, sizes the search and
-    reindex functions' memory and ``/tmp`` (``cdk.sizing``; None keeps the defaults, ~270,000 images); sizes
+    reindex functions' memory and ``/tmp`` (``cdk.sizing``; None keeps the defaults, ~180,000 images); sizes
     given in ``function_options`` or ``reindex_options`` win over it. The CollectionSize alarm goes off when
     the live build nears what the deployed sizes hold. ``memory_quota_mb`` is the most memory the account may
     give a function (a new account's 3,008 MB by default); a function sized above it is refused here, naming the
