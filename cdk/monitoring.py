@@ -7,6 +7,7 @@ not write. The rest are AWS's: API Gateway, Lambda and SQS publish them for free
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import aws_cdk as cdk
@@ -122,6 +123,8 @@ class Monitoring(Construct):
       the queue's visibility timeout (6 x the ingest timeout, 30 minutes) before each retry.
     - ``stale_build_after``: how old the live build may get while embedding shards wait for the reindex;
       default the reindex timeout plus three schedule periods (30 minutes with the defaults).
+    - ``pending_after`` (1 hour): how long photos may wait for a model (uploaded before any was published,
+      or not yet embedded by the reindex since) before the PendingImages alarm goes off.
     - ``collection_capacity``: the most images the functions' memory and ``/tmp`` hold (``cdk.sizing``);
       the CollectionSize alarm goes off when the live build passes ``collection_alarm_fraction`` (0.9) of it,
       before a reindex runs out of memory. None: no such alarm.
@@ -143,6 +146,7 @@ class Monitoring(Construct):
         latency_p95_ms: float = 1000,
         backlog_age: cdk.Duration | None = None,
         stale_build_after: cdk.Duration | None = None,
+        pending_after: cdk.Duration | None = None,
         collection_capacity: int | None = None,
         collection_alarm_fraction: float = 0.9,
     ) -> None:
@@ -178,6 +182,11 @@ class Monitoring(Construct):
             statistic="Maximum", period=FIVE_MINUTES, label="oldest message (s)"
         )
         stale = emf(m.STALE_BUILD_AGE, m.REINDEX_SERVICE, "Maximum", label="age while shards wait (s)", period=every)
+        pending_after = pending_after or cdk.Duration.hours(1)
+        waiting = emf(m.PENDING_IMAGES, m.REINDEX_SERVICE, "Maximum", label="photos waiting for a model", period=every)
+        # Each run reports them while they wait: the alarm needs the runs that span pending_after, out of one
+        # period more, so a tick that lands late and leaves a period empty does not start the count again.
+        waiting_runs = math.ceil(pending_after.to_seconds() / every.to_seconds()) + 1
 
         self.alarms: dict[str, cloudwatch.Alarm] = {
             "ApiErrorRate": cloudwatch.Alarm(
@@ -250,6 +259,19 @@ class Monitoring(Construct):
                 threshold=stale_build_after.to_seconds(),
                 comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
                 evaluation_periods=1,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            ),
+            "PendingImages": cloudwatch.Alarm(
+                self,
+                "PendingImages",
+                alarm_description=f"DeepFood: photos uploaded before any model was published have waited over "
+                f"{pending_after.to_human_string()}. Publish a model (training.upload): the next reindex embeds "
+                "them. If one is published, the reindex function's logs say why they were not embedded.",
+                metric=waiting,
+                threshold=0,
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                evaluation_periods=waiting_runs + 1,
+                datapoints_to_alarm=waiting_runs,
                 treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
             ),
         }
@@ -364,7 +386,8 @@ class Monitoring(Construct):
                 left=[
                     ingest.queue.metric_approximate_number_of_messages_visible(
                         statistic="Maximum", label="messages waiting"
-                    )
+                    ),
+                    emf(m.PENDING_IMAGES, m.REINDEX_SERVICE, "Maximum", label="photos waiting for a model"),
                 ],
                 right=[backlog],
                 right_annotations=[
@@ -389,6 +412,7 @@ class Monitoring(Construct):
                         (m.IMAGES_EMBEDDED, "embedded"),
                         (m.IMAGES_SKIPPED, "skipped"),
                         (m.IMAGES_FAILED, "failed (retried)"),
+                        (m.CHANGES_PENDING, "recorded to wait for a model"),
                     )
                 ],
                 width=6,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import aws_cdk as cdk
 import pytest
 from aws_cdk.assertions import Annotations, Match, Template
 from cdk_nag import AwsSolutionsChecks
@@ -36,8 +37,16 @@ EMF_METRICS = {
         m.IMAGES_FAILED,
         m.OLDEST_MESSAGE_AGE,
         m.INGEST_DURATION,
+        m.CHANGES_PENDING,
     },
-    m.REINDEX_SERVICE: {m.REINDEX_DURATION, m.LIVE_VECTORS, m.INDEX_SIZE, m.LIVE_BUILD_AGE, m.STALE_BUILD_AGE},
+    m.REINDEX_SERVICE: {
+        m.REINDEX_DURATION,
+        m.LIVE_VECTORS,
+        m.INDEX_SIZE,
+        m.LIVE_BUILD_AGE,
+        m.STALE_BUILD_AGE,
+        m.PENDING_IMAGES,
+    },
 }
 
 
@@ -46,7 +55,7 @@ def monitored_stack(tmp_path_factory):
     """Alarms notifying a new topic with an email subscription, and tracing on."""
     return build_stack(
         tmp_path_factory.mktemp("cdk-monitored"),
-        monitoring_options={"alarm_email": EMAIL, "latency_p95_ms": 800},
+        monitoring_options={"alarm_email": EMAIL, "latency_p95_ms": 800, "pending_after": cdk.Duration.hours(2)},
         tracing=True,
     )
 
@@ -157,11 +166,16 @@ def test_aws_metrics_requests_errors_concurrency_throttles_backlog(template):
     assert {n for n, _ in search_fn} == {"Invocations", "Errors", "Duration"}
     assert {f for _, f in search_fn} == {function_ref(template, SEARCH_HANDLER)}
     backlog = {(ns, n) for ns, n, _, _ in metric_lines(widget(body, "Ingest backlog"))}
-    assert backlog == {("AWS/SQS", "ApproximateNumberOfMessagesVisible"), ("AWS/SQS", "ApproximateAgeOfOldestMessage")}
+    assert backlog == {
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+        ("AWS/SQS", "ApproximateAgeOfOldestMessage"),
+        (m.NAMESPACE, m.PENDING_IMAGES),  # photos that wait for a model rather than in the queue
+    }
     ((ns, name, _, _),) = metric_lines(widget(body, "Dead-letter queue"))
     assert (ns, name) == ("AWS/SQS", "ApproximateNumberOfMessagesVisible")
     dead_letters, queue = (
-        {d["QueueName"] for _, _, d, _ in metric_lines(widget(body, t))} for t in ("Dead-letter", "Ingest backlog")
+        {d["QueueName"] for ns, _, d, _ in metric_lines(widget(body, t)) if ns == "AWS/SQS"}
+        for t in ("Dead-letter", "Ingest backlog")
     )
     assert dead_letters != queue and len(queue) == 1
 
@@ -215,7 +229,7 @@ def watched(props: dict) -> list[tuple[str, str, dict, str, int]]:
 
 def test_each_alarm_watches_its_metric_with_its_threshold(monitored):
     found = alarms(monitored)
-    assert len(found) == 8
+    assert len(found) == 9
     rate = found["IF(requests >= 20, 100 * errors / requests, 0)"]
     assert {(n, s) for _, n, _, s, _ in watched(rate)} == {("Count", "Sum"), ("5XXError", "Sum")}
     assert (rate["Threshold"], rate["EvaluationPeriods"], rate["DatapointsToAlarm"]) == (5, 3, 2)
@@ -244,6 +258,12 @@ def test_each_alarm_watches_its_metric_with_its_threshold(monitored):
     assert watched(stale) == [(m.NAMESPACE, m.STALE_BUILD_AGE, {"service": m.REINDEX_SERVICE}, "Maximum", 300)]
     assert stale["Threshold"] == 15 * 60 + 3 * 5 * 60  # the reindex timeout plus three schedule periods
 
+    waiting = found[m.PENDING_IMAGES]
+    assert watched(waiting) == [(m.NAMESPACE, m.PENDING_IMAGES, {"service": m.REINDEX_SERVICE}, "Maximum", 300)]
+    # any photo waiting through the runs of 2 hours (pending_after), one late tick allowed for
+    assert (waiting["Threshold"], waiting["DatapointsToAlarm"], waiting["EvaluationPeriods"]) == (0, 25, 26)
+    assert "Publish a model" in waiting["AlarmDescription"]
+
     size = found[m.LIVE_VECTORS]
     assert watched(size) == [(m.NAMESPACE, m.LIVE_VECTORS, {"service": m.REINDEX_SERVICE}, "Maximum", 86400)]
     assert 0 < size["Threshold"] < 310_000  # 90% of what the default sizes hold (tests/cdk/test_sizing.py)
@@ -251,6 +271,17 @@ def test_each_alarm_watches_its_metric_with_its_threshold(monitored):
     for props in found.values():
         assert props["ComparisonOperator"] == "GreaterThanThreshold"
         assert props["TreatMissingData"] == "notBreaching"  # a quiet service is not a broken one
+
+
+@pytest.mark.parametrize(("which", "runs"), [("template", 13), ("tuned_template", 3)])
+def test_photos_waiting_for_a_model_alarm_after_an_hour_of_reindex_runs(which, runs, request):
+    # Runs every 5 minutes by default, every 30 in the tuned stack: the runs that span an hour, and one more.
+    tmpl = request.getfixturevalue(which)
+    waiting = alarms(tmpl)[m.PENDING_IMAGES]
+    every = (TUNED_REINDEX["every"] if which == "tuned_template" else cdk.Duration.minutes(5)).to_seconds()
+    assert watched(waiting)[0][4] == every and (runs - 1) * every == 3600
+    assert (waiting["DatapointsToAlarm"], waiting["EvaluationPeriods"]) == (runs, runs + 1)
+    assert "1 hour" in waiting["AlarmDescription"]
 
 
 def test_the_stale_build_threshold_follows_the_reindex_schedule(tuned_template):
