@@ -72,10 +72,10 @@ $(ART)/manifest.json: $(ART)/model.pt
 	$(PY) -m training.evaluate --artifacts $(ART) --images $(DATA)
 
 demo: $(ART)/manifest.json
-	$(PY) -m lambda_fn.local --artifacts $(ART) --images $(DATA) --port $(PORT) --eager
+	$(PY) -m lambda_fn.search.local --artifacts $(ART) --images $(DATA) --port $(PORT) --eager
 
 serve: install
-	$(PY) -m lambda_fn.local --artifacts $(ART) --images $(DATA) --port $(PORT)
+	$(PY) -m lambda_fn.search.local --artifacts $(ART) --images $(DATA) --port $(PORT)
 
 # Embeds the photo with the live model and publishes a new build into $(ART); `make demo` picks it up live.
 add-photo: install

@@ -51,7 +51,7 @@ def artifacts(n_per_class: int = 40, *, int8: bool = False) -> Path:
     """model.pt (random-init ResNet34 at 224 px, 6-class head; static int8 with ``int8``) + index over
     ``collection()``."""
 
-    from lambda_fn.imaging import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
+    from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
     from training.build_index import get_args_parser, main
     from training.export import calibration_batches, export, meta_for
 

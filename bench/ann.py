@@ -28,7 +28,7 @@ from annoy import AnnoyIndex  # noqa: E402
 
 from bench._synthetic import exact_one, make_clustered  # noqa: E402
 from bench.harness import percentile, write_result  # noqa: E402
-from lambda_fn.indexing import exact_top_k, recall_at_k  # noqa: E402
+from lambda_fn.vision.indexing import exact_top_k, recall_at_k  # noqa: E402
 
 METRIC = "angular"  # the vectors are unit length, so angular distance ranks like cosine similarity
 SEED = 42

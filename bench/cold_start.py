@@ -4,11 +4,11 @@ int8 model. Interleaved runs. By default the run repeats in a child with the ker
 (``bench.isa``): the ``avx2`` entry.
 
 The first search is broken down in the container's own terms: interpreter start, imports
-(``import lambda_fn.main``), the build's fetch (S3 client, manifest, download + sha256, in a process of its own
+(``import lambda_fn.search.main``), the build's fetch (S3 client, manifest, download + sha256, in a process of its own
 that overlaps the imports) and what the first load still waited for it, model load, index load, warm-up
 forwards and the request itself, by timing the service's own functions in the child. The floor
 child reports ``import torch`` and ``torch.jit.load`` apart. The service imports with Python's cyclic garbage
-collector off (``lambda_fn/main.py``); a second floor does the same (``floor_nogc``), so the ratio against it
+collector off (``lambda_fn/search/main.py``); a second floor does the same (``floor_nogc``), so the ratio against it
 shows what is left when the floor gets that cut too. ``--python`` runs the children with another interpreter,
 e.g. a venv with torch's CPU-only wheel (what the Lambda image installs), to separate what the CUDA wheel
 of the development venv adds to the imports.
@@ -47,15 +47,15 @@ print(json.dumps({"import_torch_s": t1 - t0, "load_s": t2 - t1}), flush=True)
 
 # A fresh process that imports the handler the way the Lambda runtime does, with the service's own steps
 # timed (module functions wrapped before the first request), then searches with the image at argv[1] argv[2]
-# times. The build is fetched by a child process the service starts during its imports (``lambda_fn.prefetch``):
+# times. The build is fetched by a child process the service starts during its imports (``lambda_fn.search.prefetch``):
 # ``prefetch_s`` is how long that took, overlapping the imports, ``prefetch_wait_s`` what the first load still
 # waited for it. Prints "FIRST <json>" once the first answer is in, then its memory (VmHWM, VmRSS) in MiB.
 COLD_CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
-import lambda_fn.main as service
+import lambda_fn.search.main as service
 t_imported = time.perf_counter()
-from lambda_fn import engine
+from lambda_fn.vision import engine
 from bench.harness import LambdaContext, proc_status_kib, search_event
 spent = {}
 def timed(owner, name, label):

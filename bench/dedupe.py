@@ -21,10 +21,10 @@ from PIL import Image, ImageOps
 
 from bench._setup import RESULTS, pin_threads
 from bench.harness import percentile, write_result
-from lambda_fn.artifacts import fetch
-from lambda_fn.engine import Engine
-from lambda_fn.imaging import load_for_model
-from lambda_fn.manifest import EMBEDDINGS_FILE
+from lambda_fn.contract.manifest import EMBEDDINGS_FILE
+from lambda_fn.storage.artifacts import fetch
+from lambda_fn.vision.engine import Engine
+from lambda_fn.vision.imaging import load_for_model
 
 
 def _jpeg(img: Image.Image, quality: int) -> bytes:

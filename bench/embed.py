@@ -21,7 +21,7 @@ from bench.isa import add_isa_argument, run_capped
 def main(args: argparse.Namespace) -> dict:
     import torch
 
-    from lambda_fn.engine import load_model
+    from lambda_fn.vision.engine import load_model
     from training.build_index import embed_collection
     from training.data import list_images
 

@@ -7,7 +7,7 @@ Labels take shares from 30% to 0.03% of the collection, assigned two ways: **ind
 (a label is spread over the whole space) and **regional** (a label is one region of the space, as real
 classes are; most queries come from elsewhere, the hard case for oversampling). The strategies:
 
-- ``policy``: what ``lambda_fn.labels.LabelIndex.search`` does (oversample, retry, scan when rare);
+- ``policy``: what ``lambda_fn.vision.labels.LabelIndex.search`` does (oversample, retry, scan when rare);
 - ``oversample``: the same without the scan shortcuts for rare labels (oversampling up to the whole index);
 - ``scan``: always the exact scan over the label's vectors, read in place from the memory-mapped index
   file as the service does (``first``: the first query, whose pages are not yet in memory).
@@ -32,9 +32,9 @@ from annoy import AnnoyIndex  # noqa: E402
 from bench._setup import RESULTS  # noqa: E402
 from bench._synthetic import make_clustered  # noqa: E402
 from bench.harness import percentile, write_result  # noqa: E402
-from lambda_fn import labels as label_search  # noqa: E402
-from lambda_fn.labels import LabelIndex, item_vectors  # noqa: E402
-from lambda_fn.manifest import KeyEntry  # noqa: E402
+from lambda_fn.contract.manifest import KeyEntry  # noqa: E402
+from lambda_fn.vision import labels as label_search  # noqa: E402
+from lambda_fn.vision.labels import LabelIndex, item_vectors  # noqa: E402
 
 SHARES = (0.30, 0.10, 0.03, 0.01, 0.003, 0.001, 0.0003)
 

@@ -2,7 +2,7 @@
 the Lambda handler in a child process, a fake Lambda context and API Gateway event, the service's
 environment, a process's memory, percentiles and the results file.
 
-Stdlib and ``lambda_fn.config`` only at import: the child process imports this module next to the service.
+Stdlib and ``lambda_fn.contract.config`` only at import: the child process imports this module next to the service.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lambda_fn.config import env_name
+from lambda_fn.contract.config import env_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -227,7 +227,7 @@ def search_event(data: bytes, k: int = 10, boundary: str = "----bench") -> dict:
 # memory (VmHWM, VmRSS) in MiB as one JSON line.
 _HANDLER_CHILD = """
 import json, sys
-import lambda_fn.main as service
+import lambda_fn.search.main as service
 from bench.harness import LambdaContext, proc_status_kib, search_event
 data = open(sys.argv[1], "rb").read()
 for i in range(int(sys.argv[2])):
@@ -277,7 +277,7 @@ def start_local_server(
     expect_health: tuple[int, ...] = (200,),
     threads: int = 1,
 ):
-    """Run ``python -m lambda_fn.local`` on a free loopback port; yields its base URL."""
+    """Run ``python -m lambda_fn.search.local`` on a free loopback port; yields its base URL."""
     with start_local_server_process(
         artifacts, images, frontend=frontend, env=env, expect_health=expect_health, threads=threads
     ) as (base, _):
@@ -300,7 +300,7 @@ def start_local_server_process(
     cmd = [
         sys.executable,
         "-m",
-        "lambda_fn.local",
+        "lambda_fn.search.local",
         "--artifacts",
         str(artifacts),
         "--host",

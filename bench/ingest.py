@@ -1,4 +1,4 @@
-"""Ingest throughput per function invocation: the real ``lambda_fn.ingest.ingest()`` over a FolderStore of
+"""Ingest throughput per function invocation: the real ``lambda_fn.collection.ingest.ingest()`` over a FolderStore of
 512x384 JPEGs, the demo model in fp32 and int8, batches (changes per invocation) of 32 and 64, torch at 1 and
 2 threads, interleaved in one run. Reports images/s per invocation, the split download / decode / embed /
 write, and the peak RSS of each invocation; then estimates 6 threads (a 10,240 MB function) from the 1- and
@@ -7,7 +7,7 @@ write, and the peak RSS of each invocation; then estimates 6 threads (a 10,240 M
     python -m bench.ingest [--quick] [--rounds 3]
 
 Each model runs in its own worker process (``--worker``), loaded the way the ingest function loads it
-(``lambda_fn.models.target_models`` from a published build), so one model's memory never counts for the
+(``lambda_fn.vision.models.target_models`` from a published build), so one model's memory never counts for the
 other. The parent sends one invocation at a time to each worker in turn.
 """
 
@@ -100,7 +100,7 @@ def backfill_estimate(
     Waves of ``concurrency`` invocations; each container pays ``init_s`` once (the first wave). The map is
     charged one state transition per child execution it starts; a STANDARD child adds one per state (its one
     Task), an EXPRESS child is billed per request and per 100 ms of 64 MB instead. S3 requests as
-    ``lambda_fn.ingest`` makes them: per image one GET; per batch a HEAD (is the shard there), two GETs
+    ``lambda_fn.collection.ingest`` makes them: per image one GET; per batch a HEAD (is the shard there), two GETs
     (manifest, model pointer) and one PUT (the shard); the map's listing is one LIST per 1,000 keys.
     """
     if children not in ("standard", "express"):
@@ -162,9 +162,9 @@ def photos(count: int = PHOTOS) -> Path:
 
 def deployment(kind: str) -> Path:
     """A FolderStore deployment with the demo build of ``kind`` (fp32 or int8) published in it."""
-    from lambda_fn.manifest import MANIFEST_FILE, Manifest
-    from lambda_fn.publish import publish_build
-    from lambda_fn.store import FolderStore
+    from lambda_fn.contract.manifest import MANIFEST_FILE, Manifest
+    from lambda_fn.storage.publish import publish_build
+    from lambda_fn.storage.store import FolderStore
 
     build = artifacts(int8=kind == "int8")
     root = WORK / f"ingest-deploy-{build.name}"  # a new export version gets a new deployment
@@ -211,12 +211,12 @@ def run_worker(kind: str, photos_root: Path) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     import torch
 
-    import lambda_fn.ingest as ingest_module
-    from lambda_fn.config import Settings
-    from lambda_fn.ingest import Change, ingest
-    from lambda_fn.models import target_models
-    from lambda_fn.shards import EventOrder
-    from lambda_fn.store import FolderStore
+    import lambda_fn.collection.ingest as ingest_module
+    from lambda_fn.collection.ingest import Change, ingest
+    from lambda_fn.contract.config import Settings
+    from lambda_fn.contract.shards import EventOrder
+    from lambda_fn.storage.store import FolderStore
+    from lambda_fn.vision.models import target_models
 
     torch.set_num_interop_threads(1)
     settings = Settings(artifacts_uri=str(deployment(kind)))
@@ -502,7 +502,7 @@ def main(args: argparse.Namespace) -> dict:
         )
         print(f"  estimate {name}: embed serial fraction {e['embed_serial_fraction']:.2f}; {line}")
     report = {
-        "what": "lambda_fn.ingest.ingest() per invocation over a FolderStore of synthetic 512x384 JPEGs",
+        "what": "lambda_fn.collection.ingest.ingest() per invocation over a FolderStore of synthetic 512x384 JPEGs",
         "machine": info,
         "loadavg_after": os.getloadavg(),
         "photo_size": PHOTO_SIZE,
@@ -532,7 +532,7 @@ S3_REQUEST_S = 0.05
 def s3_batch_seconds(batch: int) -> float:
     """What S3 adds to one invocation over the FolderStore: the images on DOWNLOAD_THREADS threads, then the
     shard HEAD, the manifest and model pointer GETs and the shard PUT one after another."""
-    from lambda_fn.ingest import DOWNLOAD_THREADS
+    from lambda_fn.collection.ingest import DOWNLOAD_THREADS
 
     return math.ceil(batch / DOWNLOAD_THREADS) * S3_REQUEST_S + 4 * S3_REQUEST_S
 

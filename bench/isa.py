@@ -8,7 +8,7 @@ cpuinfo checks (``fbgemmHasAvx512Support()``: group-wise convolution, which ResN
 capped. torch's ``x86`` quantized engine picks oneDNN or FBGEMM from cpuinfo's AVX-512 VNNI flag, which no
 variable caps (so under the cap on this VNNI CPU ``x86`` still picks oneDNN, capped to AVX2; on a real AVX2
 CPU it would pick FBGEMM: the "int8 engine fbgemm" row). The service's own choice is
-``lambda_fn.engine.int8_engine``. ``probe()`` shows what a child actually got: torch's capability, oneDNN's
+``lambda_fn.vision.engine.int8_engine``. ``probe()`` shows what a child actually got: torch's capability, oneDNN's
 ISA and the convolution kernels it ran (``ONEDNN_VERBOSE``), FBGEMM's instruction set (through ctypes).
 
 Efficiency: multiply-adds of ResNet34 at 224 px (counted with hooks) per second of one thread's CPU time
@@ -186,7 +186,7 @@ def _probe_child(model: str) -> None:
     import numpy as np
     import torch
 
-    from lambda_fn.engine import load_model
+    from lambda_fn.vision.engine import load_model
 
     torch.set_num_threads(1)
     net, meta = load_model(artifacts(int8=model == "int8") / "model.pt")
@@ -325,7 +325,7 @@ def _per_tensor_file() -> Path:
     from torch.ao.quantization.observer import HistogramObserver
 
     from bench._setup import collection
-    from lambda_fn.imaging import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
+    from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
     from training import quantize
     from training.export import calibration_batches
     from training.model import to_torchscript
@@ -348,7 +348,7 @@ def _eight_bit_file() -> Path:
     from torch.ao.quantization.observer import HistogramObserver
 
     from bench._setup import collection
-    from lambda_fn.imaging import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
+    from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
     from training import quantize
     from training.export import calibration_batches
     from training.model import to_torchscript
@@ -411,7 +411,7 @@ class _OrtModel:
 def _load_variant(name: str):
     import torch
 
-    from lambda_fn.engine import load_model
+    from lambda_fn.vision.engine import load_model
 
     fp32, int8 = artifacts() / "model.pt", artifacts(int8=True) / "model.pt"
     if name == "fp32 traced, not frozen (before)":
@@ -447,7 +447,7 @@ def cosine_to_fp32(names: list[str], images: int = 64) -> dict[str, dict[str, fl
     import torch
 
     from bench._setup import collection
-    from lambda_fn.imaging import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
+    from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
     from training.export import calibration_batches
 
     batch = torch.cat(calibration_batches(collection(), DEFAULT_RESIZE_SIZE, DEFAULT_CROP_SIZE, images))

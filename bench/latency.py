@@ -34,7 +34,7 @@ import numpy as np
 from bench._setup import RESULTS, THREADS, artifacts, bench_net, photo_jpeg, pin_threads
 from bench.harness import LambdaContext, percentile, proc_status_kib, search_event, service_env, write_result
 from bench.isa import add_isa_argument, run_capped
-from lambda_fn.imaging import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
+from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
 
 SIZES = {
     f"{DEFAULT_CROP_SIZE}px upload": (DEFAULT_CROP_SIZE, DEFAULT_CROP_SIZE),
@@ -104,8 +104,8 @@ def real_precision(models: dict, k: int = 10) -> dict:
     import torch
     from PIL import Image
 
-    from lambda_fn.imaging import prepare
-    from lambda_fn.indexing import exact_top_k
+    from lambda_fn.vision.imaging import prepare
+    from lambda_fn.vision.indexing import exact_top_k
     from training.evaluate import precision_at_k
 
     data = lfw_subset()
@@ -136,7 +136,7 @@ def real_precision(models: dict, k: int = 10) -> dict:
 
 
 async def _parse_form(body: bytes, content_type: str, spool_max_size: int | None = None) -> bytes:
-    """Starlette's multipart parsing of ``body``, as ``lambda_fn.uploads`` asks for it; ``spool_max_size``
+    """Starlette's multipart parsing of ``body``, as ``lambda_fn.search.uploads`` asks for it; ``spool_max_size``
     overrides how large a part may grow in memory before Starlette moves it to a temporary file (1 MiB)."""
     from starlette.formparsers import MultiPartParser
     from starlette.requests import Request
@@ -165,18 +165,18 @@ async def _parse_form(body: bytes, content_type: str, spool_max_size: int | None
 
 
 def stage_times(event: dict, model, meta, rounds: int) -> dict:
-    """Median ms of each stage of a request, interleaved: base64 decode of the body (``lambda_fn.main``'s
+    """Median ms of each stage of a request, interleaved: base64 decode of the body (``lambda_fn.search.main``'s
     pybase64, and the standard library's that Mangum would use), multipart
-    parsing (Starlette, parts kept in memory as ``lambda_fn.uploads`` sets it; also with Starlette's default of
-    spooling a part past 1 MiB to a temporary file), JPEG decode + resize + crop (``lambda_fn.imaging``: Pillow's draft
-    decode), the forward."""
+    parsing (Starlette, parts kept in memory as ``lambda_fn.search.uploads`` sets it; also with Starlette's
+    default of spooling a part past 1 MiB to a temporary file), JPEG decode + resize + crop
+    (``lambda_fn.vision.imaging``: Pillow's draft decode), the forward."""
     import asyncio
     import base64
 
     import torch
 
-    from lambda_fn.imaging import load_for_model
-    from lambda_fn.main import decoded_body
+    from lambda_fn.search.main import decoded_body
+    from lambda_fn.vision.imaging import load_for_model
 
     content_type = event["headers"]["Content-Type"]
     body = base64.b64decode(event["body"])
@@ -228,10 +228,10 @@ def main(args: argparse.Namespace) -> dict:
     os.environ.update(service_env(artifacts_uri=art, num_threads=THREADS, log_level="WARNING"))
     from mangum import Mangum
 
-    import lambda_fn.main as service
-    from lambda_fn.app import create_app
-    from lambda_fn.config import Settings
-    from lambda_fn.engine import load_model
+    import lambda_fn.search.main as service
+    from lambda_fn.contract.config import Settings
+    from lambda_fn.search.app import create_app
+    from lambda_fn.vision.engine import load_model
 
     int8_app = create_app(Settings(artifacts_uri=str(artifacts(int8=True)), num_threads=THREADS, log_level="WARNING"))
     int8_handler = Mangum(int8_app, lifespan="off")

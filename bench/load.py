@@ -3,7 +3,7 @@
     python -m bench.load                                # 2,000 searches at concurrency 8, 224-px model
     python -m bench.load --requests 300 --concurrency 4
 
-Starts ``python -m lambda_fn.local`` on 127.0.0.1 (never anything else), warms it up, then sends raw JPEG
+Starts ``python -m lambda_fn.search.local`` on 127.0.0.1 (never anything else), warms it up, then sends raw JPEG
 uploads from an async httpx client until the request count is reached or the time cap runs out, whichever
 comes first: it always stops by itself. Reports errors, p50/p95/p99 latency, requests/s and the server's
 resident memory (VmRSS) before and after; writes JSON to bench/results/load.json.
@@ -23,7 +23,7 @@ import numpy as np
 
 from bench._setup import RESULTS, THREADS, artifacts, collection, photo_jpeg
 from bench.harness import percentile, rss_kib, start_local_server_process, write_result
-from lambda_fn.imaging import DEFAULT_CROP_SIZE
+from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE
 
 WARMUP_REQUESTS = 10
 

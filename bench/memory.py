@@ -21,8 +21,8 @@ def large_artifacts(count: int) -> Path:
     """The real model with an index of ``count`` synthetic unit vectors (keys are placeholders)."""
 
     from bench._synthetic import make_clustered
-    from lambda_fn.indexing import DEFAULT_SEED, write_build
-    from lambda_fn.manifest import MODEL_FILE, KeyEntry
+    from lambda_fn.contract.manifest import MODEL_FILE, KeyEntry
+    from lambda_fn.vision.indexing import DEFAULT_SEED, write_build
 
     out = WORK / f"artifacts-synthetic-{count}"
     if (out / "manifest.json").is_file():

@@ -1,6 +1,6 @@
 """What the CloudWatch metrics cost a warm request: p50 with and without them, side by side in one run.
 
-Two handlers over one loaded service (the same engine, torch thread and caches): ``lambda_fn.main.handler``
+Two handlers over one loaded service (the same engine, torch thread and caches): ``lambda_fn.search.main.handler``
 as deployed (``RequestMetrics`` reads each answer, one EMF line is printed per invocation), and the same app
 without ``RequestMetrics`` behind the same Mangum, stage prefix and logger but no flush. Requests alternate
 between the two, so machine noise hits both alike. EMF lines go to /dev/null, as a write to Lambda's log pipe.
@@ -24,7 +24,7 @@ import time
 
 from bench._setup import RESULTS, THREADS, artifacts, photo_jpeg, pin_threads
 from bench.harness import LambdaContext, percentile, search_event, service_env, write_result
-from lambda_fn.imaging import DEFAULT_CROP_SIZE
+from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE
 
 PATH_ROUNDS = 7
 
@@ -53,11 +53,11 @@ def main(args: argparse.Namespace) -> dict:
     os.environ.update(service_env(artifacts_uri=art, num_threads=THREADS, log_level="WARNING"))
     from mangum import Mangum
 
-    import lambda_fn.main as service
-    from lambda_fn import app as app_module
-    from lambda_fn import metrics
-    from lambda_fn.app import create_app
-    from lambda_fn.logs import logger
+    import lambda_fn.search.main as service
+    from lambda_fn.contract import metrics
+    from lambda_fn.contract.logs import logger
+    from lambda_fn.search import app as app_module
+    from lambda_fn.search.app import create_app
 
     pin_threads()
     bare = create_app(service.settings)

@@ -16,7 +16,7 @@ import numpy as np
 from bench._setup import RESULTS
 from bench._synthetic import make_clustered
 from bench.harness import percentile, write_result
-from lambda_fn.indexing import exact_top_k, recall_at_k
+from lambda_fn.vision.indexing import exact_top_k, recall_at_k
 from training.evaluate import precision_at_k
 
 
@@ -61,7 +61,7 @@ def annoy_at(dim: int, n: int, queries: int, search_k: int, n_trees: int = 50) -
 
 
 def main(args: argparse.Namespace) -> dict:
-    from lambda_fn.manifest import read_keys
+    from lambda_fn.contract.manifest import read_keys
 
     vectors = np.load(args.artifacts / "embeddings.npy")
     labels = np.array([e.label or "" for e in read_keys(args.artifacts / "keys.json")])

@@ -6,7 +6,7 @@ scaling the largest collection one reindex handles inside Lambda's limits (15 mi
 
 Per size, a FolderStore deployment: the demo build published, then SYNTHETIC clustered 512-d unit vectors
 (bench/_synthetic.py) written as embedding shards of 64 images, as ingest writes them. Two real
-``lambda_fn.reindex.reindex()`` runs follow, each in a fresh process whose VmHWM is its peak RSS:
+``lambda_fn.collection.reindex.reindex()`` runs follow, each in a fresh process whose VmHWM is its peak RSS:
 - backfill: every shard is new (what follows a Distributed Map over the whole collection);
 - incremental: the build the backfill published, plus one new shard (the scheduled run's usual case).
 While a run works, its scratch folder is measured every 0.2 s (the peak is what /tmp must hold).
@@ -82,10 +82,10 @@ def largest_n(predict, limit: float, lo: int = 1_000, hi: int = 10**9) -> int:
 def deployment(n: int, seed: int = 0) -> Path:
     """A fresh FolderStore deployment: the demo build, then ``n`` synthetic vectors as shards of 64."""
     from bench._synthetic import make_clustered
-    from lambda_fn.manifest import MANIFEST_FILE, Manifest
-    from lambda_fn.publish import publish_build
-    from lambda_fn.shards import EventOrder, shard_key
-    from lambda_fn.store import FolderStore
+    from lambda_fn.contract.manifest import MANIFEST_FILE, Manifest
+    from lambda_fn.contract.shards import EventOrder, shard_key
+    from lambda_fn.storage.publish import publish_build
+    from lambda_fn.storage.store import FolderStore
 
     root = WORK / f"reindex-{n}"
     shutil.rmtree(root, ignore_errors=True)
@@ -102,7 +102,7 @@ def deployment(n: int, seed: int = 0) -> Path:
 
 
 def new_shard(vectors: np.ndarray, first: int, order):
-    from lambda_fn.shards import Added, Shard
+    from lambda_fn.contract.shards import Added, Shard
 
     added = [Added(f"synthetic/{first + i:08d}.jpg", None, f"{first + i:032x}", order) for i in range(len(vectors))]
     return Shard(added=added, vectors=vectors)
@@ -111,9 +111,9 @@ def new_shard(vectors: np.ndarray, first: int, order):
 def add_one_shard(root: Path, n: int, seed: int = 1) -> None:
     """One more ingest batch after the backfill's build: the incremental reindex merges only this."""
     from bench._synthetic import make_clustered
-    from lambda_fn.manifest import MANIFEST_FILE, Manifest
-    from lambda_fn.shards import EventOrder, shard_key
-    from lambda_fn.store import FolderStore
+    from lambda_fn.contract.manifest import MANIFEST_FILE, Manifest
+    from lambda_fn.contract.shards import EventOrder, shard_key
+    from lambda_fn.storage.store import FolderStore
 
     store = FolderStore(root / "store")
     manifest = Manifest.model_validate_json(store.get(MANIFEST_FILE)[0])
@@ -168,8 +168,8 @@ def run_reindex_child(root: Path, n_jobs: int) -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    from lambda_fn.reindex import reindex
-    from lambda_fn.store import FolderStore
+    from lambda_fn.collection.reindex import reindex
+    from lambda_fn.storage.store import FolderStore
 
     rss_imported = proc_status_kib()["VmRSS"] / 1024
     busy0, cpu0 = machine_busy_s(), process_cpu_s()
@@ -194,7 +194,7 @@ def run_reindex_child(root: Path, n_jobs: int) -> int:
 
 def build_files(root: Path) -> dict[str, int]:
     """Sizes of the live build's own files (index, keys, collection; the model is the live one's) in bytes."""
-    from lambda_fn.manifest import MANIFEST_FILE, Manifest
+    from lambda_fn.contract.manifest import MANIFEST_FILE, Manifest
 
     manifest = Manifest.model_validate_json((root / "store" / MANIFEST_FILE).read_bytes())
     files = manifest.files(with_collection=True)
@@ -241,7 +241,7 @@ def s3_seconds(n: float, scenario: str, bytes_per_vector: dict[str, float]) -> f
     """What this FolderStore run did not pay and S3 would: shard GETs (backfill: n / 64 of them on
     SHARD_DOWNLOADS threads; incremental: one, plus the live collection) and uploading the build.
     ASSUMED rates (not measured here): S3_REQUEST_S per small GET, S3_MB_S per large transfer."""
-    from lambda_fn.reindex import SHARD_DOWNLOADS
+    from lambda_fn.collection.reindex import SHARD_DOWNLOADS
 
     collection_mb = n * bytes_per_vector["collection"] / 2**20
     upload_mb = n * sum(bytes_per_vector.values()) / 2**20
@@ -348,7 +348,8 @@ def main(args: argparse.Namespace) -> dict:
     fits = {s: scaling(results, s, jobs) for s in scenarios}
     print_fits(fits)
     report = {
-        "what": "lambda_fn.reindex.reindex() over a FolderStore: demo build + SYNTHETIC vectors in shards of 64",
+        "what": "lambda_fn.collection.reindex.reindex() over a FolderStore: demo build + SYNTHETIC vectors, "
+        "in shards of 64",
         "machine": info,
         "loadavg_after": os.getloadavg(),
         "shard_images": SHARD_IMAGES,

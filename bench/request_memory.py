@@ -2,7 +2,7 @@
 
     python -m bench.request_memory [--side 8000] [--quick]
 
-Each image is decoded by ``lambda_fn.imaging.load_for_model`` (what a search request runs) in a fresh
+Each image is decoded by ``lambda_fn.vision.imaging.load_for_model`` (what a search request runs) in a fresh
 child process; the child reports its resident set before and its peak (``VmHWM``) after, so the growth is
 what one request adds on top of a warm container. Images are generated: smooth gradients and flat areas
 compress well, so ``side`` x ``side`` pixels fit in the 4.5 MB upload cap in every format listed.
@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image
 
 from bench.harness import REPO_ROOT, write_result
-from lambda_fn.config import DEFAULT_MAX_UPLOAD_BYTES, Settings
-from lambda_fn.imaging import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
+from lambda_fn.contract.config import DEFAULT_MAX_UPLOAD_BYTES, Settings
+from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
 
 WORK = REPO_ROOT / "bench" / ".work" / "request_memory"
 OUT = REPO_ROOT / "bench" / "results" / "request_memory.json"
@@ -31,7 +31,7 @@ OUT = REPO_ROOT / "bench" / "results" / "request_memory.json"
 CHILD = """
 import json, sys, time
 from bench.harness import proc_status_kib
-from lambda_fn.imaging import ImageError, load_for_model
+from lambda_fn.vision.imaging import ImageError, load_for_model
 data = open(sys.argv[1], "rb").read()
 before = proc_status_kib()["VmRSS"]
 start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""What a build's own search_k measurement (``lambda_fn.indexing.tune_search_k``, run by every reindex) picks
+"""What a build's own search_k measurement (``lambda_fn.vision.indexing.tune_search_k``, run by every reindex) picks
 and costs as the collection grows, on SYNTHETIC clustered 512-d vectors indexed as a build indexes them.
 
     python -m bench.search_k [--sizes 100000,1000000]
@@ -19,7 +19,7 @@ from pathlib import Path
 from bench._setup import RESULTS
 from bench._synthetic import make_clustered
 from bench.harness import percentile, write_result
-from lambda_fn.indexing import (
+from lambda_fn.vision.indexing import (
     DEFAULT_N_TREES,
     DEFAULT_SEARCH_K,
     DEFAULT_SEED,
@@ -83,7 +83,7 @@ def main(args: argparse.Namespace) -> dict:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report = {
-        "what": "lambda_fn.indexing.tune_search_k on SYNTHETIC clustered 512-d vectors (bench/_synthetic.py)",
+        "what": "lambda_fn.vision.indexing.tune_search_k on SYNTHETIC clustered 512-d vectors (bench/_synthetic.py)",
         "target_recall@10": RECALL_TARGET,
         "sizes": rows,
     }

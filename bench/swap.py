@@ -3,12 +3,12 @@
     python -m bench.swap [--quick] [--cycles 5] [--collection 10000]
 
 A FolderStore deployment holds the int8 demo build plus ``--collection`` SYNTHETIC vectors (one reindex at
-set-up). The local server (``python -m lambda_fn.local``, 1 torch thread) checks the manifest every
+set-up). The local server (``python -m lambda_fn.search.local``, 1 torch thread) checks the manifest every
 ``--check-s`` seconds, while a client searches with a 640x480 photo about ten times a second all along.
 Each cycle:
 1. steady: only the searches, for ``--steady-s`` seconds;
-2. pipeline: a new 512x384 photo is PUT into the store's images/, ``lambda_fn.ingest.ingest()`` embeds it (a
-   warm function: the model is loaded once) and ``lambda_fn.reindex.reindex()`` publishes a new build;
+2. pipeline: a new 512x384 photo is PUT into the store's images/, ``lambda_fn.collection.ingest.ingest()`` embeds it (a
+   warm function: the model is loaded once) and ``lambda_fn.collection.reindex.reindex()`` publishes a new build;
 3. swap: from the new manifest until a search with the new photo finds it first (the probe, every 0.1 s);
 4. swap only: the manifest is set back to the previous build and then forward again, with nothing else
    running, and each flip is timed until searches answer from the build it names.
@@ -115,11 +115,11 @@ def deployment(count: int) -> Path:
     import shutil
 
     from bench._synthetic import make_clustered
-    from lambda_fn.manifest import MANIFEST_FILE, Manifest
-    from lambda_fn.publish import publish_build
-    from lambda_fn.reindex import reindex
-    from lambda_fn.shards import EventOrder, shard_key
-    from lambda_fn.store import FolderStore
+    from lambda_fn.collection.reindex import reindex
+    from lambda_fn.contract.manifest import MANIFEST_FILE, Manifest
+    from lambda_fn.contract.shards import EventOrder, shard_key
+    from lambda_fn.storage.publish import publish_build
+    from lambda_fn.storage.store import FolderStore
 
     root = WORK / "swap-deploy"
     shutil.rmtree(root, ignore_errors=True)
@@ -141,13 +141,13 @@ def main(args: argparse.Namespace) -> dict:
         args.cycles, args.collection, args.steady_s, args.max_wait = 2, 2000, 3.0, 5.0
     import torch
 
-    from lambda_fn.config import Settings
-    from lambda_fn.ingest import Change, ingest
-    from lambda_fn.manifest import MANIFEST_FILE, Manifest
-    from lambda_fn.models import target_models
-    from lambda_fn.reindex import reindex
-    from lambda_fn.shards import EventOrder
-    from lambda_fn.store import FolderStore
+    from lambda_fn.collection.ingest import Change, ingest
+    from lambda_fn.collection.reindex import reindex
+    from lambda_fn.contract.config import Settings
+    from lambda_fn.contract.manifest import MANIFEST_FILE, Manifest
+    from lambda_fn.contract.shards import EventOrder
+    from lambda_fn.storage.store import FolderStore
+    from lambda_fn.vision.models import target_models
 
     info = machine_info()
     print(describe_machine(info))

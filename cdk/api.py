@@ -10,7 +10,7 @@ from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
 
 from cdk.nag import acknowledge
-from lambda_fn.config import CORS_MAX_AGE_S
+from lambda_fn.contract.config import CORS_MAX_AGE_S
 
 # Request bodies API Gateway must pass base64-encoded (intact) instead of as UTF-8 text. Listed, not "*/*":
 # with "*/*" every JSON body is base64-encoded too and the MOCK integration of the CORS preflight breaks

@@ -1,6 +1,6 @@
 """Where the model, builds, embeddings, manifest and collection images live (``<prefix>/`` in one bucket).
 
-The layout under the prefix is ``lambda_fn.manifest``'s; each function gets a grant naming exactly the
+The layout under the prefix is ``lambda_fn.contract.manifest``'s; each function gets a grant naming exactly the
 parts of it that it reads and writes.
 """
 
@@ -13,7 +13,7 @@ from constructs import Construct
 
 from cdk.buckets import private_bucket
 from cdk.nag import acknowledge, flat_ref
-from lambda_fn.manifest import (
+from lambda_fn.contract.manifest import (
     BUILDS_PREFIX,
     EMBEDDINGS_PREFIX,
     IMAGES_PREFIX,

@@ -16,10 +16,10 @@ from constructs import Construct
 
 from cdk.artifacts import Artifacts
 from cdk.nag import acknowledge, flat_ref
-from lambda_fn.manifest import BACKFILL_RESULTS_PREFIX
+from lambda_fn.contract.manifest import BACKFILL_RESULTS_PREFIX
 
 # The Lambda errors AWS advises Step Functions to retry, and the ingest handler's "some images failed
-# transiently" (lambda_fn.handlers.ingest.BatchFailed: its shards of the images that did work are re-used).
+# transiently" (lambda_fn.collection.handlers.ingest.BatchFailed: its shards of the images that did work are re-used).
 RETRIED_ERRORS = [
     "Lambda.TooManyRequestsException",
     "Lambda.ServiceException",

@@ -3,7 +3,8 @@ keyword arguments, so a wrong value stops ``cdk synth`` with a one-line error in
 
 - ``artifactsBucket``: use an existing bucket by name instead of creating one;
 - ``artifactsKmsKeyArn``: that bucket's customer-managed KMS key, when it encrypts with SSE-KMS;
-- ``artifactsPrefix``: the key prefix the artifacts live under (default: ``lambda_fn.manifest.DEFAULT_PREFIX``);
+- ``artifactsPrefix``: the key prefix the artifacts live under (default:
+  ``lambda_fn.contract.manifest.DEFAULT_PREFIX``);
 - ``searchReservedConcurrency``: containers reserved for (and capping) search (default: none; an account may
   reserve only up to its unreserved concurrency minus 100, see ``cdk.search_function``);
 - ``wafRateLimit``: requests per client IP per 5 minutes, enforced by AWS WAF on the API (default: off);
@@ -26,7 +27,7 @@ from typing import Any
 from constructs import Construct
 
 from cdk.sizing import NEW_ACCOUNT_MEMORY_MB
-from lambda_fn.manifest import DEFAULT_PREFIX
+from lambda_fn.contract.manifest import DEFAULT_PREFIX
 
 
 def _text(scope: Construct, name: str) -> str | None:

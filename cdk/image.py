@@ -17,15 +17,15 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 from pydantic import TypeAdapter, ValidationError
 
-from lambda_fn.config import Settings, env_name
-from lambda_fn.manifest import Sha256
+from lambda_fn.contract.config import Settings, env_name
+from lambda_fn.contract.manifest import Sha256
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = "Dockerfile.lambda"
 # The handler each function's image starts; the search handler is also the Dockerfile's own CMD.
-SEARCH_HANDLER = "lambda_fn.main.handler"
-INGEST_HANDLER = "lambda_fn.handlers.ingest.handler"
-REINDEX_HANDLER = "lambda_fn.handlers.reindex.handler"
+SEARCH_HANDLER = "lambda_fn.search.main.handler"
+INGEST_HANDLER = "lambda_fn.collection.handlers.ingest.handler"
+REINDEX_HANDLER = "lambda_fn.collection.handlers.reindex.handler"
 # The runtime's defaults, so a tunable left alone configures exactly what the service would do unset.
 SETTINGS_DEFAULTS = {name: field.default for name, field in Settings.model_fields.items()}
 

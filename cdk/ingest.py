@@ -59,7 +59,7 @@ class _OwnBucketQueue:
 class Ingest(Construct):
     """S3 ``ObjectCreated`` and ``ObjectRemoved`` events under ``<prefix>/images/`` -> queue -> ingest function.
 
-    The function (``lambda_fn.handlers.ingest.handler``, same image as search) writes embedding shards under
+    The function (``lambda_fn.collection.handlers.ingest.handler``, same image as search) writes embedding shards under
     ``embeddings/``; reindex merges them. It reports failed messages one by one
     (``batchItemFailures``), so only those are retried; a message that fails ``max_receive_count`` times
     moves to the dead-letter queue, and ``dead_letter_alarm`` goes off.

@@ -1,6 +1,6 @@
 """Operating the stack: one CloudWatch dashboard, the alarms, and where they notify.
 
-The service's own metrics come from ``lambda_fn.metrics`` (embedded metric format, namespace ``DeepFood``);
+The service's own metrics come from ``lambda_fn.contract.metrics`` (embedded metric format, namespace ``DeepFood``);
 their names and dimensions are imported from there, so the dashboard cannot ask for a metric the code does
 not write. The rest are AWS's: API Gateway, Lambda and SQS publish them for free.
 """
@@ -20,7 +20,7 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
 from cdk.nag import acknowledge
-from lambda_fn import metrics as m
+from lambda_fn.contract import metrics as m
 
 if TYPE_CHECKING:
     from cdk.api import SearchApi
@@ -60,7 +60,8 @@ def active_tracing(role: iam.IRole, enabled: bool) -> lambda_.Tracing | None:
 
 
 def emf(name: str, service: str, statistic: str, *, label: str | None = None, period=FIVE_MINUTES, **dims):
-    """One of the service's own metrics (``lambda_fn.metrics``), with exactly the dimensions it is written with."""
+    """One of the service's own metrics (``lambda_fn.contract.metrics``), with exactly the dimensions it is
+    written with."""
     return cloudwatch.Metric(
         namespace=m.NAMESPACE,
         metric_name=name,

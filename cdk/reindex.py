@@ -20,7 +20,7 @@ from cdk.image import (
 )
 from cdk.monitoring import active_tracing
 from cdk.sizing import REINDEX_MEMORY_FLOOR_MB
-from lambda_fn.config import Settings
+from lambda_fn.contract.config import Settings
 
 
 def _least_lease_s() -> int:

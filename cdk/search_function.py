@@ -11,14 +11,14 @@ from cdk.artifacts import Artifacts
 from cdk.image import SEARCH_HANDLER, SETTINGS_DEFAULTS, execution_role, image_code, pinned_model
 from cdk.monitoring import active_tracing
 from cdk.sizing import SEARCH_EPHEMERAL_FLOOR_MB, SEARCH_MEMORY_FLOOR_MB
-from lambda_fn.config import env_name
+from lambda_fn.contract.config import env_name
 
 DEFAULT_TIMEOUT = cdk.Duration.seconds(120)
 SNAP_START_MAX_EPHEMERAL_STORAGE_MB = 512  # SnapStart's limit on /tmp
 
 
 class SearchFunction(Construct):
-    """``DockerImageFunction`` running ``lambda_fn.main.handler`` with read access to the artifacts prefix.
+    """``DockerImageFunction`` running ``lambda_fn.search.main.handler`` with read access to the artifacts prefix.
 
     Tunables:
     - ``memory_mb``: 3008 by default. Lambda gives CPU in proportion to memory (one vCPU at 1,769 MB), and
@@ -26,7 +26,7 @@ class SearchFunction(Construct):
       account may use before asking for a quota increase. A collection past ~890,000 images needs more for
       its index pages: the stack sizes it from ``collectionImages`` (``cdk.sizing``), and refuses a size above
       the account's memory quota (``memory_quota_mb``).
-    - ``timeout``: 120 s. A request's own work is bounded by the decode limits (``lambda_fn.imaging``:
+    - ``timeout``: 120 s. A request's own work is bounded by the decode limits (``lambda_fn.vision.imaging``:
       bytes, pixels, JPEG scans; about 2 s for the costliest image admitted), so the timeout instead covers
       the slowest cold start supported: downloading, verifying and loading a 10^6-image index (about
       2.7 GB) plus the model and warm-up. API Gateway answers 504 at 29 s, but the invocation goes on, the
@@ -51,7 +51,7 @@ class SearchFunction(Construct):
       load during init (``load_on_import``) because provisioned environments initialise before traffic.
     - ``snap_start``: off by default (``-c snapStart=true``). On, Lambda initialises each published version once
       (model and index loaded during init, ``load_on_import``) and resumes new containers from its memory
-      snapshot, on a ``live`` alias; ``lambda_fn.snapstart`` holds the hooks. A model must be published before
+      snapshot, on a ``live`` alias; ``lambda_fn.search.snapstart`` holds the hooks. A model must be published before
       the deploy that publishes the version: a snapshot taken without one holds no model, and every restored
       container then loads it on its first request. AWS documents SnapStart for container images
       on its Python 3.12+ base images (this image's); SnapStart allows at most 512 MB of ``/tmp`` (so the

@@ -37,7 +37,7 @@ REINDEX_MEMORY_FLOOR_MB = NEW_ACCOUNT_MEMORY_MB
 # collection, the Annoy build, the key map). The incremental run (the larger of the two) from the fit.
 REINDEX_BASE_MIB = 651
 REINDEX_MIB_PER_IMAGE = 7601 / 1e6
-# What draining the photos that waited for a model adds (lambda_fn.pending): the model loaded and one batch
+# What draining the photos that waited for a model adds (lambda_fn.collection.pending): the model loaded and one batch
 # embedded as ingest does it, beside the live collection; the model stays loaded through the merge that
 # follows. The ingest's peak at a drain's batch (fp32, the larger model) less the reindex after its imports,
 # since the fit's base already holds torch.

@@ -17,8 +17,8 @@ from cdk.reindex import Reindex
 from cdk.search_function import SNAP_START_MAX_EPHEMERAL_STORAGE_MB, SearchFunction
 from cdk.sizing import NEW_ACCOUNT_MEMORY_MB, capacity, check_memory_quota, sizes_for
 from cdk.website import SiteDeployment, Website
-from lambda_fn.config import env_name
-from lambda_fn.manifest import DEFAULT_PREFIX
+from lambda_fn.contract.config import env_name
+from lambda_fn.contract.manifest import DEFAULT_PREFIX
 
 
 class DeepFoodStack(cdk.Stack):

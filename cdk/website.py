@@ -13,7 +13,7 @@ from constructs import Construct
 
 from cdk.buckets import private_bucket
 from cdk.nag import acknowledge, wildcard_findings
-from lambda_fn.site_config import CONFIG_FILE, site_config
+from lambda_fn.contract.site_config import CONFIG_FILE, site_config
 
 FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench.harness import ISA_ENV, LambdaContext, free_port
-from lambda_fn.manifest import MANIFEST_FILE, Manifest
+from lambda_fn.contract.manifest import MANIFEST_FILE, Manifest
 from tests.helpers import (
     INDEX_TREES,
     S3_PREFIX,
@@ -107,8 +107,8 @@ def make_client(artifacts_dir, sample_dir, tmp_path_factory):
     """
     from fastapi.testclient import TestClient
 
-    from lambda_fn.app import create_app
-    from lambda_fn.config import Settings
+    from lambda_fn.contract.config import Settings
+    from lambda_fn.search.app import create_app
 
     def build(*, s3_client=None, raise_server_exceptions: bool = True, **settings) -> TestClient:
         if "artifacts_uri" not in settings:
@@ -130,7 +130,7 @@ def lambda_context() -> LambdaContext:
 @pytest.fixture
 def log_lines():
     """Call it to get the JSON log lines the service has written during the test so far, parsed."""
-    from lambda_fn.logs import logger
+    from lambda_fn.contract.logs import logger
 
     handler = logger.registered_handler
     buffer = io.StringIO()

@@ -13,11 +13,11 @@ import numpy as np
 from botocore.exceptions import ClientError
 from PIL import Image
 
-from lambda_fn.artifacts import fetch
-from lambda_fn.engine import Engine
-from lambda_fn.imaging import load_for_model
-from lambda_fn.models import target_models
-from lambda_fn.store import S3Store, Store
+from lambda_fn.storage.artifacts import fetch
+from lambda_fn.storage.store import S3Store, Store
+from lambda_fn.vision.engine import Engine
+from lambda_fn.vision.imaging import load_for_model
+from lambda_fn.vision.models import target_models
 from tests.helpers import load_event
 from training.upload import upload
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from lambda_fn.manifest import Manifest
+from lambda_fn.contract.manifest import Manifest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EVENTS_DIR = Path(__file__).resolve().parent / "events"

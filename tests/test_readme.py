@@ -1,8 +1,8 @@
-"""The README's configuration table must say what lambda_fn/config.py does."""
+"""The README's configuration table must say what lambda_fn/contract/config.py does."""
 
 import re
 
-from lambda_fn.config import ENV_PREFIX, Settings, env_name
+from lambda_fn.contract.config import ENV_PREFIX, Settings, env_name
 from tests.helpers import REPO_ROOT
 
 

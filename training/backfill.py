@@ -199,7 +199,7 @@ def failed_batches(aws: Aws, state_machine_arn: str, map_run: dict | None) -> tu
 
 
 def describe_reindex(report: dict | None) -> list[str]:
-    """The reindex step's report (``lambda_fn.reindex.ReindexReport``) in a few lines."""
+    """The reindex step's report (``lambda_fn.collection.reindex.ReindexReport``) in a few lines."""
     if not report:
         return ["reindex: no report (the execution's output has none)"]
     status = report.get("status")

@@ -11,7 +11,7 @@ named source, so keys from different sources cannot collide; ``keys.json`` recor
 
 Writes ``index.ann``, ``keys.json`` (id -> key, label, source), ``collection.npz`` (the embeddings with each
 file's MD5 and time, which a reindex in AWS merges new photos into), optionally ``embeddings.npy``, copies
-the model in when it is elsewhere, and writes ``manifest.json`` last (``lambda_fn.indexing.write_build``,
+the model in when it is elsewhere, and writes ``manifest.json`` last (``lambda_fn.vision.indexing.write_build``,
 which the reindex function builds with too). Ids are dense 0..n-1 in sorted key order; a file that cannot
 be read is skipped and listed, never fatal; an image its metadata lists but that is not on disk is reported.
 """
@@ -32,11 +32,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lambda_fn.artifacts import ArtifactError
-from lambda_fn.engine import load_model
-from lambda_fn.indexing import DEFAULT_N_TREES, DEFAULT_SEARCH_K, DEFAULT_SEED, write_build
-from lambda_fn.manifest import EMBEDDINGS_FILE, INDEX_FILE, MODEL_FILE, KeyEntry, file_digest
-from lambda_fn.shards import Added, EventOrder, Shard
+from lambda_fn.contract.manifest import EMBEDDINGS_FILE, INDEX_FILE, MODEL_FILE, KeyEntry, file_digest
+from lambda_fn.contract.shards import Added, EventOrder, Shard
+from lambda_fn.storage.artifacts import ArtifactError
+from lambda_fn.vision.engine import load_model
+from lambda_fn.vision.indexing import DEFAULT_N_TREES, DEFAULT_SEARCH_K, DEFAULT_SEED, write_build
 from training.cli import run
 from training.data import Sample, detect_layout, eval_transform, food101_base, list_images, load_labelled, make_loader
 

@@ -8,10 +8,10 @@ in AWS, run here against a folder (or any S3-compatible server).
     python -m training.collection status
 
 ``--artifacts`` is the build folder (default: artifacts) or s3://bucket/prefix/; ``--images`` the collection
-(default: data/sample for a folder, <artifacts>/images/ for S3). A running ``lambda_fn.local`` server picks
+(default: data/sample for a folder, <artifacts>/images/ for S3). A running ``lambda_fn.search.local`` server picks
 the new build up within its manifest check interval, without a restart.
 
-Photos added before any model exists wait under ``pending/`` (``lambda_fn.pending``); ``status`` counts
+Photos added before any model exists wait under ``pending/`` (``lambda_fn.collection.pending``); ``status`` counts
 them, and the first ``reindex`` (or ``add``, ``remove``) once a model is published embeds them.
 """
 
@@ -28,15 +28,15 @@ import torch
 from botocore.exceptions import BotoCoreError, ClientError
 from tqdm import tqdm
 
-from lambda_fn import pending
-from lambda_fn.artifacts import ArtifactError
-from lambda_fn.config import Settings
-from lambda_fn.imaging import IMAGE_EXTENSIONS
-from lambda_fn.ingest import Change, IngestReport, ingest, ingest_pending
-from lambda_fn.models import read_manifest, read_pointer, target_models
-from lambda_fn.reindex import ReindexReport, base_collection, listing_digest, reindex, shard_listing
-from lambda_fn.shards import EventOrder
-from lambda_fn.store import NotFound, Store, open_store
+from lambda_fn.collection import pending
+from lambda_fn.collection.ingest import Change, IngestReport, ingest, ingest_pending
+from lambda_fn.collection.reindex import ReindexReport, base_collection, listing_digest, reindex, shard_listing
+from lambda_fn.contract.config import Settings
+from lambda_fn.contract.shards import EventOrder
+from lambda_fn.storage.artifacts import ArtifactError
+from lambda_fn.storage.store import NotFound, Store, open_store
+from lambda_fn.vision.imaging import IMAGE_EXTENSIONS
+from lambda_fn.vision.models import read_manifest, read_pointer, target_models
 from training.cli import run
 
 

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from lambda_fn.imaging import IMAGE_EXTENSIONS, ImageError, open_image, prepare, to_rgb
+from lambda_fn.vision.imaging import IMAGE_EXTENSIONS, ImageError, open_image, prepare, to_rgb
 
 log = logging.getLogger(__name__)
 

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
-from lambda_fn.artifacts import ArtifactError, fetch
-from lambda_fn.config import DEFAULT_DEDUPE_SIMILARITY
-from lambda_fn.engine import Engine
-from lambda_fn.indexing import exact_top_k, recall_at_k
-from lambda_fn.manifest import EMBEDDINGS_FILE
+from lambda_fn.contract.config import DEFAULT_DEDUPE_SIMILARITY
+from lambda_fn.contract.manifest import EMBEDDINGS_FILE
+from lambda_fn.storage.artifacts import ArtifactError, fetch
+from lambda_fn.vision.engine import Engine
+from lambda_fn.vision.indexing import exact_top_k, recall_at_k
 from training.build_index import Sources, embed_collection, named_source, scan_sources
 from training.cli import run
 from training.data import MetadataError

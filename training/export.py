@@ -3,7 +3,7 @@
     python -m training.export --checkpoint checkpoints/best.pt --out artifacts/model.pt
 
 The saved module takes uint8 RGB images ``(B, H, W, 3)``, already resized and centre-cropped to the model's
-input size by ``lambda_fn.imaging.prepare``, and returns L2-normalised 512-d float32 embeddings.
+input size by ``lambda_fn.vision.imaging.prepare``, and returns L2-normalised 512-d float32 embeddings.
 ``embed_and_classify`` also returns class probabilities. Metadata (sizes, mean/std, class names, training
 args, a content hash) travels inside the file as the ``meta.json`` extra file.
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lambda_fn.engine import load_model
-from lambda_fn.imaging import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE, ImageError, load_for_model
-from lambda_fn.manifest import MODEL_META_FILE, ModelMeta
+from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE, MODEL_META_FILE, ModelMeta
+from lambda_fn.vision.engine import load_model
+from lambda_fn.vision.imaging import ImageError, load_for_model
 from training.cli import run
 from training.data import list_images
 from training.model import (

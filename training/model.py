@@ -1,7 +1,7 @@
 """ResNet34 embedding network whose input is uint8 RGB, with ImageNet normalisation inside.
 
 Taking uint8 ``(B, H, W, 3)`` means the exported TorchScript file carries its preprocessing: the service
-decodes and crops (``lambda_fn.imaging.prepare``) and hands over raw pixels, never re-implementing mean/std.
+decodes and crops (``lambda_fn.vision.imaging.prepare``) and hands over raw pixels, never re-implementing mean/std.
 """
 
 from __future__ import annotations

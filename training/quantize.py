@@ -3,7 +3,7 @@
 Only the convolutional trunk is quantised; normalisation, the average pool, the classifier head,
 L2-normalisation and softmax stay float. int8 is the faster model with and without AVX-512 VNNI, at
 fp32's retrieval quality (docs/benchmarks.md, "Instruction sets"). The int8 kernels (oneDNN / FBGEMM,
-picked by ``lambda_fn.engine.int8_engine``) need an x86-64 CPU.
+picked by ``lambda_fn.vision.engine.int8_engine``) need an x86-64 CPU.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from lambda_fn.imaging import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
+from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
 from training.cli import run
 from training.data import LAYOUTS, eval_transform, load_labelled, make_loader, train_transform
 from training.model import EmbeddingNet, WeightsUnavailable, imagenet_state_dict, load_backbone_weights

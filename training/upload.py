@@ -9,7 +9,7 @@ Order matters, so that a reader never sees a manifest that points at objects tha
 2. model, index and key map under ``<prefix>/builds/<build id>/`` (content-addressed: an upload never
    overwrites what a running service is reading);
 3. ``<prefix>/manifest.json`` last, naming those build files: this one small PUT switches readers over
-   (``lambda_fn.publish``, the contract the reindex function publishes by too).
+   (``lambda_fn.storage.publish``, the contract the reindex function publishes by too).
 
     python -m training.upload --new-model artifacts/model.pt --bucket B --prefix deepfood
 
@@ -32,9 +32,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from tqdm import tqdm
 
-from lambda_fn.artifacts import ArtifactError
-from lambda_fn.engine import load_model
-from lambda_fn.manifest import (
+from lambda_fn.contract.manifest import (
     DEFAULT_PREFIX,
     MANIFEST_FILE,
     KeyEntry,
@@ -45,9 +43,11 @@ from lambda_fn.manifest import (
     label_metadata,
     read_keys,
 )
-from lambda_fn.models import POINTER_FILE, ModelPointer, model_key
-from lambda_fn.publish import publish_build
-from lambda_fn.store import S3Store
+from lambda_fn.storage.artifacts import ArtifactError
+from lambda_fn.storage.publish import publish_build
+from lambda_fn.storage.store import S3Store
+from lambda_fn.vision.engine import load_model
+from lambda_fn.vision.models import POINTER_FILE, ModelPointer, model_key
 from training.build_index import Sources, named_source
 from training.cli import run
 

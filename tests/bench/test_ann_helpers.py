@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from bench._synthetic import exact_one, make_clustered
-from lambda_fn.indexing import exact_top_k, recall_at_k
+from lambda_fn.vision.indexing import exact_top_k, recall_at_k
 
 
 def test_make_clustered_is_unit_float32_and_seeded():

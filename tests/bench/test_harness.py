@@ -20,7 +20,7 @@ from bench.harness import (
     service_env,
     write_result,
 )
-from lambda_fn.config import ENV_PREFIX, Settings
+from lambda_fn.contract.config import ENV_PREFIX, Settings
 
 BENCH = REPO_ROOT / "bench"
 

@@ -79,7 +79,7 @@ def test_full_isa_env_drops_every_cap(monkeypatch):
 CHILD = """
 import json, torch
 from bench.isa import fbgemm_isa
-from lambda_fn.engine import int8_engine
+from lambda_fn.vision.engine import int8_engine
 print(json.dumps({"aten": torch.backends.cpu.get_cpu_capability(), "fbgemm": fbgemm_isa(), "int8": int8_engine()}))
 """
 

@@ -146,7 +146,7 @@ def test_predict_reindex_scales_the_build_by_amdahl_and_adds_the_rest():
 
 def test_s3_seconds_backfill_pays_per_shard_incremental_per_byte_of_the_live_collection():
     from bench.reindex import S3_MB_S, S3_REQUEST_S, s3_seconds
-    from lambda_fn.reindex import SHARD_DOWNLOADS
+    from lambda_fn.collection.reindex import SHARD_DOWNLOADS
 
     per = _fit()["build_file_bytes_per_vector"]
     n = 640_000

@@ -14,7 +14,7 @@ from cdk_support import EXISTING_BUCKET_KEY, REPO_ROOT, as_list, build_stack, im
 from cdk.artifacts import Artifacts
 from cdk.backfill import MAP_LABEL, RETRIED_ERRORS, Backfill
 from cdk.image import INGEST_HANDLER, REINDEX_HANDLER
-from lambda_fn.manifest import BACKFILL_RESULTS_PREFIX, DEFAULT_PREFIX, IMAGES_PREFIX
+from lambda_fn.contract.manifest import BACKFILL_RESULTS_PREFIX, DEFAULT_PREFIX, IMAGES_PREFIX
 
 TUNED_BACKFILL = {
     "max_concurrency": 40,
@@ -167,7 +167,7 @@ def test_each_batch_goes_to_the_ingest_function_with_retries(template, tuned_bac
 def test_the_retried_error_is_the_one_the_handler_raises():
     """Step Functions matches a Lambda error by its exception class name: a renamed BatchFailed would stop the
     retries silently. (The handler module reads its settings at import, so its source is read instead.)"""
-    tree = ast.parse((REPO_ROOT / "lambda_fn" / "handlers" / "ingest.py").read_text())
+    tree = ast.parse((REPO_ROOT / "lambda_fn" / "collection" / "handlers" / "ingest.py").read_text())
     raised = {
         node.exc.func.id
         for node in ast.walk(tree)

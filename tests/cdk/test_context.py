@@ -17,7 +17,7 @@ from cdk.context import stack_options
 from cdk.image import INGEST_HANDLER, REINDEX_HANDLER, SEARCH_HANDLER
 from cdk.sizing import NEW_ACCOUNT_MEMORY_MB
 from cdk.stack import DeepFoodStack
-from lambda_fn.config import env_name
+from lambda_fn.contract.config import env_name
 
 SHA256 = "0123456789abcdef" * 4
 

@@ -21,8 +21,8 @@ from cdk.image import INGEST_HANDLER, REINDEX_HANDLER, SEARCH_HANDLER
 from cdk.ingest import VISIBILITY_TIMEOUT_FACTOR
 from cdk.reindex import Reindex
 from cdk.stack import DEFAULT_PREFIX
-from lambda_fn.config import Settings, env_name
-from lambda_fn.manifest import (
+from lambda_fn.contract.config import Settings, env_name
+from lambda_fn.contract.manifest import (
     BUILDS_PREFIX,
     EMBEDDINGS_PREFIX,
     IMAGES_PREFIX,

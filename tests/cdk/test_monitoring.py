@@ -13,13 +13,13 @@ from cdk_support import TUNED_REINDEX, build_stack, image_function, role_of, sta
 
 from cdk.image import INGEST_HANDLER, REINDEX_HANDLER, SEARCH_HANDLER
 from cdk.monitoring import PRICE_PER_GB_SECOND
-from lambda_fn import metrics as m
-from lambda_fn.config import env_name
+from lambda_fn.contract import metrics as m
+from lambda_fn.contract.config import env_name
 
 EMAIL = "ops@example.com"
 TOPIC_ARN = "arn:aws:sns:eu-west-1:123456789012:existing-alarms"
 HANDLERS = (SEARCH_HANDLER, INGEST_HANDLER, REINDEX_HANDLER)
-# Every metric lambda_fn.metrics writes, under the service that writes it.
+# Every metric lambda_fn.contract.metrics writes, under the service that writes it.
 EMF_METRICS = {
     m.SEARCH_SERVICE: {
         m.DECODE_LATENCY,

@@ -8,7 +8,7 @@ from cdk_support import build_stack, image_function
 
 from cdk.image import SEARCH_HANDLER
 from cdk.search_function import SNAP_START_MAX_EPHEMERAL_STORAGE_MB
-from lambda_fn.config import env_name
+from lambda_fn.contract.config import env_name
 
 
 @pytest.fixture(scope="module")

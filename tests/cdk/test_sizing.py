@@ -14,7 +14,7 @@ from cdk_support import REPO_ROOT, build_stack, image_function
 from cdk import sizing
 from cdk.image import REINDEX_HANDLER, SEARCH_HANDLER
 from cdk.search_function import SNAP_START_MAX_EPHEMERAL_STORAGE_MB
-from lambda_fn import pending
+from lambda_fn.collection import pending
 
 RESULTS = REPO_ROOT / "bench" / "results"
 FIT = json.loads((RESULTS / "reindex_fit.json").read_text())["scaling"]

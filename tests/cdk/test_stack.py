@@ -22,7 +22,7 @@ from cdk.artifacts import Artifacts
 from cdk.image import INGEST_HANDLER, REINDEX_HANDLER, SEARCH_HANDLER
 from cdk.search_function import DEFAULT_TIMEOUT
 from cdk.stack import DEFAULT_PREFIX
-from lambda_fn.config import ENV_PREFIX, Settings, env_name
+from lambda_fn.contract.config import ENV_PREFIX, Settings, env_name
 
 
 def search_function(template: Template) -> dict:

@@ -17,7 +17,7 @@ import pytest
 from cdk_support import REPO_ROOT
 from cfnlint.api import ManualArgs, lint_file
 
-from lambda_fn.site_config import site_config
+from lambda_fn.contract.site_config import site_config
 
 STACK = "DeepFood"
 CDK_BIN = REPO_ROOT / "node_modules" / ".bin" / "cdk"

@@ -32,7 +32,7 @@ def chromium():
     """A headless Chromium; skipped when it is missing, except with CI=true, where that is a failure.
 
     Module-scoped on purpose: playwright's sync API keeps an asyncio loop current on this thread while it is
-    open, and Mangum (tests/lambda_fn/test_handler.py) would find that loop "already running".
+    open, and Mangum (tests/lambda_fn/search/test_handler.py) would find that loop "already running".
     """
     reason = _browser_missing_reason()
     if reason:

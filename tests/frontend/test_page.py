@@ -15,8 +15,8 @@ import pytest
 from PIL import Image, ImageOps
 from playwright.sync_api import Page, Request, Route, expect
 
-from lambda_fn.imaging import DEFAULT_RESIZE_SIZE
-from lambda_fn.site_config import site_config
+from lambda_fn.contract.manifest import DEFAULT_RESIZE_SIZE
+from lambda_fn.contract.site_config import site_config
 from tests.helpers import TEST_RESIZE
 
 pytestmark = pytest.mark.browser

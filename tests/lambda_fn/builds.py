@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from annoy import AnnoyIndex
 
-from lambda_fn.manifest import (
+from lambda_fn.contract.manifest import (
     BUILDS_PREFIX,
     INDEX_FILE,
     KEYS_FILE,

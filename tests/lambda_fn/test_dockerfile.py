@@ -44,7 +44,7 @@ def test_image_has_cpu_torch_only_the_service_and_the_right_entry_point():
     assert re.search(r"^ARG BASE_IMAGE=public\.ecr\.aws/lambda/python:3\.12@sha256:[0-9a-f]{64}$", DOCKERFILE, re.M)
     assert re.findall(r"^FROM (.+)$", DOCKERFILE, re.M) == ["${BASE_IMAGE}"]  # one stage: no compiled code of ours
     assert "--index-url https://download.pytorch.org/whl/cpu" in DOCKERFILE
-    assert 'CMD ["lambda_fn.main.handler"]' in DOCKERFILE
+    assert 'CMD ["lambda_fn.search.main.handler"]' in DOCKERFILE
     final = DOCKERFILE.split("FROM ${BASE_IMAGE}\n", 1)[1]
     copies = re.findall(r"^COPY (\S+)", final, re.M)
     assert copies == ["lambda_fn/requirements.txt", "lambda_fn/"]

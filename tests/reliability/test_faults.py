@@ -18,9 +18,9 @@ import pytest
 from botocore.config import Config
 
 from bench.harness import free_port
-from lambda_fn import artifacts as artifacts_module
-from lambda_fn.artifacts import S3_CONFIG
-from lambda_fn.manifest import MANIFEST_FILE, Manifest, file_sha256
+from lambda_fn.contract.manifest import MANIFEST_FILE, Manifest, file_sha256
+from lambda_fn.storage import artifacts as artifacts_module
+from lambda_fn.storage.artifacts import S3_CONFIG
 from tests.fakes import FlakyS3, SlowProxy, tiny_tmpfs
 from tests.helpers import REPO_ROOT, S3_PREFIX, SAMPLE_COUNT, assert_json_error, jpeg_bytes
 from training.upload import upload
@@ -190,7 +190,7 @@ def test_cache_disk_full_is_503_then_recovers(uploaded, make_client, tmp_path, m
 FETCH_SCRIPT = """
 import json, sys, time
 from pathlib import Path
-from lambda_fn.artifacts import fetch
+from lambda_fn.storage.artifacts import fetch
 cache, uri, ready, go = sys.argv[1:5]
 Path(ready).touch()
 while not Path(go).exists():

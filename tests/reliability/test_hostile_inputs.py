@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lambda_fn import fetch
-from lambda_fn.config import DEFAULT_MAX_UPLOAD_BYTES
-from lambda_fn.schemas import STATUS, ErrorCode
+from lambda_fn.contract.config import DEFAULT_MAX_UPLOAD_BYTES
+from lambda_fn.search import fetch
+from lambda_fn.search.schemas import STATUS, ErrorCode
 from tests.helpers import SAMPLE_COUNT, assert_json_error, jpeg_bytes, png_bomb
 
 
@@ -310,7 +310,7 @@ def offline(monkeypatch):
 def test_corpus_reaches_every_client_error_code():
     # A code the app can answer with but no hostile case provokes is a gap in the corpus. bad_request is the
     # answer to a 400 raised by Starlette or FastAPI themselves, which these routes never leave to them (the
-    # app parses every body itself); tests/lambda_fn/test_schemas.py raises one to check it.
+    # app parses every body itself); tests/lambda_fn/search/test_schemas.py raises one to check it.
     client_errors = {code.value for code, status in STATUS.items() if 400 <= status < 500}
     assert client_errors - {case.code for case in CORPUS} == {ErrorCode.BAD_REQUEST.value}
 

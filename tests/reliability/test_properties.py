@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lambda_fn.config import Settings
-from lambda_fn.errors import ApiError
-from lambda_fn.uploads import decode_base64_image, parse_k
+from lambda_fn.contract.config import Settings
+from lambda_fn.search.errors import ApiError
+from lambda_fn.search.uploads import decode_base64_image, parse_k
 from tests.helpers import assert_json_error
 
 DOCUMENTED = {200, 400, 404, 405, 413, 415, 422}

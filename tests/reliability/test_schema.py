@@ -25,9 +25,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from lambda_fn import fetch
-from lambda_fn.app import create_app
-from lambda_fn.config import Settings
+from lambda_fn.contract.config import Settings
+from lambda_fn.search import fetch
+from lambda_fn.search.app import create_app
 from tests.fakes import ForwardingApp
 
 _CONTRACT_ONLY = create_app(Settings(artifacts_uri="/nonexistent/deepfood-artifacts"))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lambda_fn.logs import configure
+from lambda_fn.contract.logs import configure
 from tests.helpers import REPO_ROOT, jpeg_bytes
 
 SKIP_DIRS = {".venv", "node_modules", "cdk.out", ".git", "test-output", "data", "artifacts", "checkpoints"}

@@ -19,7 +19,7 @@ from aws_cdk.assertions import Template
 
 from cdk.artifacts import Artifacts
 from cdk.backfill import Backfill
-from lambda_fn.manifest import BACKFILL_RESULTS_PREFIX, DEFAULT_PREFIX
+from lambda_fn.contract.manifest import BACKFILL_RESULTS_PREFIX, DEFAULT_PREFIX
 from tests.helpers import run_module
 from training.backfill import OUTPUT, SHOWN_FAILURES, Aws, cli
 

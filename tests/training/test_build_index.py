@@ -2,9 +2,9 @@ import shutil
 
 import numpy as np
 
-from lambda_fn.artifacts import fetch
-from lambda_fn.engine import Engine, load_index
-from lambda_fn.manifest import Manifest, file_sha256, read_keys
+from lambda_fn.contract.manifest import Manifest, file_sha256, read_keys
+from lambda_fn.storage.artifacts import fetch
+from lambda_fn.vision.engine import Engine, load_index
 from tests.helpers import EMBED_DIM, INDEX_TREES, SAMPLE_COUNT, SAMPLE_PER_CLASS, run_module
 from training.build_index import get_args_parser, main
 

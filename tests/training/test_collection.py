@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from lambda_fn.artifacts import fetch
-from lambda_fn.engine import Engine
-from lambda_fn.manifest import KeyEntry, Manifest
+from lambda_fn.contract.manifest import KeyEntry, Manifest
+from lambda_fn.storage.artifacts import fetch
+from lambda_fn.vision.engine import Engine
 from tests.deployment import embed_bytes, unique_photo
 from tests.helpers import SAMPLE_COUNT
 from training.collection import cli

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lambda_fn.imaging import ImageError, open_image
+from lambda_fn.vision.imaging import ImageError, open_image
 from tests.helpers import SAMPLE_CLASSES
 from training.data import (
     ImageDataset,

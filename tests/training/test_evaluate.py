@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from lambda_fn.indexing import exact_top_k, recall_at_k
+from lambda_fn.vision.indexing import exact_top_k, recall_at_k
 from tests.helpers import SAMPLE_COUNT
 from training.evaluate import average_precision_at_k, get_args_parser, main, precision_at_k
 

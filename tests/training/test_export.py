@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lambda_fn.engine import load_model
-from lambda_fn.imaging import load_for_model
+from lambda_fn.vision.engine import load_model
+from lambda_fn.vision.imaging import load_for_model
 from tests.helpers import EMBED_DIM, REPO_ROOT, SAMPLE_CLASSES, TEST_CROP, TEST_RESIZE, run_module
 from training.data import list_images
 from training.export import load_checkpoint

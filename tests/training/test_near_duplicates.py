@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 from annoy import AnnoyIndex
 
-from lambda_fn.manifest import KeyEntry
+from lambda_fn.contract.manifest import KeyEntry
 from training.evaluate import near_duplicates
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from bench.isa import isa_env
-from lambda_fn.engine import load_model
-from lambda_fn.imaging import load_for_model
+from lambda_fn.vision.engine import load_model
+from lambda_fn.vision.imaging import load_for_model
 from tests.helpers import EMBED_DIM, REPO_ROOT, SAMPLE_CLASSES
 from training.data import list_images
 from training.export import calibration_batches, get_args_parser, load_checkpoint, main, meta_for
@@ -96,8 +96,8 @@ def _embed_in_child(model: str, images: list[str], isa: str) -> np.ndarray:
     script = textwrap.dedent(f"""
         import sys, numpy as np, torch
         from pathlib import Path
-        from lambda_fn.engine import load_model
-        from lambda_fn.imaging import load_for_model
+        from lambda_fn.vision.engine import load_model
+        from lambda_fn.vision.imaging import load_for_model
         model, meta = load_model(Path({model!r}))
         batch = np.stack([load_for_model(Path(p), meta.resize_size, meta.crop_size) for p in {images!r}])
         with torch.inference_mode():

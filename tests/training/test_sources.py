@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lambda_fn.manifest import label_from_metadata, read_keys
-from lambda_fn.shards import Shard
+from lambda_fn.contract.manifest import label_from_metadata, read_keys
+from lambda_fn.contract.shards import Shard
 from tests.training.official_layouts import write_food101, write_ifood2019
 from training.build_index import Source, Sources, get_args_parser, main, parse_source, scan_sources
 from training.build_index import cli as build_cli

@@ -1,6 +1,6 @@
 import json
 
-from lambda_fn.manifest import Manifest, read_keys
+from lambda_fn.contract.manifest import Manifest, read_keys
 from tests.helpers import SAMPLE_COUNT, run_module
 from training.upload import upload
 

@@ -1,0 +1,1 @@
+"""The collection pipeline: S3 events, ingest, pending photos, reindex and its lease, and their Lambda handlers."""

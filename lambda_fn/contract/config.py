@@ -1,0 +1,138 @@
+"""Service settings: the one place that reads the environment.
+
+Every variable is ``DEEPFOOD_<FIELD>``; ``env_name("artifacts_uri")`` gives the exact name, which the CDK
+stack uses so infrastructure and runtime cannot disagree. The README's configuration table lists them.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from lambda_fn.contract.manifest import Sha256
+
+ENV_PREFIX = "DEEPFOOD_"
+# API Gateway + Lambda accept a 6 MB payload, and binary bodies arrive base64-encoded (x4/3): ~4.5 MB raw.
+DEFAULT_MAX_UPLOAD_BYTES = 4_500_000
+# Cosine similarity above which two results are near-duplicates (dedupe); measured in docs/benchmarks.md.
+DEFAULT_DEDUPE_SIMILARITY = 0.99
+# How long browsers may cache a CORS preflight answer, from the app locally and from API Gateway in AWS.
+CORS_MAX_AGE_S = 3600
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    artifacts_uri: str = Field(
+        description="Where manifest.json, model.pt, index.ann and keys.json are: s3://bucket/prefix/ or a folder"
+    )
+    images_uri: str | None = Field(
+        None, description="Where collection images are (s3://... or a folder); default: <artifacts_uri>/images/"
+    )
+    images_base_url: str | None = Field(
+        None, description="Public base URL for image links; when unset, S3 images get presigned GET URLs"
+    )
+    presign_expires_s: int = Field(900, ge=1, le=7 * 24 * 3600, description="Lifetime of presigned image URLs")
+    default_k: int = Field(12, ge=1, description="Results returned when the request gives no k")
+    max_k: int = Field(100, ge=1, description="Largest k a request may ask for")
+    max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, ge=1024, description="Largest image accepted (bytes)")
+    max_image_pixels: int = Field(64_000_000, ge=1, description="Largest width x height decoded (bomb guard)")
+    max_ingest_bytes: int = Field(
+        50_000_000, ge=1024, description="Largest collection image the ingest function embeds; larger ones are skipped"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins allowed by CORS; empty: none"
+    )
+    cache_dir: Path = Field(Path("/tmp/deepfood"), description="Local cache for downloaded artifacts")
+    trusted_model_sha256: Sha256 | None = Field(
+        None,
+        description="sha256 of the only model file this deployment runs (64 lowercase hex); a manifest naming "
+        "any other model is refused before the model is downloaded. Unset: any model the manifest names",
+    )
+    num_threads: int | None = Field(None, ge=1, description="Torch intra-op threads; default: the CPUs we may use")
+    search_k: int | None = Field(None, ge=1, description="Override the manifest's Annoy search_k")
+    load_on_import: bool = Field(False, description="Load model and index at import (Lambda init) instead of first use")
+    log_level: str = Field("INFO", description="Log level of the JSON logger")
+    tracing: bool = Field(
+        False, description="Trace each invocation with AWS X-Ray (Powertools' Tracer); needs Lambda active tracing"
+    )
+    manifest_check_s: float = Field(
+        60, ge=0, description="Seconds between checks for a new manifest (a new build) by a warm service; 0: never"
+    )
+    reindex_lease_s: int = Field(
+        900, ge=30, description="How long a reindex holds its lease; longer than the reindex function's timeout"
+    )
+    url_connect_timeout_s: float = Field(
+        3, gt=0, le=30, description="Seconds to connect (TCP and TLS) when fetching an image by URL"
+    )
+    url_read_timeout_s: float = Field(5, gt=0, le=30, description="Seconds a URL fetch waits for each read")
+    url_fetch_timeout_s: float = Field(
+        10, gt=0, le=25, description="Seconds a whole URL fetch may take, redirects included (API Gateway stops at 29)"
+    )
+    url_max_redirects: int = Field(3, ge=0, le=10, description="Redirects a URL fetch follows, each hop checked again")
+    url_allow_http: bool = Field(False, description="Fetch plain http:// image URLs too (default: https only)")
+    url_allow_private: bool = Field(
+        False,
+        description="Fetch from loopback and private addresses too (tests only); cloud metadata addresses stay refused",
+    )
+    dedupe_similarity: float = Field(
+        DEFAULT_DEDUPE_SIMILARITY,
+        ge=0,
+        le=1,
+        description="Cosine above which a result is a near-duplicate of a higher-ranked one and is collapsed",
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value):
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _default_k_within_max(self) -> Settings:
+        if self.default_k > self.max_k:
+            raise ValueError(f"default_k ({self.default_k}) must not exceed max_k ({self.max_k})")
+        return self
+
+    @property
+    def resolved_images_uri(self) -> str:
+        return self.images_uri or self.artifacts_uri.rstrip("/") + "/images/"
+
+    @property
+    def threads(self) -> int:
+        if self.num_threads:
+            return self.num_threads
+        # the CPUs this process may run on (Lambda: vCPUs by memory size); sched_getaffinity is Linux-only
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    if field not in Settings.model_fields:
+        raise KeyError(field)
+    return ENV_PREFIX + field.upper()
+
+
+class SettingsError(RuntimeError):
+    """The environment does not configure the service; the message names the variables to set."""
+
+
+@lru_cache
+def get_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{env_name(str(e['loc'][0])) if e['loc'] and e['loc'][0] in Settings.model_fields else e['loc']}: "
+            f"{e['msg']}"
+            for e in exc.errors()
+        )
+        raise SettingsError(
+            f"invalid service configuration: {problems}. See the README's configuration table."
+        ) from None

@@ -1,0 +1,217 @@
+"""The query pipeline: decode -> embed -> nearest neighbours -> response, with per-stage timings.
+
+The neighbours are ranked once for every endpoint (``rank``): nearest first, only the wanted labels,
+near-duplicates of a higher-ranked result collapsed, then the page ``offset .. offset+k-1`` of that ranking
+with the results below ``min_similarity`` cut off.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from lambda_fn.contract.config import Settings
+from lambda_fn.search.errors import ApiError
+from lambda_fn.search.schemas import MAX_LISTED_LABELS, ErrorCode, Match, Prediction, SearchResponse, Timings
+from lambda_fn.search.urls import ImageLinker
+from lambda_fn.vision.engine import Engine, Neighbour
+from lambda_fn.vision.imaging import ImageError, ImageTooLarge, UnsupportedImage, load_for_model
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 2)
+
+
+def decode(data: bytes, engine: Engine, settings: Settings):
+    meta = engine.meta
+    try:
+        return load_for_model(data, meta.resize_size, meta.crop_size, max_pixels=settings.max_image_pixels)
+    except ImageTooLarge as exc:
+        raise ApiError(ErrorCode.TOO_LARGE, str(exc)) from exc
+    except UnsupportedImage as exc:
+        raise ApiError(ErrorCode.UNSUPPORTED_TYPE, str(exc)) from exc
+    except ImageError as exc:
+        raise ApiError(ErrorCode.NOT_AN_IMAGE, str(exc)) from exc
+
+
+def to_matches(engine: Engine, neighbours: list[Neighbour], linker: ImageLinker) -> list[Match]:
+    out = []
+    for n in neighbours:
+        entry = engine.keys[n.id]
+        out.append(
+            Match(
+                id=n.id,
+                key=entry.key,
+                label=entry.label,
+                source=entry.source,
+                distance=round(n.distance, 6),
+                similarity=round(n.similarity, 6),
+                url=linker.url(entry.key),
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """What a search asks for beyond its query image; checked by ``lambda_fn.search.routes.params``."""
+
+    k: int
+    offset: int = 0
+    labels: tuple[str, ...] = ()
+    min_similarity: float | None = None
+    dedupe: bool = True
+
+
+@dataclass
+class Ranked:
+    """One page of the ranking and what shaped it."""
+
+    neighbours: list[Neighbour]
+    next_offset: int | None
+    cut: int
+    collapsed: int
+
+    def fields(self, options: SearchOptions) -> dict:
+        """The SearchResponse fields that describe the page."""
+        return {
+            "k": options.k,
+            "offset": options.offset,
+            "next_offset": self.next_offset,
+            "labels": list(options.labels),
+            "cut_below_similarity": self.cut,
+            "duplicates_collapsed": self.collapsed,
+        }
+
+
+def check_labels(engine: Engine, labels: tuple[str, ...]) -> None:
+    unknown = engine.labels.unknown(labels)
+    if unknown:
+        names = engine.labels.names
+        listed = ", ".join(names[:MAX_LISTED_LABELS]) + (
+            f" (and {len(names) - MAX_LISTED_LABELS} more)" if len(names) > MAX_LISTED_LABELS else ""
+        )
+        raise ApiError(
+            ErrorCode.UNKNOWN_LABEL,
+            f"no image has the label {unknown[0][:100]!r}; "
+            + (f"the {len(names)} labels are: {listed}" if names else "the collection has no labels"),
+        )
+
+
+# A dedupe search asks for this share more neighbours than the page needs, for the ones it will collapse.
+_DEDUPE_MARGIN = 0.25
+_RANK_TRIES = 4
+
+
+def rank(
+    engine: Engine, vector: np.ndarray, options: SearchOptions, settings: Settings, exclude: int | None = None
+) -> Ranked:
+    """The page of neighbours ``options`` asks for (its labels known: ``check_labels``); see the module's
+    docstring."""
+    end = options.offset + options.k
+    n = end + 1 + (int(end * _DEDUPE_MARGIN) + 2 if options.dedupe else 0)  # one more tells of a next page
+    for _ in range(_RANK_TRIES):
+        found = engine.search(vector, n, exclude=exclude, labels=options.labels)
+        kept, collapsed = _collapse(engine, found, options, end, settings.dedupe_similarity)
+        if len(kept) > end or len(found) < n:
+            break
+        n *= 2  # duplicates took the room: ask for more (bounded tries; a page may come back short)
+    page = kept[options.offset : end]
+    floor = options.min_similarity
+    shown = [nb for nb in page if floor is None or nb.similarity >= floor]
+    more = len(kept) > end and end < settings.max_k and (floor is None or kept[end].similarity >= floor)
+    return Ranked(shown, end if more else None, len(page) - len(shown), collapsed)
+
+
+def _collapse(
+    engine: Engine, found: list[Neighbour], options: SearchOptions, end: int, threshold: float
+) -> tuple[list[Neighbour], int]:
+    """Up to end+1 of ``found``, nearest first, leaving out each one whose cosine to a result kept before it
+    is above ``threshold``; and how many were left out from the page's ranks (offset .. end-1)."""
+    if not options.dedupe:
+        return found[: end + 1], 0
+    kept: list[Neighbour] = []
+    vectors = np.empty((end + 1, engine.manifest.dim), dtype=np.float32)
+    collapsed = 0
+    for nb in found:
+        v = engine.vector(nb.id)
+        v /= max(float(np.linalg.norm(v)), 1e-12)
+        if kept and float(np.max(vectors[: len(kept)] @ v)) > threshold:
+            if options.offset <= len(kept) < end:
+                collapsed += 1
+            continue
+        vectors[len(kept)] = v
+        kept.append(nb)
+        if len(kept) > end:
+            break
+    return kept, collapsed
+
+
+def search_image(
+    data: bytes, options: SearchOptions, engine: Engine, settings: Settings, linker: ImageLinker
+) -> SearchResponse:
+    t0 = time.perf_counter()
+    pixels = decode(data, engine, settings)
+    t1 = time.perf_counter()
+    vectors, probs = engine.embed(pixels[None])
+    t2 = time.perf_counter()
+    ranked = rank(engine, vectors[0], options, settings)
+    t3 = time.perf_counter()
+    predictions = (
+        [Prediction(label=label, probability=round(p, 6)) for label, p in engine.predictions(probs[0])]
+        if probs is not None
+        else []
+    )
+    matches = to_matches(engine, ranked.neighbours, linker)
+    return SearchResponse(
+        **ranked.fields(options),
+        build_id=engine.build_id,
+        results=matches,
+        predictions=predictions,
+        timings=Timings(
+            decode_ms=_ms(t1 - t0),
+            embed_ms=_ms(t2 - t1),
+            search_ms=_ms(t3 - t2),
+            total_ms=_ms(time.perf_counter() - t0),
+        ),
+    )
+
+
+def check_build(engine: Engine, build: str | None) -> None:
+    """A client that names the build its ids came from gets 409 once another build serves."""
+    if build is not None and build != engine.build_id:
+        raise ApiError(
+            ErrorCode.STALE_BUILD,
+            f"image ids from build {build!r} do not name the same images in the live build {engine.build_id} "
+            "(the index was rebuilt): search again, or look the image up by its key with GET /similar?key=<key>",
+        )
+
+
+def image_id_of(key: str, engine: Engine) -> int:
+    try:
+        return engine.ids[key]
+    except KeyError:
+        raise ApiError(ErrorCode.UNKNOWN_IMAGE, f"no image with key {key!r} in build {engine.build_id}") from None
+
+
+def search_similar(
+    image_id: int, options: SearchOptions, engine: Engine, settings: Settings, linker: ImageLinker
+) -> SearchResponse:
+    if not 0 <= image_id < engine.manifest.count:
+        raise ApiError(
+            ErrorCode.UNKNOWN_IMAGE, f"no image with id {image_id}; ids run from 0 to {engine.manifest.count - 1}"
+        )
+    t0 = time.perf_counter()
+    ranked = rank(engine, engine.vector(image_id), options, settings, exclude=image_id)
+    t1 = time.perf_counter()
+    return SearchResponse(
+        **ranked.fields(options),
+        build_id=engine.build_id,
+        results=to_matches(engine, ranked.neighbours, linker),
+        predictions=[],
+        query_id=image_id,
+        query=to_matches(engine, [Neighbour(image_id, 0.0)], linker)[0],
+        timings=Timings(decode_ms=0.0, embed_ms=0.0, search_ms=_ms(t1 - t0), total_ms=_ms(time.perf_counter() - t0)),
+    )

@@ -1,0 +1,116 @@
+"""The build's download, started before the service imports torch, in a process of its own.
+
+A cold start spends most of its time importing torch and the web stack (~1.6 s on a 2-vCPU x86 machine) on
+one core, while the network, the disk and the other core sit idle; fetching the build (S3 client, manifest,
+three files downloaded and sha256-checked into the cache) needs neither torch nor the app. ``Prefetch.start``,
+called by ``lambda_fn.search.main`` before it imports the app, runs that fetch in a child interpreter
+(``python -m lambda_fn.search.prefetch``), so the two overlap. The first load (``ServiceState._load``) takes the
+result instead of fetching, waiting for the child when it is not done yet.
+
+A process, not a thread: boto3's client set-up and request handling are Python, and a download thread wakes
+for every chunk it receives, so in a thread the fetch competed with the imports for the GIL and slowed them
+by as much as it hid (0.2-0.4 s for the 86 MB fp32 build, measured with ``bench.cold_start``). The child
+imports only this module's dependencies (boto3, pydantic; never torch), on the other core.
+
+The fetch is the one ``ServiceState`` would make (``artifacts.read_manifest``, ``check_trusted`` before any
+download, ``fetch_build``), so a failure is the same ``ArtifactError``: the child writes its detail and public
+message, and ``result()`` raises it again in the service, whose first load reports it as its own (503 with
+the public message, the detail in the log, the backoff). A prefetch is used once: later attempts fetch for
+themselves. The child's partial files carry its pid, so ``artifacts.clean_partials`` leaves them alone while it
+runs, as it does another container's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lambda_fn.contract.config import Settings
+from lambda_fn.contract.manifest import Manifest
+from lambda_fn.storage import artifacts
+from lambda_fn.storage.artifacts import ArtifactError, FetchedArtifacts, UntrustedModel
+
+
+def fetch(uri: str, cache_dir: Path, trusted_model_sha256: str | None) -> FetchedArtifacts:
+    """The build the manifest names, verified in the cache (or the folder)."""
+    client = artifacts.s3_client() if artifacts.Location.parse(uri).is_s3 else None
+    manifest, stamp = artifacts.read_manifest(uri, client)
+    artifacts.check_trusted(manifest, trusted_model_sha256)
+    return artifacts.fetch_build(uri, cache_dir, manifest, stamp, client)
+
+
+def _answer(uri: str, cache_dir: str, trusted: str) -> dict:
+    """What the child writes: the fetched build, or the error in words the service can raise again."""
+    started = time.perf_counter()
+    try:
+        fetched = fetch(uri, Path(cache_dir), trusted or None)
+    except UntrustedModel as exc:
+        answer = {"untrusted": {"published": exc.published, "trusted": exc.trusted}}
+    except ArtifactError as exc:
+        answer = {"artifact_error": {"detail": str(exc), "public": exc.public}}
+    except Exception as exc:
+        answer = {"unexpected": f"{type(exc).__name__}: {exc}"}
+    else:
+        answer = {
+            "manifest": fetched.manifest.model_dump_json(),
+            "stamp": fetched.stamp,
+            "cached": fetched.cached,
+            "paths": [str(p) for p in fetched.paths],
+        }
+    return answer | {"seconds": time.perf_counter() - started}
+
+
+class Prefetch:
+    """A fetch of the published build running in a child process; ``result()`` waits for it."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self._proc = proc
+        self.seconds: float | None = None  # how long the child's fetch took, once it is done
+
+    @classmethod
+    def start(cls, settings: Settings) -> Prefetch | None:
+        """The child started; None when it cannot be (the first load then fetches by itself, as without one)."""
+        # The child resolves modules as this process does (Lambda's task root, a test's repository).
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        argv = [settings.artifacts_uri, str(settings.cache_dir), settings.trusted_model_sha256 or ""]
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "lambda_fn.search.prefetch", *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                text=True,
+            )
+        except OSError:
+            return None
+        return cls(proc)
+
+    def result(self) -> FetchedArtifacts:
+        """The fetched build; raises what the fetch raised (``ArtifactError``, ``UntrustedModel``), or a
+        RuntimeError when the child failed unexpectedly."""
+        out, err = self._proc.communicate()
+        try:
+            answer = json.loads(out.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            raise RuntimeError(
+                f"the prefetch process exited with {self._proc.returncode} without an answer: {err[-2000:]}"
+            ) from None
+        self.seconds = answer["seconds"]
+        if "untrusted" in answer:
+            raise UntrustedModel(**answer["untrusted"])
+        if "artifact_error" in answer:
+            raise ArtifactError(**answer["artifact_error"])
+        if "unexpected" in answer:
+            raise RuntimeError(f"the prefetch failed: {answer['unexpected']}")
+        model, index, keys = (Path(p) for p in answer["paths"])
+        manifest = Manifest.model_validate_json(answer["manifest"])
+        return FetchedArtifacts(manifest, model, index, keys, stamp=answer["stamp"], cached=answer["cached"])
+
+
+if __name__ == "__main__":
+    print(json.dumps(_answer(*sys.argv[1:4])), flush=True)

@@ -1,0 +1,87 @@
+"""The query parameters every search endpoint takes besides its query image, checked together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Query
+from pydantic import StringConstraints
+
+from lambda_fn.contract.config import Settings
+from lambda_fn.search.errors import ApiError
+from lambda_fn.search.pipeline import SearchOptions, check_labels
+from lambda_fn.search.schemas import ErrorCode
+from lambda_fn.search.uploads import parse_k
+from lambda_fn.vision.engine import Engine
+
+# Labels one request may filter by, and the longest label accepted.
+MAX_FILTER_LABELS = 20
+MAX_LABEL_LENGTH = 200
+
+K = Annotated[str | None, Query(description="Number of results (default and maximum: `limits` in /health)")]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL_LENGTH)]
+
+
+@dataclass(frozen=True)
+class Refine:
+    """k, offset, label, min_similarity and dedupe from the query string."""
+
+    k: str | None
+    offset: int
+    labels: tuple[str, ...]
+    min_similarity: float | None
+    dedupe: bool
+
+    def options(self, engine: Engine, settings: Settings, body_k: str | None = None) -> SearchOptions:
+        """The search options with k checked (the query's, else the body's), offset + k within max_k and every
+        label known to ``engine``: before any fetching or model work."""
+        k_value = parse_k(self.k if self.k else body_k, settings)  # an empty ?k= does not hide the body's k
+        if self.offset + k_value > settings.max_k:
+            raise ApiError(
+                ErrorCode.INVALID_PARAMETERS,
+                f"offset + k must be at most {settings.max_k} (offset {self.offset}, k {k_value}); "
+                "a search returns at most max_k results in all",
+            )
+        check_labels(engine, self.labels)
+        return SearchOptions(k_value, self.offset, self.labels, self.min_similarity, self.dedupe)
+
+
+def refine(
+    k: K = None,
+    offset: Annotated[
+        int,
+        Query(
+            ge=0,
+            le=2**31 - 1,
+            description="Skip this many results (the previous answer's `next_offset`); offset + k <= max_k",
+        ),
+    ] = 0,
+    label: Annotated[
+        list[Label] | None,
+        Query(
+            max_length=MAX_FILTER_LABELS,
+            description="Only images with this label; repeat for several (`label=pizza&label=sushi`). "
+            "A label the index does not have is a 422 `unknown_label` listing the known ones (/health lists them)",
+        ),
+    ] = None,
+    min_similarity: Annotated[
+        float | None,
+        Query(
+            ge=-1,
+            le=1,
+            allow_inf_nan=False,
+            description="Leave out results whose cosine similarity is below this; `cut_below_similarity` says "
+            "how many of the page were cut",
+        ),
+    ] = None,
+    dedupe: Annotated[
+        bool,
+        Query(
+            description="Collapse near-duplicates: a result nearly identical to a higher-ranked one (cosine "
+            "above the service's `dedupe_similarity`) is left out; `duplicates_collapsed` counts them"
+        ),
+    ] = True,
+) -> Refine:
+    """The search parameters of the query string, as one dependency of every search endpoint."""
+    return Refine(k, offset, tuple(dict.fromkeys(label or ())), min_similarity, dedupe)

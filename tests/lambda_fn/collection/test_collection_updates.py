@@ -1,0 +1,194 @@
+"""The collection keeps itself indexed: S3 events -> ingest -> shards -> reindex -> a new live build.
+
+Everything runs against the loopback S3 server with the event shapes AWS documents (tests/events/)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lambda_fn.collection.events import changes_from_sqs
+from lambda_fn.collection.ingest import ingest
+from lambda_fn.collection.reindex import LEASE_FILE, Lease, reindex
+from lambda_fn.contract.manifest import Manifest
+from lambda_fn.contract.shards import Shard, namespace
+from tests.deployment import FlakyStore, deploy, embed_bytes, sqs_event, unique_photo
+from tests.helpers import SAMPLE_COUNT
+
+LIMITS = {"max_bytes": 10_000_000, "max_pixels": 64_000_000}
+
+
+@pytest.fixture
+def deployment(s3, bucket, artifacts_dir, sample_dir, tmp_path):
+    return deploy(s3, bucket, artifacts_dir, sample_dir, tmp_path / "cache")
+
+
+def _ingest(d, event, images=None):
+    changes, _ = changes_from_sqs(event, d.images)
+    return ingest(changes, images=images or d.images, artifacts=d.artifacts, models=d.models(), **LIMITS)
+
+
+def _reindex(d, tmp_path, **kw):
+    return reindex(d.artifacts, tmp_path / "work", lease_s=60, n_jobs=1, **kw)
+
+
+def test_added_photos_become_searchable_and_a_removed_one_goes(deployment, tmp_path):
+    d = deployment
+    photos = {f"newdish/photo {i}.jpg": unique_photo(i) for i in range(3)}
+    objects = [d.put_image(key, data) for key, data in photos.items()]
+    report = _ingest(d, sqs_event(*objects, bucket=d.bucket))
+    assert (report.embedded, report.failed, report.skipped) == (3, {}, []), report.skipped
+    result = _reindex(d, tmp_path)
+    assert result.status == "published" and result.count == SAMPLE_COUNT + 3
+    engine = d.engine()
+    assert engine.manifest.count == SAMPLE_COUNT + 3
+    for key, data in photos.items():
+        top = engine.search(embed_bytes(engine, data), 1)[0]
+        assert engine.keys[top.id].key == key and engine.keys[top.id].label == "newdish"
+        assert top.similarity > 0.999
+
+    gone = "newdish/photo 1.jpg"
+    d.client.delete_object(Bucket=d.bucket, Key=f"{d.prefix}/images/{gone}")
+    _ingest(
+        d,
+        sqs_event({"key": f"{d.prefix}/images/{gone}"}, removed=True, time="2026-11-29T12:05:00.000Z", bucket=d.bucket),
+    )
+    assert _reindex(d, tmp_path).count == SAMPLE_COUNT + 2
+    assert gone not in {e.key for e in d.engine().keys}
+
+
+def test_the_same_message_twice_adds_nothing_twice(deployment, tmp_path):
+    d = deployment
+    event = sqs_event(d.put_image("dup/one.jpg", unique_photo(7)), bucket=d.bucket)
+    first, second = _ingest(d, event), _ingest(d, event)
+    assert first.embedded == 1 and len(first.shards) == 1
+    assert second.reused == 1 and second.embedded == 0 and second.shards == []  # recognised: not embedded again
+    shards = list(d.artifacts.list(namespace(d.models()[0].sha256)))
+    assert len(shards) == 1
+    assert _reindex(d, tmp_path).count == SAMPLE_COUNT + 1
+    keys = [e.key for e in d.engine().keys]
+    assert keys.count("dup/one.jpg") == 1
+
+
+def test_a_corrupt_image_is_skipped_with_its_reason_and_the_batch_succeeds(deployment, tmp_path):
+    d = deployment
+    good = d.put_image("mixed/good.jpg", unique_photo(11))
+    bad = d.put_image("mixed/bad.jpg", b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    event = sqs_event(good, bad, bucket=d.bucket)
+    report = _ingest(d, event)
+    assert report.failed == {} and report.embedded == 1
+    assert [s.key for s in report.skipped] == ["mixed/bad.jpg"]
+    assert "could not be read" in report.skipped[0].reason
+    shard = Shard.from_bytes(d.artifacts.get(report.shards[0])[0])
+    assert [(s.key, s.etag) for s in shard.skipped] == [("mixed/bad.jpg", bad["eTag"])]
+    assert _ingest(d, event).reused == 1  # a skip is final: the batch is not embedded again
+    result = _reindex(d, tmp_path)
+    assert result.count == SAMPLE_COUNT + 1 and result.skipped == 1
+
+
+def test_a_transient_error_fails_only_its_message(deployment):
+    d = deployment
+    ok = d.put_image("flaky/ok.jpg", unique_photo(21))
+    throttled = d.put_image("flaky/throttled.jpg", unique_photo(22))
+    event = sqs_event(ok, throttled, bucket=d.bucket)
+    flaky = FlakyStore(d.images, fail_get={"flaky/throttled.jpg"})
+    report = _ingest(d, event, images=flaky)
+    failed_id = event["Records"][1]["messageId"]
+    assert list(report.failed) == [failed_id] and "SlowDown" in report.failed[failed_id]
+    assert report.embedded == 1
+    # redelivered alone, it goes through and lands in its own shard
+    retry = {"Records": [event["Records"][1]]}
+    again = _ingest(d, retry)
+    assert again.failed == {} and again.embedded == 1
+
+
+def test_an_interrupted_reindex_leaves_the_live_manifest_and_the_next_run_completes(deployment, tmp_path):
+    d = deployment
+    _ingest(d, sqs_event(d.put_image("late/a.jpg", unique_photo(31)), bucket=d.bucket))
+    before = d.live_manifest_body()
+    flaky = FlakyStore(d.artifacts, fail_upload={"keys.json"})
+    with pytest.raises(Exception, match="SlowDown"):
+        reindex(flaky, tmp_path / "work", lease_s=60, n_jobs=1)
+    assert d.live_manifest_body() == before
+    assert d.artifacts.head(LEASE_FILE) is None  # released on the way out
+    result = _reindex(d, tmp_path)
+    assert result.status == "published" and result.count == SAMPLE_COUNT + 1
+    assert d.live_manifest_body() != before
+
+
+def test_nothing_new_means_nothing_published(deployment, tmp_path):
+    d = deployment
+    assert _reindex(d, tmp_path).status == "unchanged"  # the uploaded build has no shards to merge
+    _ingest(d, sqs_event(d.put_image("once/a.jpg", unique_photo(41)), bucket=d.bucket))
+    assert _reindex(d, tmp_path).status == "published"
+    body = d.live_manifest_body()
+    assert _reindex(d, tmp_path).status == "unchanged"
+    assert d.live_manifest_body() == body
+
+
+def test_two_reindexes_never_race(deployment, tmp_path):
+    d = deployment
+    _ingest(d, sqs_event(d.put_image("race/a.jpg", unique_photo(51)), bucket=d.bucket))
+    holder = Lease(d.artifacts, 600)
+    assert holder.acquire()
+    assert _reindex(d, tmp_path).status == "busy"
+    assert not Lease(d.artifacts, 600).acquire()
+    holder.release()
+    # a lease whose holder died is taken over once it expires
+    d.artifacts.put(LEASE_FILE, json.dumps({"owner": "dead", "expires_at": 0}).encode())
+    assert _reindex(d, tmp_path).status == "published"
+
+
+def test_an_older_event_never_overrides_a_newer_one(deployment, tmp_path):
+    d = deployment
+    new = d.put_image("order/x.jpg", unique_photo(61))
+    _ingest(d, sqs_event(new, time="2026-11-29T12:10:00.000Z", bucket=d.bucket))
+    # the removal happened before the upload but is delivered after it (a retry): the image stays
+    _ingest(d, sqs_event({"key": new["key"]}, removed=True, time="2026-11-29T12:00:00.000Z", bucket=d.bucket))
+    _reindex(d, tmp_path)
+    assert "order/x.jpg" in {e.key for e in d.engine().keys}
+
+
+def test_a_new_model_goes_live_only_once_the_collection_is_embedded_with_it(deployment, tmp_path, model_path):
+    """Uploading a new model starts a new namespace; the live build keeps serving until it covers the
+    collection, and ingest embeds new photos with both models meanwhile."""
+    import torch
+
+    from lambda_fn.collection.ingest import Change
+    from lambda_fn.contract.manifest import MODEL_META_FILE, file_sha256
+    from lambda_fn.contract.shards import EventOrder
+    from lambda_fn.vision.models import model_key
+    from training.upload import announce_model
+
+    d = deployment
+    extra = {MODEL_META_FILE: ""}
+    module = torch.jit.load(str(model_path), _extra_files=extra)
+    meta = json.loads(extra[MODEL_META_FILE])
+    meta["train_args"] = {**meta.get("train_args", {}), "note": "second model"}
+    second = tmp_path / "second.pt"
+    torch.jit.save(module, str(second), _extra_files={MODEL_META_FILE: json.dumps(meta)})
+    sha = announce_model(second, d.bucket, d.prefix, client=d.client).model_sha256
+    assert sha == file_sha256(second)
+    live_sha = Manifest.model_validate_json(d.live_manifest_body()).model_sha256
+
+    report = _ingest(d, sqs_event(d.put_image("both/new.jpg", unique_photo(71)), bucket=d.bucket))
+    assert len(report.shards) == 2  # one per namespace
+    result = _reindex(d, tmp_path)
+    assert result.status == "published" and result.model_sha256 == live_sha
+    assert result.pending_model["missing"] == SAMPLE_COUNT  # the old collection is not embedded with it yet
+
+    # the backfill: every image, embedded again (as a Distributed Map batch would)
+    changes = [
+        Change(str(i), "created", info.key, info.etag, info.size, EventOrder.at(info.last_modified))
+        for i, info in enumerate(d.images.list())
+    ]
+    models = [m for m in d.models() if m.sha256 == sha]
+    ingest(changes, images=d.images, artifacts=d.artifacts, models=models, **LIMITS)
+    result = _reindex(d, tmp_path)
+    assert result.status == "published" and result.model_sha256 == sha and result.pending_model is None
+    assert result.count == SAMPLE_COUNT + 1
+    live = Manifest.model_validate_json(d.live_manifest_body())
+    assert live.model_sha256 == sha and live.model_file == model_key(sha)
+    assert np.isfinite(d.engine().vector(0)).all()

@@ -1,0 +1,158 @@
+"""What shapes a page of results: the similarity cut-off, near-duplicate collapsing, and offset paging."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lambda_fn.contract.manifest import read_keys
+from tests.helpers import assert_json_error
+
+
+@pytest.fixture(scope="module")
+def embeddings(artifacts_dir) -> np.ndarray:
+    return np.load(artifacts_dir / "embeddings.npy")
+
+
+def similar(client, image_id: int = 13, **params) -> dict:
+    r = client.get(f"/images/{image_id}/similar", params=params)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def ids(body: dict) -> list[int]:
+    return [m["id"] for m in body["results"]]
+
+
+def test_min_similarity_cuts_the_tail_and_says_how_many(client):
+    full = similar(client, k=10, dedupe="false")
+    sims = [m["similarity"] for m in full["results"]]
+    floor = sims[6]
+    cut = similar(client, k=10, dedupe="false", min_similarity=floor)
+    assert ids(cut) == ids(full)[: sum(s >= floor for s in sims)]
+    assert cut["cut_below_similarity"] == 10 - len(cut["results"]) > 0 and cut["next_offset"] is None
+    assert similar(client, k=10, min_similarity=-1)["cut_below_similarity"] == 0
+    none = similar(client, k=10, min_similarity=1)
+    assert none["results"] == [] and none["cut_below_similarity"] == 10
+
+
+@pytest.mark.parametrize("value", ["1.01", "-1.5", "nan", "inf", "abc", ""])
+def test_min_similarity_outside_minus_one_to_one_is_422(client, value):
+    assert_json_error(client.get(f"/images/1/similar?min_similarity={value}"), 422, "invalid_parameters")
+
+
+def greedy(embeddings: np.ndarray, order: list[int], threshold: float) -> list[int]:
+    kept: list[int] = []
+    for i in order:
+        if all(float(embeddings[i] @ embeddings[j]) <= threshold for j in kept):
+            kept.append(i)
+    return kept
+
+
+@pytest.mark.parametrize("quantile", [50, 90])
+def test_dedupe_leaves_out_results_too_close_to_a_higher_ranked_one(client, make_client, embeddings, quantile):
+    raw = similar(client, k=59, dedupe="false")  # every other image, nearest first
+    top = embeddings[ids(raw)[:12]]
+    # a threshold some pairs of the nearest results are above (the tests' tiny model puts photos close)
+    threshold = float(np.percentile((top @ top.T)[np.triu_indices(12, 1)], quantile))
+    with make_client(dedupe_similarity=threshold) as deduped:
+        body = similar(deduped, k=8)
+    kept = greedy(embeddings, ids(raw), threshold)
+    assert ids(body) == kept[:8]
+    within = ids(raw)[: ids(raw).index(kept[7]) + 1]
+    assert body["duplicates_collapsed"] == len(within) - 8 > 0
+    pairs = embeddings[ids(body)] @ embeddings[ids(body)].T
+    assert pairs[np.triu_indices(8, 1)].max() <= threshold + 1e-6
+
+
+def test_dedupe_false_keeps_near_duplicates(client):
+    body = similar(client, k=12, dedupe="false")
+    assert body["duplicates_collapsed"] == 0 and len(body["results"]) == 12
+
+
+@pytest.fixture(scope="module")
+def copy_client(make_client, model_path, sample_dir, tmp_path_factory):
+    """A build of eight sample photos plus a re-encoded, shrunk and slightly cropped copy of the first."""
+    from training.build_index import get_args_parser, main
+
+    images = tmp_path_factory.mktemp("with-copy")
+    keys = sorted(p.relative_to(sample_dir) for p in sample_dir.rglob("*.jpg"))[::7][:8]
+    for key in keys:
+        (images / key).parent.mkdir(parents=True, exist_ok=True)
+        (images / key).write_bytes((sample_dir / key).read_bytes())
+    original = Image.open(sample_dir / keys[0]).convert("RGB")
+    w, h = original.size
+    copy = original.crop((w // 40, h // 40, w - w // 40, h - h // 40)).resize((w * 3 // 4, h * 3 // 4))
+    buf = io.BytesIO()
+    copy.save(buf, "JPEG", quality=70)
+    (images / keys[0].parent / "copy.jpg").write_bytes(buf.getvalue())
+    out = tmp_path_factory.mktemp("with-copy-build")
+    args = ["--images", str(images), "--model", str(model_path), "--out", str(out), "--workers", "0", "--n-trees", "4"]
+    assert main(get_args_parser().parse_args([*args, "--save-embeddings"])) == 0
+    vectors = np.load(out / "embeddings.npy")
+    names = [e.key for e in read_keys(out / "keys.json")]
+    first, twin = names.index(keys[0].as_posix()), names.index(f"{keys[0].parent.as_posix()}/copy.jpg")
+    s = vectors @ vectors.T
+    # a threshold between the copy's cosine and the closest pair of different photos
+    others = max(s[i, j] for i in range(len(names)) for j in range(i) if {i, j} != {first, twin})
+    assert s[first, twin] > others, (s[first, twin], others)
+    with make_client(
+        artifacts_uri=str(out), images_uri=str(images), dedupe_similarity=(s[first, twin] + others) / 2
+    ) as client:
+        yield client, (sample_dir / keys[0]).read_bytes(), keys[0].as_posix(), f"{keys[0].parent.as_posix()}/copy.jpg"
+
+
+def test_an_upload_finds_the_photo_once_not_also_its_copy(copy_client):
+    client, photo, key, copy_key = copy_client
+    both = client.post("/search?k=3&dedupe=false", files={"image": ("q.jpg", photo)}).json()
+    assert [m["key"] for m in both["results"][:2]] == [key, copy_key]
+    once = client.post("/search?k=3", files={"image": ("q.jpg", photo)}).json()
+    found = [m["key"] for m in once["results"]]
+    assert found[0] == key and copy_key not in found
+    assert once["duplicates_collapsed"] == 1 and len(once["results"]) == 3
+
+
+@pytest.mark.parametrize("dedupe", ["false", "true"])
+def test_pages_put_together_are_the_whole_ranking(client, dedupe):
+    whole = similar(client, k=15, dedupe=dedupe)
+    pages, offset = [], 0
+    while offset is not None and offset < 15:
+        page = similar(client, k=5, offset=offset, dedupe=dedupe)
+        assert page["offset"] == offset and page["k"] == 5
+        pages += ids(page)
+        offset = page["next_offset"]
+    assert pages == ids(whole) and offset == 15
+
+
+def test_the_last_page_has_no_next_offset(client, artifacts_dir):
+    label = read_keys(artifacts_dir / "keys.json")[13].label
+    last = similar(client, k=5, offset=5, label=label, dedupe="false")
+    assert len(last["results"]) == 4 and last["next_offset"] is None  # 9 others with the label
+    beyond = similar(client, k=5, offset=20, label=label, dedupe="false")
+    assert beyond["results"] == [] and beyond["next_offset"] is None
+
+
+def test_offset_and_k_stay_within_max_k(client, make_client):
+    with make_client(default_k=5, max_k=20) as small:
+        assert similar(small, k=5, offset=10)["next_offset"] == 15
+        assert similar(small, k=5, offset=15)["next_offset"] is None  # max_k results in all, though more exist
+        error = assert_json_error(small.get("/images/1/similar?k=5&offset=16"), 422, "invalid_parameters")
+        assert "offset + k must be at most 20" in error["message"]
+    assert_json_error(client.get("/images/1/similar?offset=-1"), 422, "invalid_parameters")
+    assert_json_error(client.get(f"/images/1/similar?offset={2**31}"), 422, "invalid_parameters")
+
+
+def test_a_json_body_k_counts_against_max_k_with_the_offset(client):
+    body = {"image": "data:image/png;base64,iVBORw0KGgo=", "k": 60}
+    assert_json_error(client.post("/search?offset=50", json=body), 422, "invalid_parameters")
+
+
+def test_every_answer_describes_its_page(client):
+    body = similar(client, k=3)
+    assert {"offset", "next_offset", "labels", "cut_below_similarity", "duplicates_collapsed"} <= set(body)
+    assert body["offset"] == 0 and body["next_offset"] == 3 and body["labels"] == []
+    assert math.isclose(body["query"]["similarity"], 1.0)

@@ -1,0 +1,151 @@
+"""Decoding is bounded by work and memory, not only by bytes and pixels.
+
+The costliest images the caps admit are measured by ``python -m bench.request_memory`` (decode time and peak
+memory growth per request); these tests pin the behaviour that keeps those numbers down."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lambda_fn.vision import imaging
+from lambda_fn.vision.imaging import (
+    MAX_JPEG_SCANS,
+    ImageTooComplex,
+    ImageTooLarge,
+    UnsupportedImage,
+    jpeg_scan_count,
+    load_for_model,
+    open_image,
+    orient,
+    prepare,
+)
+from tests.helpers import assert_json_error
+
+
+def _jpeg(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def _photo(size=(320, 240), seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 255, size[0])[None, :, None] * np.ones((size[1], 1, 3))
+    return Image.fromarray(np.clip(ramp + rng.normal(0, 20, (size[1], size[0], 3)), 0, 255).astype(np.uint8))
+
+
+def many_scans(scans: int) -> bytes:
+    """A progressive JPEG (libjpeg writes 10 scans) whose smallest scan is repeated until it holds ``scans``:
+    a few kB per hundred scans, each a full decoding pass for libjpeg."""
+    data = _jpeg(_photo(), progressive=True, quality=80)
+    starts = [i for i in range(len(data) - 1) if data[i : i + 2] == b"\xff\xda"]
+    ends = [*starts[1:], data.rfind(b"\xff\xd9")]
+    smallest = min(zip(starts, ends, strict=True), key=lambda se: se[1] - se[0])
+    segment = data[smallest[0] : smallest[1]]
+    end = data.rfind(b"\xff\xd9")
+    return data[:end] + segment * (scans - len(starts)) + data[end:]
+
+
+def test_encoders_scan_counts_pass_and_hand_made_hundreds_are_refused():
+    assert jpeg_scan_count(_jpeg(_photo())) == 1
+    progressive = _jpeg(_photo(), progressive=True)
+    assert jpeg_scan_count(progressive) == 10  # libjpeg's default progression for colour
+    assert load_for_model(progressive, 72, 64).shape == (64, 64, 3)
+    crafted = many_scans(2000)
+    assert len(crafted) < 1_000_000  # far under the upload cap
+    assert jpeg_scan_count(crafted) == MAX_JPEG_SCANS + 1  # counting stops once over the limit
+    with pytest.raises(ImageTooComplex, match="baseline JPEG"):
+        open_image(crafted)
+    assert load_for_model(many_scans(MAX_JPEG_SCANS), 72, 64).shape == (64, 64, 3)
+
+
+def test_scan_markers_inside_other_segments_are_not_counted():
+    """An EXIF thumbnail (or any APPn payload) may hold SOS bytes of its own: segments are skipped whole."""
+    data = _jpeg(_photo(), progressive=True)
+    payload = b"Exif\x00\x00" + b"\xff\xda\x00\x02" * 500
+    app1 = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    with_app1 = data[:2] + app1 + data[2:]
+    assert jpeg_scan_count(with_app1) == 10
+    assert open_image(with_app1).size == (320, 240)
+
+
+def test_a_crafted_jpeg_gets_413_quickly_through_the_api(client):
+    r = client.post("/search", content=many_scans(5000), headers={"Content-Type": "image/jpeg"})
+    error = assert_json_error(r, 413, "too_large")
+    assert "progressive scans" in error["message"]
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("ICO", "ICO"), ("TIFF", "TIFF"), ("PSD", "PSD"), ("EPS", "PostScript")])
+def test_only_allowlisted_formats_are_parsed(fmt, name):
+    if fmt == "PSD":  # Pillow cannot write PSD: its signature is enough
+        data = b"8BPS\x00\x01" + b"\x00" * 40
+    elif fmt == "EPS":
+        data = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n"
+    else:
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16)).save(buf, fmt)
+        data = buf.getvalue()
+    with pytest.raises(UnsupportedImage, match=name):
+        open_image(data)
+
+
+def test_webp_has_a_lower_pixel_cap():
+    buf = io.BytesIO()
+    Image.new("RGB", (4100, 4000), (200, 100, 50)).save(buf, "WEBP", lossless=True, quality=0, method=0)
+    with pytest.raises(ImageTooLarge, match="16,000,000"):
+        open_image(buf.getvalue(), max_pixels=64_000_000)
+
+
+def test_orientation_one_makes_no_copy_and_rotation_equals_rotating_first():
+    img = _photo()
+    assert orient(img) is img  # a 64-MP RGBA copy would be 256 MB
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    img.save(buf, "PNG", exif=exif)  # PNG: no reduced-scale decoding, so both paths see the same pixels
+    rotated = Image.open(io.BytesIO(buf.getvalue()))
+    plain = img.transpose(Image.Transpose.ROTATE_270)
+    assert np.array_equal(prepare(rotated, 72, 64), prepare(plain, 72, 64))
+
+
+def test_deep_grey_conversion_in_bands_matches_the_whole_image_formula(monkeypatch):
+    monkeypatch.setattr(imaging, "_ROWS_PER_BAND", 7)
+    values = np.random.default_rng(1).integers(0, 65536, (50, 40)).astype(np.uint16)
+    img = Image.fromarray(values)
+    assert img.mode == "I;16"
+    expected = np.clip(values.astype(np.float64) / 65535.0 * 255.0, 0, 255).astype(np.uint8)
+    assert np.array_equal(np.asarray(imaging._deep_grey_to_l(img)), expected)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA", "L", "P", "I;16"])
+def test_shrinking_in_bands_equals_one_whole_reduce(monkeypatch, mode):
+    monkeypatch.setattr(imaging, "_SHRINK_ABOVE_PIXELS", 1000)
+    monkeypatch.setattr(imaging, "_BAND_PIXELS", 5000)
+    rng = np.random.default_rng(2)
+    base = Image.fromarray(rng.integers(0, 256, (997, 1203, 4), dtype=np.uint8), "RGBA")
+    if mode == "P":
+        img = base.convert("RGB").quantize(32)
+        img.info["transparency"] = 0
+        whole = img.convert("RGBA").reduce(4)
+    elif mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65536, (997, 1203)).astype(np.uint16))
+        whole = imaging._deep_grey_to_l(img).reduce(4)
+    else:
+        img = base.convert(mode)
+        whole = img.reduce(4)
+    shrunk = imaging._shrink(img, 100)
+    assert shrunk.size == whole.size == (301, 250)
+    assert np.array_equal(np.asarray(shrunk), np.asarray(whole))
+
+
+def test_a_shrunk_large_image_embeds_like_the_full_resize(monkeypatch):
+    """Above the threshold, box-reducing first (as JPEG's draft does) stays within a grey level or two."""
+    img = Image.fromarray(np.asarray(_photo((1600, 1200), seed=3)))
+    full = prepare(img.copy(), 72, 64)
+    monkeypatch.setattr(imaging, "_SHRINK_ABOVE_PIXELS", 1000)
+    shrunk = prepare(img.copy(), 72, 64)
+    assert np.abs(full.astype(int) - shrunk.astype(int)).mean() < 2.0
