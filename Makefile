@@ -80,7 +80,7 @@ serve: install
 # Embeds the photo with the live model and publishes a new build into $(ART); `make demo` picks it up live.
 add-photo: install
 	@test -n "$(PHOTO)" || { echo "usage: make add-photo PHOTO=path/to/dish.jpg LABEL=ramen"; exit 2; }
-	$(PY) -m training.collection --artifacts $(ART) --images $(DATA) add "$(PHOTO)" $(if $(LABEL),--label "$(LABEL)")
+	$(PY) -m ops.collection --artifacts $(ART) --images $(DATA) add "$(PHOTO)" $(if $(LABEL),--label "$(LABEL)")
 
 bench: install
 	$(PY) -m bench.run

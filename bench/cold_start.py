@@ -140,7 +140,7 @@ def medians(rows: list[dict]) -> dict:
 def main(args: argparse.Namespace) -> dict:
     from moto.server import ThreadedMotoServer
 
-    from training.upload import upload
+    from ops.upload import upload
 
     models = args.models.split(",")
     port = free_port()

@@ -93,7 +93,7 @@ class Backfill(Construct):
     Run it after announcing a new model (``models/current.json``): ingest embeds each batch with every target
     model, a batch whose shards already exist is recognised ("reused") and not embedded again, and the
     reindex publishes a build for the new model once its embeddings cover the live collection. A run can be
-    started again at any time; it embeds only what is missing. ``python -m training.backfill`` starts it.
+    started again at any time; it embeds only what is missing. ``python -m ops.backfill`` starts it.
 
     Child executions are STANDARD, not EXPRESS. Per 10^6 images at 64 per batch (15,625 child executions of
     one Task state, about 3 state transitions each at $0.025 per 1,000) STANDARD costs about $1.20; EXPRESS

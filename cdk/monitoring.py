@@ -266,7 +266,7 @@ class Monitoring(Construct):
                 self,
                 "PendingImages",
                 alarm_description=f"DeepFood: photos uploaded before any model was published have waited over "
-                f"{pending_after.to_human_string()}. Publish a model (training.upload): the next reindex embeds "
+                f"{pending_after.to_human_string()}. Publish a model (ops.upload): the next reindex embeds "
                 "them. If one is published, the reindex function's logs say why they were not embedded.",
                 metric=waiting,
                 threshold=0,

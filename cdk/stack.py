@@ -170,14 +170,14 @@ class DeepFoodStack(cdk.Stack):
             "BackfillStateMachineArn",
             value=backfill.state_machine.state_machine_arn,
             description="Embeds every image again with the current model, then reindexes: "
-            f"python -m training.backfill --stack {self.stack_name}",
+            f"python -m ops.backfill --stack {self.stack_name}",
         )
         cdk.CfnOutput(
             self,
             "UploadCommand",
             description="Run next (replace <DIR> with the image collection folder) to upload model and index",
             value=(
-                "python -m training.upload --artifacts artifacts/ --images <DIR> "
+                "python -m ops.upload --artifacts artifacts/ --images <DIR> "
                 f"--bucket {artifacts.bucket.bucket_name} --prefix {artifacts.prefix}"
             ),
         )

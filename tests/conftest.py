@@ -184,11 +184,11 @@ def bucket(s3, request):
 @pytest.fixture
 def upload_build(s3, bucket, artifacts_dir, sample_dir, s3_endpoint, monkeypatch):
     """``upload_build(prefix=S3_PREFIX, *, images=False)``: the session's build uploaded to the test's bucket
-    with ``training.upload`` (the sample images too, when asked), as an ``UploadedBuild``.
+    with ``ops.upload`` (the sample images too, when asked), as an ``UploadedBuild``.
 
     The service's own S3 clients reach the loopback server through ``AWS_ENDPOINT_URL``.
     """
-    from training.upload import upload
+    from ops.upload import upload
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
 

@@ -18,8 +18,8 @@ from lambda_fn.storage.store import S3Store, Store
 from lambda_fn.vision.engine import Engine
 from lambda_fn.vision.imaging import load_for_model
 from lambda_fn.vision.models import target_models
+from ops.upload import upload
 from tests.helpers import load_event
-from training.upload import upload
 
 PREFIX = "deepfood"
 
@@ -61,7 +61,7 @@ class Deployment:
 
 
 def deploy(client, bucket: str, artifacts_dir: Path, sample_dir: Path, cache: Path) -> Deployment:
-    """What `training.upload` does for a user: images, then the build, then the manifest."""
+    """What `ops.upload` does for a user: images, then the build, then the manifest."""
     upload(artifacts_dir, sample_dir, bucket, PREFIX, client=client, workers=4)
     return Deployment(client, bucket, PREFIX, cache)
 

@@ -112,7 +112,7 @@ def assert_json_error(response, status: int | tuple[int, ...], code: str | None 
 
 @dataclass(frozen=True)
 class UploadedBuild:
-    """A build that ``training.upload`` put into a loopback S3 bucket, and the manifest it published."""
+    """A build that ``ops.upload`` put into a loopback S3 bucket, and the manifest it published."""
 
     bucket: str
     prefix: str

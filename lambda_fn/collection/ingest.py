@@ -1,7 +1,7 @@
 """Embed new collection images and record removed ones, as embedding shards.
 
 ``ingest(changes, ...)`` is the work behind the ingest function (S3 events via SQS, and Step Functions
-Distributed Map batches) and the local ``training.collection`` tool. It knows nothing of Lambda.
+Distributed Map batches) and the local ``ops.collection`` tool. It knows nothing of Lambda.
 
 - Each image is decoded with the same ``prepare()`` as queries and indexing, and embedded with the live
   model, and also with the model named in ``models/current.json`` when a new one is waiting to go live.

@@ -1,7 +1,7 @@
 """Merge embedding shards into a new index build and publish it.
 
 ``reindex(store, workdir, ...)`` is the work behind the scheduled reindex function, the step after a
-backfill, and ``training.collection reindex``. In order:
+backfill, and ``ops.collection reindex``. In order:
 
 1. Cheap check first: list the shards of the target model; when their digest equals the live manifest's
    ``shards_digest`` nothing changed and the run ends (a LIST and a GET, every few minutes).

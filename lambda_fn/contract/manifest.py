@@ -36,7 +36,7 @@ EMBEDDINGS_FILE = "embeddings.npy"
 # The build's merged embedding shard (lambda_fn.contract.shards), for the next reindex.
 COLLECTION_FILE = "collection.npz"
 # The layout under a deployment's prefix (``s3://bucket/<prefix>/`` or a local artifacts folder):
-IMAGES_PREFIX = "images/"  # the collection: <label>/<name>.jpg; written by people and training.upload
+IMAGES_PREFIX = "images/"  # the collection: <label>/<name>.jpg; written by people and ops.upload
 EMBEDDINGS_PREFIX = "embeddings/"  # embeddings/<model sha256>/<shard>.npz; written by ingest, read by reindex
 BUILDS_PREFIX = "builds/"  # builds/<build id>/{model.pt,index.ann,keys.json}; content-addressed, never rewritten
 MODELS_PREFIX = "models/"  # models/current.json names the model new embeddings are made with
@@ -178,7 +178,7 @@ def write_keys(path: Path, entries: list[KeyEntry]) -> None:
 
 # S3 user metadata (``x-amz-meta-deepfood-label``) that names an image's label where its key does not: the
 # label of a key under ``images/`` is its top folder unless the object says otherwise, which is what
-# ``training.upload`` writes for every image (an iFood image's label comes from a CSV, not its folder).
+# ``ops.upload`` writes for every image (an iFood image's label comes from a CSV, not its folder).
 # Percent-encoded, because S3 metadata travels in HTTP headers (ASCII).
 LABEL_METADATA = "deepfood-label"
 

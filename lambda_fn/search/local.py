@@ -112,7 +112,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--manifest-check-s",
         type=float,
         default=LOCAL_MANIFEST_CHECK_S,
-        help="seconds between checks for a new build, e.g. one `training.collection add` published "
+        help="seconds between checks for a new build, e.g. one `ops.collection add` published "
         f"(default: {LOCAL_MANIFEST_CHECK_S:g}; a local check reads one small file)",
     )
     return p

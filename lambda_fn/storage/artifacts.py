@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 # whose messages name files and quote library errors, so they go to the logs only.
 GENERIC_PUBLIC = (
     "the published build could not be loaded: its files are corrupt, come from different builds, or hold a "
-    "model this service cannot run; publish the build again with `python -m training.upload` (the service's "
+    "model this service cannot run; publish the build again with `python -m ops.upload` (the service's "
     "logs have the details)"
 )
 # How a public message names each file of a build: its role and the name training gives it, never the key or
@@ -250,16 +250,16 @@ def _describe_s3_error(exc: Exception, what: str, role: str) -> tuple[str, str]:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchKey", "404", "NotFound"):
             return (
-                f"{what} does not exist; upload the artifacts with `python -m training.upload`",
+                f"{what} does not exist; upload the artifacts with `python -m ops.upload`",
                 f"{role} does not exist: no build is published, or not all of it; publish one with "
-                "`python -m training.upload`",
+                "`python -m ops.upload`",
             )
         if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
             return (
                 f"access to {what} was denied ({code}): it may not be uploaded yet (S3 answers 403 for a "
-                "missing object when listing is not allowed) - run `python -m training.upload` - or the "
+                "missing object when listing is not allowed) - run `python -m ops.upload` - or the "
                 "function's IAM role and the bucket name are wrong",
-                f"access to {role} was denied: it may not be published yet (`python -m training.upload`), or the "
+                f"access to {role} was denied: it may not be published yet (`python -m ops.upload`), or the "
                 "function may not read it",
             )
         if code == "NoSuchBucket":
@@ -294,7 +294,7 @@ def _parse(body: bytes, where: str) -> Manifest:
         raise ArtifactError(
             f"{where} is not a valid manifest: {exc}",
             "the published manifest is not valid (the logs say which field); publish the build again with "
-            "`python -m training.upload`",
+            "`python -m ops.upload`",
         ) from exc
 
 

@@ -1,6 +1,6 @@
 """Publish a build folder so that readers switch to it in one step.
 
-The contract every publisher follows (``training.upload`` from a workstation, the reindex function in AWS):
+The contract every publisher follows (``ops.upload`` from a workstation, the reindex function in AWS):
 1. the build's files go under ``builds/<build id>/``: content-addressed, so an upload never overwrites a
    file a running service is reading, and re-publishing an identical build uploads nothing;
 2. ``manifest.json`` is written last and names those files: this one small PUT switches readers over.

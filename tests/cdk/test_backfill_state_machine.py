@@ -257,4 +257,4 @@ def test_output_names_the_state_machine(template):
     machine_id, _ = state_machine(template)
     (output,) = template.find_outputs("BackfillStateMachineArn").values()
     assert output["Value"] == {"Ref": machine_id}
-    assert "python -m training.backfill --stack DeepFood" in output["Description"]
+    assert "python -m ops.backfill --stack DeepFood" in output["Description"]

@@ -221,7 +221,7 @@ def test_outputs(template):
     assert api_url["Value"]["Fn::Join"][1][-1] != "/"  # the page appends "/search"
     (upload,) = template.find_outputs("UploadCommand").values()
     parts = upload["Value"]["Fn::Join"][1]
-    assert parts[0] == "python -m training.upload --artifacts artifacts/ --images <DIR> --bucket "
+    assert parts[0] == "python -m ops.upload --artifacts artifacts/ --images <DIR> --bucket "
     assert parts[-1] == f" --prefix {DEFAULT_PREFIX}"
 
 

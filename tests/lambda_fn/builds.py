@@ -94,7 +94,7 @@ def publish_flat(build: Path, folder: Path) -> Manifest:
 
 
 def stage_build(build: Path, folder: Path) -> Manifest:
-    """Copy the flat build in ``build`` into ``folder`` in the layout training.upload gives S3: its files under
+    """Copy the flat build in ``build`` into ``folder`` in the layout ops.upload gives S3: its files under
     builds/<id>/, never rewritten. Returns the manifest that names them there; nothing reads it until
     ``publish_manifest``."""
     local = Manifest.read(build / MANIFEST_FILE)

@@ -21,9 +21,9 @@ from bench.harness import free_port
 from lambda_fn.contract.manifest import MANIFEST_FILE, Manifest, file_sha256
 from lambda_fn.storage import artifacts as artifacts_module
 from lambda_fn.storage.artifacts import S3_CONFIG
+from ops.upload import upload
 from tests.fakes import FlakyS3, SlowProxy, tiny_tmpfs
 from tests.helpers import REPO_ROOT, S3_PREFIX, SAMPLE_COUNT, assert_json_error, jpeg_bytes
-from training.upload import upload
 
 
 def _manifest(s3, bucket) -> Manifest:
@@ -99,7 +99,7 @@ def test_s3_slower_than_the_timeouts_is_503_then_recovers(uploaded, make_client,
 
 def test_manifest_missing_is_503_then_recovers(bucket, upload_build, make_client, tmp_path, tally):
     client = make_client(artifacts_uri=f"s3://{bucket}/{S3_PREFIX}/", cache_dir=tmp_path / "cache")
-    _assert_unavailable(client, MANIFEST_FILE, "does not exist", "training.upload")
+    _assert_unavailable(client, MANIFEST_FILE, "does not exist", "ops.upload")
     tally["faults injected"] += 1
     _assert_cache_trustworthy(tmp_path / "cache")
     upload_build()
@@ -111,7 +111,7 @@ def test_object_missing_is_503_then_recovers(uploaded, s3, make_client, tmp_path
     good = s3.get_object(Bucket=uploaded.bucket, Key=key)["Body"].read()
     s3.delete_object(Bucket=uploaded.bucket, Key=key)
     client = make_client(artifacts_uri=uploaded.uri, cache_dir=tmp_path / "cache")
-    _assert_unavailable(client, "model.pt", "does not exist", "training.upload")
+    _assert_unavailable(client, "model.pt", "does not exist", "ops.upload")
     tally["faults injected"] += 1
     _assert_cache_trustworthy(tmp_path / "cache")
     assert not (tmp_path / "cache" / uploaded.manifest.model_sha256 / "model.pt").exists()

@@ -13,6 +13,8 @@ import pytest
 
 from lambda_fn.contract.manifest import label_from_metadata, read_keys
 from lambda_fn.contract.shards import Shard
+from ops.upload import cli as upload_cli
+from ops.upload import upload
 from tests.training.official_layouts import write_food101, write_ifood2019
 from training.build_index import Source, Sources, get_args_parser, main, parse_source, scan_sources
 from training.build_index import cli as build_cli
@@ -21,8 +23,6 @@ from training.evaluate import get_args_parser as evaluate_args
 from training.evaluate import main as evaluate_main
 from training.evaluate import read_label_map, relevance
 from training.sample_data import write_sample_set
-from training.upload import cli as upload_cli
-from training.upload import upload
 
 
 @dataclass

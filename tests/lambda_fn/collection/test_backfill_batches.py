@@ -93,7 +93,7 @@ def test_a_batch_of_new_images_is_embedded_and_searchable_after_reindex(deployme
 
 
 def test_an_image_whose_metadata_names_its_label_gets_that_label_not_its_top_folder(deployment, tmp_path):
-    # training.upload records each image's label in its metadata: an iFood image's label comes from a CSV, and
+    # ops.upload records each image's label in its metadata: an iFood image's label comes from a CSV, and
     # under a source prefix the top folder is the source. A re-embedding backfill must keep those labels.
     d = deployment
     tagged, plain = "ifood/train_set/train_000123.jpg", "ramen/mine.jpg"

@@ -160,7 +160,7 @@ def test_a_new_model_goes_live_only_once_the_collection_is_embedded_with_it(depl
     from lambda_fn.contract.manifest import MODEL_META_FILE, file_sha256
     from lambda_fn.contract.shards import EventOrder
     from lambda_fn.vision.models import model_key
-    from training.upload import announce_model
+    from ops.upload import announce_model
 
     d = deployment
     extra = {MODEL_META_FILE: ""}

@@ -22,9 +22,9 @@ from lambda_fn.collection.reindex import reindex
 from lambda_fn.contract import metrics
 from lambda_fn.contract.manifest import PENDING_STATUS_FILE
 from lambda_fn.contract.shards import Shard, namespace
+from ops.upload import announce_model, upload
 from tests.deployment import PREFIX, Deployment, embed_bytes, sqs_event, unique_photo
 from tests.helpers import SAMPLE_COUNT
-from training.upload import announce_model, upload
 
 LIMITS = {"max_bytes": 10_000_000, "max_pixels": 64_000_000}
 EARLY = [f"early/photo {i}.jpg" for i in range(3)]
@@ -71,7 +71,7 @@ def test_photos_before_the_first_build_are_embedded_by_the_first_reindex_after_i
 ):
     d = empty
     photos, gone = _arrive_before_any_model(d)
-    # a photo of the collection the build is made from arrives too (training.upload sends the images first)
+    # a photo of the collection the build is made from arrives too (ops.upload sends the images first)
     sample = sorted(sample_dir.rglob("*.jpg"))[0]
     sample_key = sample.relative_to(sample_dir).as_posix()
     assert _ingest(d, sqs_event(d.put_image(sample_key, sample.read_bytes()), bucket=d.bucket)).pending == 1
@@ -102,7 +102,7 @@ def test_photos_before_the_first_build_are_embedded_by_the_first_reindex_after_i
 def test_photos_before_an_announced_first_model_make_its_first_build(empty, tmp_path, model_path):
     d = empty
     photos, gone = _arrive_before_any_model(d)
-    announce_model(model_path, d.bucket, PREFIX, client=d.client)  # training.upload --new-model
+    announce_model(model_path, d.bucket, PREFIX, client=d.client)  # ops.upload --new-model
     result = _reindex(d, tmp_path)
     assert result.status == "published" and result.count == 3 and result.pending_images == 0
     keys = {e.key for e in d.engine().keys}

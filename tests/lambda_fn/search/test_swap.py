@@ -18,6 +18,7 @@ from lambda_fn.contract.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, fil
 from lambda_fn.search.app import create_app
 from lambda_fn.storage.artifacts import S3_CONFIG
 from lambda_fn.vision.engine import Engine
+from ops.upload import upload
 from tests.helpers import jpeg_bytes
 from tests.lambda_fn.builds import (
     REBUILT_IDS,
@@ -28,7 +29,6 @@ from tests.lambda_fn.builds import (
     stage_build,
     subset_build,
 )
-from training.upload import upload
 
 CHECK_S = 0.2
 PREFIX = "svc"

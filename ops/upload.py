@@ -1,7 +1,7 @@
 """Upload an index build and its images to S3 (or any S3-compatible server).
 
-    python -m training.upload --artifacts artifacts/ --images data/sample --bucket B --prefix deepfood
-    python -m training.upload --source ifood=/data/ifood2019 --source food101=/data/food-101 --bucket B
+    python -m ops.upload --artifacts artifacts/ --images data/sample --bucket B --prefix deepfood
+    python -m ops.upload --source ifood=/data/ifood2019 --source food101=/data/food-101 --bucket B
 
 Order matters, so that a reader never sees a manifest that points at objects that are not there:
 1. the images, under ``<prefix>/images/<key>`` with their Content-Type, each read from its own source's folder
@@ -11,7 +11,7 @@ Order matters, so that a reader never sees a manifest that points at objects tha
 3. ``<prefix>/manifest.json`` last, naming those build files: this one small PUT switches readers over
    (``lambda_fn.storage.publish``, the contract the reindex function publishes by too).
 
-    python -m training.upload --new-model artifacts/model.pt --bucket B --prefix deepfood
+    python -m ops.upload --new-model artifacts/model.pt --bucket B --prefix deepfood
 
 announces a new model to a deployment whose collection keeps itself indexed instead (``models/``); the live
 build keeps serving until a backfill has re-embedded the collection with it and a reindex publishes it.
@@ -204,7 +204,7 @@ def main(args: argparse.Namespace) -> int:
         pointer = announce_model(args.new_model, args.bucket, args.prefix, client=client)
         print(
             f"model {pointer.model_sha256[:12]}… uploaded to s3://{args.bucket}/{args.prefix.strip('/')}/"
-            f"{pointer.model_file}; run the backfill (python -m training.backfill) to re-embed the collection"
+            f"{pointer.model_file}; run the backfill (python -m ops.backfill) to re-embed the collection"
         )
         return 0
     images = Sources.parse(args.images) if args.images else None

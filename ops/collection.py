@@ -1,11 +1,11 @@
 """Add, remove and re-sync collection images without rebuilding everything: the ingest and reindex that run
 in AWS, run here against a folder (or any S3-compatible server).
 
-    python -m training.collection add my-dish.jpg --label ramen        # copy in, embed, publish a new build
-    python -m training.collection remove ramen/my-dish.jpg
-    python -m training.collection sync                                 # embed what changed in the folder
-    python -m training.collection reindex                              # merge pending shards, publish
-    python -m training.collection status
+    python -m ops.collection add my-dish.jpg --label ramen        # copy in, embed, publish a new build
+    python -m ops.collection remove ramen/my-dish.jpg
+    python -m ops.collection sync                                 # embed what changed in the folder
+    python -m ops.collection reindex                              # merge pending shards, publish
+    python -m ops.collection status
 
 ``--artifacts`` is the build folder (default: artifacts) or s3://bucket/prefix/; ``--images`` the collection
 (default: data/sample for a folder, <artifacts>/images/ for S3). A running ``lambda_fn.search.local`` server picks
@@ -122,7 +122,7 @@ def _reindex(images: Store, artifacts: Store, args) -> ReindexReport:
     if report.pending_model:
         print(
             f"a new model ({report.pending_model['model_sha256'][:12]}…) waits for {report.pending_model['missing']} "
-            "images to be embedded with it: run `python -m training.collection sync --all`"
+            "images to be embedded with it: run `python -m ops.collection sync --all`"
         )
     if report.pending_images:
         print(_waiting(report.pending_images, report.status == "no_model"))
@@ -131,7 +131,7 @@ def _reindex(images: Store, artifacts: Store, args) -> ReindexReport:
 
 def _waiting(images: int, no_model: bool) -> str:
     if no_model:
-        return f"{images} photos wait for a model: publish one (training.upload), then reindex"
+        return f"{images} photos wait for a model: publish one (ops.upload), then reindex"
     return f"{images} photos that arrived before the model still wait: the next reindex embeds them"
 
 

@@ -1,8 +1,8 @@
 import json
 
 from lambda_fn.contract.manifest import Manifest, read_keys
+from ops.upload import upload
 from tests.helpers import SAMPLE_COUNT, run_module
-from training.upload import upload
 
 
 def _objects(s3, bucket):
@@ -39,7 +39,7 @@ def test_second_run_uploads_nothing_new(s3, bucket, artifacts_dir, sample_dir):
 
 def test_cli_honours_endpoint_url(s3_endpoint, s3, bucket, artifacts_dir):
     proc = run_module(
-        "training.upload",
+        "ops.upload",
         "--artifacts",
         str(artifacts_dir),
         "--bucket",
@@ -57,7 +57,7 @@ def test_cli_honours_endpoint_url(s3_endpoint, s3, bucket, artifacts_dir):
 
 def test_cli_missing_bucket_is_readable(s3_endpoint, artifacts_dir):
     proc = run_module(
-        "training.upload",
+        "ops.upload",
         "--artifacts",
         str(artifacts_dir),
         "--bucket",

@@ -1,4 +1,4 @@
-"""``python -m training.backfill``: finds the stack's state machine, starts it, follows the map run, reports.
+"""``python -m ops.backfill``: finds the stack's state machine, starts it, follows the map run, reports.
 
 CloudFormation, Step Functions and S3 are the loopback moto server (it serves every service on one port): the
 stack holds the state machine the Backfill construct defines. moto records executions but does not run them,
@@ -20,8 +20,8 @@ from aws_cdk.assertions import Template
 from cdk.artifacts import Artifacts
 from cdk.backfill import Backfill
 from lambda_fn.contract.manifest import BACKFILL_RESULTS_PREFIX, DEFAULT_PREFIX
+from ops.backfill import OUTPUT, SHOWN_FAILURES, Aws, cli
 from tests.helpers import run_module
-from training.backfill import OUTPUT, SHOWN_FAILURES, Aws, cli
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
 BUCKET_PLACEHOLDER = "placeholder-bucket-name"
@@ -272,7 +272,7 @@ def test_no_region_is_one_clear_line_from_the_command_line(tmp_path):
         "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
         "AWS_EC2_METADATA_DISABLED": "true",
     }
-    result = run_module("training.backfill", "--stack", "DeepFood", env=env, timeout=120)
+    result = run_module("ops.backfill", "--stack", "DeepFood", env=env, timeout=120)
     assert result.returncode == 2
     assert result.stderr == (
         "error: no AWS region: pass --region, or set AWS_REGION to the region the stack is deployed in\n"

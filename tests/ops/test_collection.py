@@ -1,4 +1,4 @@
-"""training.collection: the ingest and reindex of the cloud, run on a workstation's folders."""
+"""ops.collection: the ingest and reindex of the cloud, run on a workstation's folders."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from lambda_fn.contract.manifest import KeyEntry, Manifest
 from lambda_fn.storage.artifacts import fetch
 from lambda_fn.vision.engine import Engine
+from ops.collection import cli
 from tests.deployment import embed_bytes, unique_photo
 from tests.helpers import SAMPLE_COUNT
-from training.collection import cli
 
 
 @pytest.fixture

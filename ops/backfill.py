@@ -1,6 +1,6 @@
 """Embed the whole collection again with the current model (the backfill), then reindex; follow it to the end.
 
-    python -m training.backfill --stack DeepFood [--region R] [--wait/--no-wait] [--poll-s 5]
+    python -m ops.backfill --stack DeepFood [--region R] [--wait/--no-wait] [--poll-s 5]
 
 Run it after announcing a new model (``models/current.json``). It finds the stack's backfill state machine
 (the ``BackfillStateMachineArn`` output), starts an execution (or follows the one already running), and shows

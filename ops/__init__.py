@@ -1,0 +1,1 @@
+"""Command-line tools an operator runs against a deployment or the local demo."""
