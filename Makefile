@@ -12,12 +12,13 @@ DEMO_TRAIN_ARGS ?= --head-epochs 1 --epochs 2 --batch-size 32 --workers 2 --weig
 # int8 is ~5x faster on x86 CPUs at the same retrieval quality (docs/benchmarks.md); EXPORT_ARGS= for fp32.
 EXPORT_ARGS ?= --int8
 
-.PHONY: help install demo serve add-photo test test-avx2 lint format browser node bench lock audit clean
+.PHONY: help install demo serve add-photo test test-avx2 lint format browser node bench docs lock audit clean
 
 help:
 	@echo "make demo   - sample data -> train -> export -> index -> local server on http://127.0.0.1:$(PORT)"
 	@echo "make test   - install everything the tests need (venv, npm CLI, Chromium) and run lint + pytest"
 	@echo "make bench  - benchmarks under bench/ (see docs/benchmarks.md)"
+	@echo "make docs   - regenerate the configuration table in docs/configuration.md from Settings"
 	@echo "make add-photo PHOTO=dish.jpg LABEL=ramen - add a photo to the demo collection; a running demo finds it"
 
 $(VENV)/.installed: pyproject.toml
@@ -56,7 +57,7 @@ test: install node browser lint
 	$(MAKE) --no-print-directory test-avx2
 
 test-avx2: install
-	env $$($(PY) -m bench.isa --avx2-env) $(PY) -m pytest -m isa -p no:cacheprovider
+	env $$($(PY) -m support.isa) $(PY) -m pytest -m isa -p no:cacheprovider
 
 $(DATA)/README.txt: | install
 	$(PY) -m training.sample_data $(DATA)
@@ -84,6 +85,10 @@ add-photo: install
 
 bench: install
 	$(PY) -m bench.run
+
+# The configuration table in docs/configuration.md is generated from lambda_fn/contract/config.py's Settings.
+docs: install
+	$(PY) -m lambda_fn.contract.settings_table docs/configuration.md
 
 # The Lambda image's requirements, resolved for its Python (3.12, x86-64 Linux) from pyproject.toml's runtime
 # dependencies, every file pinned by sha256. torch itself, and the CUDA packages only PyPI's GPU build of

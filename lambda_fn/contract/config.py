@@ -1,7 +1,8 @@
 """Service settings: the one place that reads the environment.
 
 Every variable is ``DEEPFOOD_<FIELD>``; ``env_name("artifacts_uri")`` gives the exact name, which the CDK
-stack uses so infrastructure and runtime cannot disagree. The README's configuration table lists them.
+stack uses so infrastructure and runtime cannot disagree. docs/configuration.md lists them, generated from
+the field descriptions here (``make docs``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class Settings(BaseSettings):
         description="Where manifest.json, model.pt, index.ann and keys.json are: s3://bucket/prefix/ or a folder"
     )
     images_uri: str | None = Field(
-        None, description="Where collection images are (s3://... or a folder); default: <artifacts_uri>/images/"
+        None, description="Where collection images are (s3://... or a folder); default: images/ under the artifacts URI"
     )
     images_base_url: str | None = Field(
         None, description="Public base URL for image links; when unset, S3 images get presigned GET URLs"
@@ -43,7 +44,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, ge=1024, description="Largest image accepted (bytes)")
     max_image_pixels: int = Field(64_000_000, ge=1, description="Largest width x height decoded (bomb guard)")
     max_ingest_bytes: int = Field(
-        50_000_000, ge=1024, description="Largest collection image the ingest function embeds; larger ones are skipped"
+        50_000_000,
+        ge=1024,
+        description="Largest collection image the ingest function embeds; larger ones are skipped with that reason",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS; empty: none"
@@ -51,40 +54,53 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(Path("/tmp/deepfood"), description="Local cache for downloaded artifacts")
     trusted_model_sha256: Sha256 | None = Field(
         None,
-        description="sha256 of the only model file this deployment runs (64 lowercase hex); a manifest naming "
-        "any other model is refused before the model is downloaded. Unset: any model the manifest names",
+        description="sha256 (64 lowercase hex) of the only model this deployment runs: a manifest naming another "
+        "is refused before the model is downloaded (503 `not_ready` at a cold start; during a swap the live build "
+        "keeps serving), and ingest skips it. Unset: any model the manifest names. See docs/deploy.md, Trust model",
     )
     num_threads: int | None = Field(None, ge=1, description="Torch intra-op threads; default: the CPUs we may use")
     search_k: int | None = Field(None, ge=1, description="Override the manifest's Annoy search_k")
     load_on_import: bool = Field(False, description="Load model and index at import (Lambda init) instead of first use")
     log_level: str = Field("INFO", description="Log level of the JSON logger")
     tracing: bool = Field(
-        False, description="Trace each invocation with AWS X-Ray (Powertools' Tracer); needs Lambda active tracing"
+        False,
+        description="Trace each invocation with AWS X-Ray through Powertools' Tracer (S3 calls as subsegments); "
+        "needs Lambda active tracing, which CDK turns on with it (`-c tracing=true`). Costs extra: docs/deploy.md",
     )
     manifest_check_s: float = Field(
-        60, ge=0, description="Seconds between checks for a new manifest (a new build) by a warm service; 0: never"
+        60,
+        ge=0,
+        description="Seconds between a warm search container's checks for a new build (one conditional GET); "
+        "0: never. The local server uses 2",
     )
     reindex_lease_s: int = Field(
-        900, ge=30, description="How long a reindex holds its lease; longer than the reindex function's timeout"
+        900,
+        ge=30,
+        description="How long a reindex holds its lease (`locks/reindex.json`); at least the reindex function's "
+        "timeout, which CDK sets it to",
     )
     url_connect_timeout_s: float = Field(
-        3, gt=0, le=30, description="Seconds to connect (TCP and TLS) when fetching an image by URL"
+        3, gt=0, le=30, description="Seconds to connect (TCP and TLS) when `POST /search` fetches an image by URL"
     )
     url_read_timeout_s: float = Field(5, gt=0, le=30, description="Seconds a URL fetch waits for each read")
     url_fetch_timeout_s: float = Field(
         10, gt=0, le=25, description="Seconds a whole URL fetch may take, redirects included (API Gateway stops at 29)"
     )
-    url_max_redirects: int = Field(3, ge=0, le=10, description="Redirects a URL fetch follows, each hop checked again")
+    url_max_redirects: int = Field(
+        3, ge=0, le=10, description="Redirects a URL fetch follows, each hop's address checked again"
+    )
     url_allow_http: bool = Field(False, description="Fetch plain http:// image URLs too (default: https only)")
     url_allow_private: bool = Field(
         False,
-        description="Fetch from loopback and private addresses too (tests only); cloud metadata addresses stay refused",
+        description="Fetch from loopback and private addresses too (the tests' local servers); cloud metadata and "
+        "link-local addresses stay refused. Never in a deployment",
     )
     dedupe_similarity: float = Field(
         DEFAULT_DEDUPE_SIMILARITY,
         ge=0,
         le=1,
-        description="Cosine above which a result is a near-duplicate of a higher-ranked one and is collapsed",
+        description="Cosine above which a result is a near-duplicate of a higher-ranked one and is collapsed "
+        "(`dedupe=false` turns it off per request); chosen in docs/benchmarks.md",
     )
 
     @field_validator("cors_origins", mode="before")
@@ -133,6 +149,4 @@ def get_settings() -> Settings:
             f"{e['msg']}"
             for e in exc.errors()
         )
-        raise SettingsError(
-            f"invalid service configuration: {problems}. See the README's configuration table."
-        ) from None
+        raise SettingsError(f"invalid service configuration: {problems}. See docs/configuration.md.") from None
