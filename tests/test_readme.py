@@ -1,6 +1,8 @@
 """The README and docs/ must say what the code does: commands, links and the configuration table."""
 
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -101,3 +103,9 @@ def test_the_readme_is_short_and_links_every_docs_page():
     assert len(text.splitlines()) <= 200
     for page in PAGES:
         assert f"](docs/{page.name})" in text, page.name
+
+
+def test_the_generator_runs_without_torch_boto3_or_pil():
+    code = "import sys, lambda_fn.contract.settings_table; print(sorted({'torch', 'boto3', 'PIL'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
