@@ -9,12 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import aws_cdk as cdk
 from aws_cdk import aws_ecr_assets as ecr_assets
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
-from constructs import Construct
 from pydantic import TypeAdapter, ValidationError
 
 from lambda_fn.contract.config import Settings, env_name
@@ -60,10 +56,10 @@ def pinned_model(sha256: str) -> str:
 
 
 def worker_environment(
-    artifacts_uri: str, *, log_level: str, num_threads: int | None, tracing: bool, **settings: str
+    artifacts_uri: str, *, log_level: str, num_threads: int | None, **settings: str
 ) -> dict[str, str]:
     """The environment of the ingest and reindex functions: where the artifacts are, the /tmp cache, logging,
-    optional thread count and tracing, and ``settings`` (field name -> value) of their own."""
+    optional thread count, and ``settings`` (field name -> value) of their own (``cdk.function`` adds tracing)."""
     environment = {
         env_name("artifacts_uri"): artifacts_uri,
         env_name("cache_dir"): str(SETTINGS_DEFAULTS["cache_dir"]),
@@ -72,8 +68,6 @@ def worker_environment(
     }
     if num_threads is not None:
         environment[env_name("num_threads")] = str(num_threads)
-    if tracing:
-        environment[env_name("tracing")] = "true"
     return environment
 
 
@@ -86,16 +80,3 @@ def embedding_environment(
     if trusted_model_sha256:
         settings["trusted_model_sha256"] = pinned_model(trusted_model_sha256)
     return settings
-
-
-def execution_role(
-    scope: Construct, *, description: str, log_retention: logs.RetentionDays
-) -> tuple[iam.Role, logs.LogGroup]:
-    """A function's role and log group (``Role``, ``Logs`` in ``scope``); the role writes only to that group.
-
-    Instead of AWSLambdaBasicExecutionRole, whose logs actions cover every log group in the account.
-    """
-    log_group = logs.LogGroup(scope, "Logs", retention=log_retention, removal_policy=cdk.RemovalPolicy.DESTROY)
-    role = iam.Role(scope, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"), description=description)
-    log_group.grant_write(role)
-    return role, log_group

@@ -14,16 +14,14 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from cdk.artifacts import Artifacts
+from cdk.function import image_function
 from cdk.image import (
     INGEST_HANDLER,
     SETTINGS_DEFAULTS,
     embedding_environment,
-    execution_role,
-    image_code,
     pinned_model,
     worker_environment,
 )
-from cdk.monitoring import active_tracing
 from cdk.nag import acknowledge
 
 # AWS's advice for an SQS event source: a visibility timeout of six times the function's timeout, so a
@@ -79,7 +77,7 @@ class Ingest(Construct):
     - ``max_receive_count`` (5): attempts before a message goes to the dead-letter queue (kept 14 days).
     - ``max_ingest_bytes`` and ``max_image_pixels`` (the runtime's defaults): larger images are skipped.
     - ``trusted_model_sha256``: the only model it embeds with (the search function's pin, ``cdk.image``).
-    - ``tracing``: off by default; on, X-Ray active tracing and ``DEEPFOOD_TRACING`` (``cdk.monitoring``).
+    - ``tracing``: off by default; on, X-Ray active tracing and ``DEEPFOOD_TRACING`` (``cdk.function``).
 
     ``embedding_options`` holds the pin and the two limits, for the reindex: it embeds the photos that waited
     for a model with the ingest's code, so it must apply the same.
@@ -130,37 +128,29 @@ class Ingest(Construct):
                 event, _OwnBucketQueue(self.queue), s3.NotificationKeyFilter(prefix=artifacts.images_prefix)
             )
 
-        role, self.log_group = execution_role(
-            self,
-            description="DeepFood ingest function: write its own logs, read images, write embedding shards",
-            log_retention=log_retention,
-        )
-        artifacts.grant_ingest(role)
         self.embedding_options = {
             "trusted_model_sha256": pinned_model(trusted_model_sha256) if trusted_model_sha256 else None,
             "max_ingest_bytes": max_ingest_bytes,
             "max_image_pixels": max_image_pixels,
         }
-        environment = worker_environment(
-            artifacts.uri,
-            log_level=log_level,
-            num_threads=num_threads,
-            tracing=tracing,
-            **embedding_environment(**self.embedding_options),
-        )
-        self.function = lambda_.DockerImageFunction(
+        self.function = image_function(
             self,
-            "Function",
+            handler=INGEST_HANDLER,
             description="DeepFood ingest: embeds images added to the collection into embedding shards",
-            code=image_code(INGEST_HANDLER, architecture),
-            architecture=architecture,
-            memory_size=memory_mb,
+            role_description="DeepFood ingest function: write its own logs, read images, write embedding shards",
+            grant=artifacts.grant_ingest,
+            environment=worker_environment(
+                artifacts.uri,
+                log_level=log_level,
+                num_threads=num_threads,
+                **embedding_environment(**self.embedding_options),
+            ),
+            memory_mb=memory_mb,
             timeout=timeout,
-            ephemeral_storage_size=cdk.Size.mebibytes(ephemeral_storage_mb),
-            role=role,
-            log_group=self.log_group,
-            tracing=active_tracing(role, tracing),
-            environment=environment,
+            ephemeral_storage_mb=ephemeral_storage_mb,
+            architecture=architecture,
+            log_retention=log_retention,
+            tracing=tracing,
         )
         self.function.add_event_source(
             event_sources.SqsEventSource(

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 import aws_cdk as cdk
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as actions
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
@@ -42,21 +41,6 @@ PRICES_AS_OF = "2026-11-29"
 FIVE_MINUTES = cdk.Duration.minutes(5)
 ONE_DAY = cdk.Duration.days(1)
 PERCENTILES = ("p50", "p95", "p99")
-
-
-def active_tracing(role: iam.IRole, enabled: bool) -> lambda_.Tracing | None:
-    """Lambda's active X-Ray tracing when ``enabled`` (for ``tracing=``), with its grant acknowledged."""
-    if not enabled:
-        return None
-    acknowledge(
-        role,
-        {
-            "AwsSolutions-IAM5[Resource::*]": "Active tracing lets the function send its X-Ray segments "
-            "(xray:PutTraceSegments, xray:PutTelemetryRecords); X-Ray has no resources to scope these to, so "
-            "Lambda's own grant names '*'.",
-        },
-    )
-    return lambda_.Tracing.ACTIVE
 
 
 def emf(name: str, service: str, statistic: str, *, label: str | None = None, period=FIVE_MINUTES, **dims):

@@ -10,15 +10,13 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from cdk.artifacts import Artifacts
+from cdk.function import image_function
 from cdk.image import (
     REINDEX_HANDLER,
     SETTINGS_DEFAULTS,
     embedding_environment,
-    execution_role,
-    image_code,
     worker_environment,
 )
-from cdk.monitoring import active_tracing
 from cdk.sizing import REINDEX_MEMORY_FLOOR_MB
 from lambda_fn.contract.config import Settings
 
@@ -56,7 +54,7 @@ class Reindex(Construct):
     - ``trusted_model_sha256``, ``max_ingest_bytes``, ``max_image_pixels``: the ingest's (the stack passes
       its ``embedding_options``): a run that finds photos recorded before any model existed embeds them with
       the ingest's code, so with its model pin and image limits too.
-    - ``tracing``: off by default; on, X-Ray active tracing and ``DEEPFOOD_TRACING`` (``cdk.monitoring``).
+    - ``tracing``: off by default; on, X-Ray active tracing and ``DEEPFOOD_TRACING`` (``cdk.function``).
     """
 
     def __init__(
@@ -87,40 +85,32 @@ class Reindex(Construct):
         if lease_s < least_lease_s:
             raise ValueError(f"reindex timeout must be at least {least_lease_s} s: it is also the lease")
 
-        role, self.log_group = execution_role(
+        self.function = image_function(
             self,
-            description="DeepFood reindex function: write its own logs, merge shards, publish builds",
-            log_retention=log_retention,
-        )
-        artifacts.grant_reindex(role)
-        environment = worker_environment(
-            artifacts.uri,
-            log_level=log_level,
-            num_threads=num_threads,
-            tracing=tracing,
-            reindex_lease_s=str(lease_s),
-            **embedding_environment(
-                trusted_model_sha256=trusted_model_sha256,
-                max_ingest_bytes=max_ingest_bytes,
-                max_image_pixels=max_image_pixels,
-            ),
-        )
-        self.function = lambda_.DockerImageFunction(
-            self,
-            "Function",
+            handler=REINDEX_HANDLER,
             description="DeepFood reindex: merges embedding shards into a new Annoy build and publishes it",
-            code=image_code(REINDEX_HANDLER, architecture),
-            architecture=architecture,
-            memory_size=memory_mb,
+            role_description="DeepFood reindex function: write its own logs, merge shards, publish builds",
+            grant=artifacts.grant_reindex,
+            environment=worker_environment(
+                artifacts.uri,
+                log_level=log_level,
+                num_threads=num_threads,
+                reindex_lease_s=str(lease_s),
+                **embedding_environment(
+                    trusted_model_sha256=trusted_model_sha256,
+                    max_ingest_bytes=max_ingest_bytes,
+                    max_image_pixels=max_image_pixels,
+                ),
+            ),
+            memory_mb=memory_mb,
             timeout=timeout,
-            ephemeral_storage_size=cdk.Size.mebibytes(ephemeral_storage_mb),
-            reserved_concurrent_executions=reserved_concurrency,
+            ephemeral_storage_mb=ephemeral_storage_mb,
+            architecture=architecture,
+            log_retention=log_retention,
+            tracing=tracing,
+            reserved_concurrency=reserved_concurrency,
             # Neither Lambda (asynchronous invocations) nor the schedule retries a failed run: the next tick does.
             retry_attempts=0,
-            role=role,
-            log_group=self.log_group,
-            tracing=active_tracing(role, tracing),
-            environment=environment,
         )
         self.schedule = events.Rule(
             self,

@@ -8,8 +8,8 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from cdk.artifacts import Artifacts
-from cdk.image import SEARCH_HANDLER, SETTINGS_DEFAULTS, execution_role, image_code, pinned_model
-from cdk.monitoring import active_tracing
+from cdk.function import image_function
+from cdk.image import SEARCH_HANDLER, SETTINGS_DEFAULTS, pinned_model
 from cdk.sizing import SEARCH_EPHEMERAL_FLOOR_MB, SEARCH_MEMORY_FLOOR_MB
 from lambda_fn.contract.config import env_name
 
@@ -60,7 +60,7 @@ class SearchFunction(Construct):
       docs/benchmarks.md ("Cold start").
     - ``manifest_check_s``: how often a warm container looks for a new manifest, i.e. a build reindex
       published, and swaps to it; no configuration change or new container is needed.
-    - ``tracing``: off by default; on, X-Ray active tracing and ``DEEPFOOD_TRACING`` (``cdk.monitoring``).
+    - ``tracing``: off by default; on, X-Ray active tracing and ``DEEPFOOD_TRACING`` (``cdk.function``).
 
     It may only read: reindex publishes builds, this function loads them.
     """
@@ -100,26 +100,12 @@ class SearchFunction(Construct):
             trusted_model_sha256 = pinned_model(trusted_model_sha256)
         self.manifest_check_s = manifest_check_s
         self.memory_mb, self.ephemeral_storage_mb = memory_mb, ephemeral_storage_mb
-        role, self.log_group = execution_role(
+        self.function = image_function(
             self,
-            description="DeepFood search function: write its own logs, read the artifacts prefix",
-            log_retention=log_retention,
-        )
-        artifacts.grant_read(role)
-
-        self.function = lambda_.DockerImageFunction(
-            self,
-            "Function",
+            handler=SEARCH_HANDLER,
             description="DeepFood similarity search (FastAPI + Mangum, ResNet34 embeddings, Annoy)",
-            code=image_code(SEARCH_HANDLER, architecture),
-            architecture=architecture,
-            memory_size=memory_mb,
-            timeout=timeout or DEFAULT_TIMEOUT,
-            ephemeral_storage_size=cdk.Size.mebibytes(ephemeral_storage_mb),
-            reserved_concurrent_executions=reserved_concurrency,
-            role=role,
-            log_group=self.log_group,
-            tracing=active_tracing(role, tracing),
+            role_description="DeepFood search function: write its own logs, read the artifacts prefix",
+            grant=artifacts.grant_read,
             environment={
                 env_name("artifacts_uri"): artifacts.uri,
                 env_name("cors_origins"): ",".join(cors_origins),
@@ -129,8 +115,14 @@ class SearchFunction(Construct):
                 env_name("log_level"): log_level,
                 env_name("load_on_import"): "true" if provisioned_concurrency or snap_start else "false",
                 **({env_name("trusted_model_sha256"): trusted_model_sha256} if trusted_model_sha256 else {}),
-                **({env_name("tracing"): "true"} if tracing else {}),
             },
+            memory_mb=memory_mb,
+            timeout=timeout or DEFAULT_TIMEOUT,
+            ephemeral_storage_mb=ephemeral_storage_mb,
+            architecture=architecture,
+            log_retention=log_retention,
+            tracing=tracing,
+            reserved_concurrency=reserved_concurrency,
         )
         # What API Gateway invokes: the function itself, or the alias that holds the warm containers.
         self.target: lambda_.IFunction = self.function
