@@ -13,6 +13,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from cdk.alarms import AlarmSpec, alarm
 from cdk.artifacts import Artifacts
 from cdk.function import image_function
 from cdk.image import (
@@ -162,18 +163,17 @@ class Ingest(Construct):
             )
         )
 
-        self.dead_letter_alarm = cloudwatch.Alarm(
+        self.dead_letter_alarm = alarm(
             self,
-            "DeadLettersAlarm",
-            alarm_description="DeepFood ingest gave up on some images: see the dead-letter queue and the logs",
-            metric=self.dead_letter_queue.metric_approximate_number_of_messages_visible(
-                period=cdk.Duration.minutes(5), statistic=cloudwatch.Stats.MAXIMUM
+            AlarmSpec(
+                id="DeadLettersAlarm",
+                description="DeepFood ingest gave up on some images: see the dead-letter queue and the logs",
+                metric=self.dead_letter_queue.metric_approximate_number_of_messages_visible(
+                    period=cdk.Duration.minutes(5), statistic=cloudwatch.Stats.MAXIMUM
+                ),
+                threshold=0,
+                datapoints_to_alarm=1,
             ),
-            threshold=0,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
-            evaluation_periods=1,
-            datapoints_to_alarm=1,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
         )
         self._acknowledge_notifications_handler()
 

@@ -11,8 +11,8 @@ from aws_cdk.assertions import Annotations, Match, Template
 from cdk_nag import AwsSolutionsChecks
 from cdk_support import TUNED_REINDEX, build_stack, image_function, role_of, statements, text
 
+from cdk.dashboard import PRICE_PER_GB_SECOND
 from cdk.image import INGEST_HANDLER, REINDEX_HANDLER, SEARCH_HANDLER
-from cdk.monitoring import PRICE_PER_GB_SECOND
 from lambda_fn.contract import metrics as m
 from lambda_fn.contract.config import env_name
 
