@@ -30,8 +30,9 @@ import time
 from pathlib import Path
 
 from bench._setup import RESULTS, THREADS, artifacts, collection, photo_jpeg
-from bench.harness import REPO_ROOT, free_port, service_env, write_result
+from bench.harness import write_result
 from bench.isa import add_isa_argument, run_capped
+from support.service import REPO_ROOT, free_port, service_env
 
 FLOOR = """
 import gc, json, sys, time
@@ -56,7 +57,7 @@ t0 = time.perf_counter()
 import lambda_fn.search.main as service
 t_imported = time.perf_counter()
 from lambda_fn.vision import engine
-from bench.harness import LambdaContext, proc_status_kib, search_event
+from support.service import LambdaContext, proc_status_kib, search_event
 spent = {}
 def timed(owner, name, label):
     fn = getattr(owner, name)

@@ -30,17 +30,16 @@ import numpy as np
 
 from bench._setup import RESULTS, WORK, artifacts
 from bench.harness import (
-    REPO_ROOT,
     add_max_wait_argument,
     describe_machine,
     machine_busy_s,
     machine_info,
     percentile,
-    proc_status_kib,
     process_cpu_s,
     wait_for_quiet,
     write_result,
 )
+from support.service import REPO_ROOT, proc_status_kib
 
 PHOTO_SIZE = (512, 384)  # Food-101's photos are rescaled to a longest side of 512 px
 PHOTOS = 128

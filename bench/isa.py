@@ -1,7 +1,7 @@
 """The kernels' instruction set: which one each library runs, how to cap it at AVX2 (all AWS Lambda promises on
 x86_64), and how close the fp32 and int8 forwards come to the CPU's peak for that instruction set.
 
-Capping: ``AVX2_ENV`` is set in a child process before torch loads. ATen reads ``ATEN_CPU_CAPABILITY``;
+Capping: ``support.isa.AVX2_ENV`` is set in a child process before torch loads. ATen reads ``ATEN_CPU_CAPABILITY``;
 oneDNN reads ``ONEDNN_MAX_CPU_ISA`` (``DNNL_MAX_CPU_ISA`` is its older name); FBGEMM's GEMM kernels read
 ``FBGEMM_ENABLE_INSTRUCTIONS`` (``fbgemmInstructionSet()`` in FBGEMM's src/Utils.cc); its few direct
 cpuinfo checks (``fbgemmHasAvx512Support()``: group-wise convolution, which ResNet34 has none of) are not
@@ -19,7 +19,7 @@ are reported beside them. Every variant runs in two worker processes (full ISA, 
 
     python -m bench.isa [--rounds 3] [--forwards 6]
     python -m bench.isa --probe fp32|int8      # (child) the kernels this environment gets, as JSON
-    env $(python -m bench.isa --avx2-env) CMD  # run CMD with the kernels capped at AVX2 (make test does)
+    env $(python -m bench.isa --avx2-env) CMD  # run CMD with the kernels capped at AVX2 (as support.isa)
 """
 
 from __future__ import annotations
@@ -37,15 +37,10 @@ import time
 from pathlib import Path
 
 from bench._setup import EXPORT_VERSION, RESULTS, WORK, artifacts, bench_net
-from bench.harness import ISA_ENV, REPO_ROOT, machine_info, write_result
+from bench.harness import machine_info, write_result
+from support.isa import ISAS, avx2_words, isa_env
+from support.service import REPO_ROOT
 
-AVX2_ENV = {
-    "ATEN_CPU_CAPABILITY": "avx2",
-    "ONEDNN_MAX_CPU_ISA": "AVX2",
-    "DNNL_MAX_CPU_ISA": "AVX2",
-    "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
-}
-ISAS = {"full": {}, "avx2": AVX2_ENV}
 FBGEMM_ISAS = ("anyarch", "avx2", "avx512", "avx512_ymm", "avx512_vnni", "avx512_vnni_ymm", "sve")
 
 # Multiply-adds per cycle per core when ``cc`` is missing. fp32: 2 FMA units x 8 lanes (AVX2); AVX-512 is
@@ -125,11 +120,6 @@ int main(void) {
 """
 
 
-def isa_env(isa: str) -> dict[str, str]:
-    """This process's environment with the kernels capped for ``isa`` ("full" removes every cap)."""
-    return {**{k: v for k, v in os.environ.items() if k not in ISA_ENV}, **ISAS[isa], "PYTHONPATH": str(REPO_ROOT)}
-
-
 def add_isa_argument(parser: argparse.ArgumentParser) -> None:
     """``--isa both|full|avx2`` for a benchmark that reruns itself under the AVX2 cap with ``run_capped``."""
     parser.add_argument(
@@ -143,7 +133,7 @@ def add_isa_argument(parser: argparse.ArgumentParser) -> None:
 def run_capped(module: str, argv: list[str], timeout: float = 1800) -> dict:
     """Run ``python -m bench.<module> --isa avx2 ...`` under ``AVX2_ENV``; its report, parsed (the child writes it
     to a scratch folder, removed afterwards)."""
-    print(f"  running {module} again under {' '.join(f'{k}={v}' for k, v in AVX2_ENV.items())}", flush=True)
+    print(f"  running {module} again under {avx2_words()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / f"{module}.json"
         cmd = [sys.executable, "-m", f"bench.{module}", *argv, "--isa", "avx2", "--out", str(out)]
@@ -495,7 +485,7 @@ def _worker() -> None:
 
 def main(args: argparse.Namespace) -> dict:
     if args.avx2_env:
-        print(" ".join(f"{k}={v}" for k, v in AVX2_ENV.items()))
+        print(avx2_words())
         return {}
     import torch
 

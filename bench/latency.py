@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from bench._setup import RESULTS, THREADS, artifacts, bench_net, photo_jpeg, pin_threads
-from bench.harness import LambdaContext, percentile, proc_status_kib, search_event, service_env, write_result
+from bench.harness import percentile, write_result
 from bench.isa import add_isa_argument, run_capped
 from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
+from support.service import LambdaContext, proc_status_kib, search_event, service_env
 
 SIZES = {
     f"{DEFAULT_CROP_SIZE}px upload": (DEFAULT_CROP_SIZE, DEFAULT_CROP_SIZE),

@@ -12,7 +12,8 @@ import subprocess
 from pathlib import Path
 
 from bench._setup import RESULTS, THREADS, WORK, artifacts, photo_jpeg
-from bench.harness import REPO_ROOT, handler_child_cmd, handler_child_result, service_env, write_result
+from bench.harness import handler_child_cmd, handler_child_result, write_result
+from support.service import REPO_ROOT, service_env
 
 SEARCHES = 50
 

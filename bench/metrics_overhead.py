@@ -23,8 +23,9 @@ import sys
 import time
 
 from bench._setup import RESULTS, THREADS, artifacts, photo_jpeg, pin_threads
-from bench.harness import LambdaContext, percentile, search_event, service_env, write_result
+from bench.harness import percentile, write_result
 from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE
+from support.service import LambdaContext, search_event, service_env
 
 PATH_ROUNDS = 7
 

@@ -30,17 +30,16 @@ import numpy as np
 
 from bench._setup import RESULTS, WORK, artifacts
 from bench.harness import (
-    REPO_ROOT,
     add_max_wait_argument,
     describe_machine,
     machine_busy_s,
     machine_info,
-    proc_status_kib,
     process_cpu_s,
     wait_for_quiet,
     write_result,
 )
 from bench.ingest import LAMBDA_CONFIGS, amdahl_serial_fraction, amdahl_time, lambda_cpus
+from support.service import REPO_ROOT, proc_status_kib
 
 SHARD_IMAGES = 64
 LAMBDA_TIMEOUT_S = 900

@@ -21,16 +21,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.harness import REPO_ROOT, write_result
+from bench.harness import write_result
 from lambda_fn.contract.config import DEFAULT_MAX_UPLOAD_BYTES, Settings
 from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
+from support.service import REPO_ROOT
 
 WORK = REPO_ROOT / "bench" / ".work" / "request_memory"
 OUT = REPO_ROOT / "bench" / "results" / "request_memory.json"
 
 CHILD = """
 import json, sys, time
-from bench.harness import proc_status_kib
+from support.service import proc_status_kib
 from lambda_fn.vision.imaging import ImageError, load_for_model
 data = open(sys.argv[1], "rb").read()
 before = proc_status_kib()["VmRSS"]

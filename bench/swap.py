@@ -35,13 +35,12 @@ from bench.harness import (
     describe_machine,
     machine_info,
     percentile,
-    service_env,
-    start_local_server_process,
     wait_for_quiet,
     write_result,
 )
 from bench.ingest import PHOTO_SIZE
 from bench.reindex import SHARD_IMAGES, new_shard
+from support.service import service_env, start_local_server_process
 
 QUERY_GAP_S = 0.1
 

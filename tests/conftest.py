@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import ISA_ENV, LambdaContext, free_port
 from lambda_fn.contract.manifest import MANIFEST_FILE, Manifest
+from support.isa import ISA_ENV
+from support.service import LambdaContext, free_port
 from tests.helpers import (
     INDEX_TREES,
     S3_PREFIX,

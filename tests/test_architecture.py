@@ -2,6 +2,7 @@
 
 ``lambda_fn`` is split by job: ``contract`` (plain facts) < ``storage`` < ``vision`` < ``search`` and
 ``collection``, which never import each other. A module may import its own room or a room below it.
+Tests and benchmarks share helpers through ``support``, which imports neither.
 """
 
 from __future__ import annotations
@@ -60,4 +61,26 @@ def test_the_contract_needs_no_boto3_torch_or_pil():
         for name in _imports(path)
         if name.split(".")[0] in heavy
     ]
+    assert not wrong, "\n".join(wrong)
+
+
+def _importers(folder: str, top: str, skip: str | None = None) -> list[str]:
+    """Modules under ``folder`` (except under ``skip``) that import the top-level package ``top``."""
+    return [
+        f"{path.relative_to(REPO_ROOT)} imports {name}"
+        for path in _sources(folder)
+        if skip is None or not path.is_relative_to(REPO_ROOT / skip)
+        for name in _imports(path)
+        if name.split(".")[0] == top
+    ]
+
+
+def test_only_the_benchmarks_own_tests_import_bench():
+    wrong = _importers("tests", "bench", skip="tests/bench")
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("top", ["tests", "bench"])
+def test_support_imports_neither_tests_nor_bench(top):
+    wrong = _importers("support", top)
     assert not wrong, "\n".join(wrong)

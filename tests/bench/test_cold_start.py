@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from bench.cold_start import COLD_CHILD, FLOOR
-from bench.harness import REPO_ROOT, service_env
+from support.service import REPO_ROOT, service_env
 
 
 @pytest.mark.slow

@@ -10,17 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import (
-    REPO_ROOT,
-    handler_child_cmd,
-    handler_child_result,
-    percentile,
-    proc_status_kib,
-    rss_kib,
-    service_env,
-    write_result,
-)
+from bench.harness import handler_child_cmd, handler_child_result, percentile, write_result
 from lambda_fn.contract.config import ENV_PREFIX, Settings
+from support.service import REPO_ROOT, proc_status_kib, rss_kib, service_env
 
 BENCH = REPO_ROOT / "bench"
 

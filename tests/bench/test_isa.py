@@ -9,8 +9,10 @@ import sys
 
 import pytest
 
-from bench.harness import REPO_ROOT, cpu_facts, machine_info
-from bench.isa import AVX2_ENV, efficiency, isa_env, parse_onednn_verbose, peak_key
+from bench.harness import cpu_facts, machine_info
+from bench.isa import efficiency, parse_onednn_verbose, peak_key
+from support.isa import AVX2_ENV, isa_env
+from support.service import REPO_ROOT
 
 CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD

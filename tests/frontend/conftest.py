@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import service_env, start_local_server
+from support.service import service_env, start_local_server
 from tests.helpers import REPO_ROOT
 
 CHROMIUM = Path(os.environ.get("DEEPFOOD_CHROMIUM", "/usr/bin/chromium"))

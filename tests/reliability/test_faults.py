@@ -17,11 +17,11 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from bench.harness import free_port
 from lambda_fn.contract.manifest import MANIFEST_FILE, Manifest, file_sha256
 from lambda_fn.storage import artifacts as artifacts_module
 from lambda_fn.storage.artifacts import S3_CONFIG
 from ops.upload import upload
+from support.service import free_port
 from tests.fakes import FlakyS3, SlowProxy, tiny_tmpfs
 from tests.helpers import REPO_ROOT, S3_PREFIX, SAMPLE_COUNT, assert_json_error, jpeg_bytes
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.harness import start_local_server_process
-from bench.load import measure, table
+from support.load import measure, table
+from support.service import start_local_server_process
 
 # After warm-up the model, index and allocator pools are in place; 100 more requests may touch a few more
 # pages (glibc arenas per uvicorn worker thread) but must not grow with the request count.

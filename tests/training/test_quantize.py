@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.isa import isa_env
 from lambda_fn.vision.engine import load_model
 from lambda_fn.vision.imaging import load_for_model
+from support.isa import isa_env
 from tests.helpers import EMBED_DIM, REPO_ROOT, SAMPLE_CLASSES
 from training.data import list_images
 from training.export import calibration_batches, get_args_parser, load_checkpoint, main, meta_for

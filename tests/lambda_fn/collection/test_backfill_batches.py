@@ -255,7 +255,7 @@ class ThrottlingProxy:
 # what the runtime would report: the result, or the error whose errorType Step Functions' Retry matches.
 DRIVER = """
 import json, sys
-from bench.harness import LambdaContext
+from support.service import LambdaContext
 from lambda_fn.collection.handlers.ingest import handler
 with open(sys.argv[1]) as events, open(sys.argv[2], "w") as out:
     for line in events:

@@ -13,7 +13,6 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from bench.harness import service_env
 from lambda_fn.collection import pending
 from lambda_fn.collection.events import changes_from_sqs
 from lambda_fn.collection.ingest import ingest, ingest_pending
@@ -23,6 +22,7 @@ from lambda_fn.contract import metrics
 from lambda_fn.contract.manifest import PENDING_STATUS_FILE
 from lambda_fn.contract.shards import Shard, namespace
 from ops.upload import announce_model, upload
+from support.service import service_env
 from tests.deployment import PREFIX, Deployment, embed_bytes, sqs_event, unique_photo
 from tests.helpers import SAMPLE_COUNT
 

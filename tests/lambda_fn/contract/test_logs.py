@@ -6,9 +6,9 @@ import importlib
 
 import pytest
 
-from bench.harness import service_env
 from lambda_fn.contract import metrics
 from lambda_fn.contract.logs import configure
+from support.service import service_env
 from tests.deployment import deploy, sqs_event, unique_photo
 
 

@@ -13,11 +13,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aws_lambda_powertools.metrics import MetricUnit
 
-from bench.harness import multipart_image, service_env
 from lambda_fn.collection.reindex import Lease
 from lambda_fn.contract import metrics
 from lambda_fn.contract.manifest import MANIFEST_FILE, Manifest, read_keys
 from lambda_fn.search.schemas import ErrorCode
+from support.service import multipart_image, service_env
 from tests.deployment import deploy, sqs_event, unique_photo
 from tests.helpers import SAMPLE_COUNT, load_event
 

@@ -12,9 +12,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.exceptions import PydanticV1NotSupportedError
 
-from bench.harness import multipart_image, service_env
 from lambda_fn.contract.config import env_name
 from lambda_fn.contract.manifest import read_keys
+from support.service import multipart_image, service_env
 from tests.helpers import REPO_ROOT, assert_json_error, load_event
 
 BOUNDARY = "----deepfoodboundary"
@@ -157,7 +157,7 @@ class Watch:
 sys.meta_path.insert(0, Watch())
 import lambda_fn.search.main as service
 from lambda_fn.storage import artifacts
-from bench.harness import LambdaContext, search_event
+from support.service import LambdaContext, search_event
 def refetched(*args, **kwargs):
     raise AssertionError("the first load fetched the build again")
 service.prefetch.result()  # then anything that fetches from here on is the load itself

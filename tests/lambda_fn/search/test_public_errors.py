@@ -10,13 +10,13 @@ import math
 import pytest
 from mangum import Mangum
 
-from bench.harness import free_port
 from lambda_fn import __version__
 from lambda_fn.contract.config import Settings
 from lambda_fn.contract.logs import logger
 from lambda_fn.search import state as state_module
 from lambda_fn.search.app import create_app
 from lambda_fn.storage import artifacts as artifacts_module
+from support.service import free_port
 from tests.helpers import assert_json_error, jpeg_bytes, load_event
 
 

@@ -13,11 +13,11 @@ import pytest
 from starlette import formparsers
 from starlette.requests import Request
 
-from bench.harness import multipart_image
 from lambda_fn.contract.config import Settings
 from lambda_fn.search.errors import ApiError
 from lambda_fn.search.schemas import ErrorCode
 from lambda_fn.search.uploads import decode_base64_image, parse_k, read_query
+from support.service import multipart_image
 from tests.helpers import jpeg_bytes
 
 LIMITS = Settings(artifacts_uri="unused", default_k=5, max_k=50, max_upload_bytes=2048)
