@@ -38,13 +38,18 @@ from bench.harness import (
     wait_for_quiet,
     write_result,
 )
-from bench.ingest import LAMBDA_CONFIGS, amdahl_serial_fraction, amdahl_time, lambda_cpus
+from lambda_fn.contract.lambda_costs import (
+    LAMBDA_CONFIGS,
+    LAMBDA_MAX_EPHEMERAL_STORAGE_MB,
+    LAMBDA_MAX_MEMORY_MB,
+    LAMBDA_MAX_TIMEOUT_S,
+    amdahl_serial_fraction,
+    amdahl_time,
+    lambda_cpus,
+)
 from support.service import REPO_ROOT, proc_status_kib
 
 SHARD_IMAGES = 64
-LAMBDA_TIMEOUT_S = 900
-LAMBDA_MEMORY_MB = 10240
-LAMBDA_TMP_MB = 10240
 BASE_TIME = 1_800_000_000  # event times of the synthetic shards (epoch seconds)
 DEMO_IMAGES = 240  # the demo build every deployment starts from
 # ASSUMED S3 rates for what a FolderStore run does not pay (docs/scaling.md says why these values):
@@ -173,7 +178,7 @@ def run_reindex_child(root: Path, n_jobs: int) -> int:
     rss_imported = proc_status_kib()["VmRSS"] / 1024
     busy0, cpu0 = machine_busy_s(), process_cpu_s()
     t0 = time.perf_counter()
-    report = reindex(FolderStore(root / "store"), root / "work", lease_s=LAMBDA_TIMEOUT_S, n_jobs=n_jobs)
+    report = reindex(FolderStore(root / "store"), root / "work", lease_s=LAMBDA_MAX_TIMEOUT_S, n_jobs=n_jobs)
     wall = time.perf_counter() - t0
     own_cpu = process_cpu_s() - cpu0
     others = max(0.0, machine_busy_s() - busy0 - own_cpu) / wall
@@ -304,13 +309,15 @@ def scaling(sizes: list[dict], scenario: str, jobs: list[int]) -> dict | None:
         "assumed_s3": {"request_s": S3_REQUEST_S, "mb_per_s": S3_MB_S},
         "largest_n": {},
     }
-    by_disk = largest_n(lambda n: disk[0] + disk[1] * n, LAMBDA_TMP_MB)
+    by_disk = largest_n(lambda n: disk[0] + disk[1] * n, LAMBDA_MAX_EPHEMERAL_STORAGE_MB)
     for memory_mb, threads in LAMBDA_CONFIGS.items():
         cpus = lambda_cpus(memory_mb, threads)
         fit["largest_n"][str(memory_mb)] = limits = {
             "cpus": cpus,
-            "by_time_here": largest_n(lambda n, c=cpus: predict_reindex_s(fit, n, c, with_s3=False), LAMBDA_TIMEOUT_S),
-            "by_time_with_s3": largest_n(lambda n, c=cpus: predict_reindex_s(fit, n, c), LAMBDA_TIMEOUT_S),
+            "by_time_here": largest_n(
+                lambda n, c=cpus: predict_reindex_s(fit, n, c, with_s3=False), LAMBDA_MAX_TIMEOUT_S
+            ),
+            "by_time_with_s3": largest_n(lambda n, c=cpus: predict_reindex_s(fit, n, c), LAMBDA_MAX_TIMEOUT_S),
             "by_memory": largest_n(lambda n: rss[0] + rss[1] * n, memory_mb),
             "by_tmp": by_disk,
         }
@@ -354,7 +361,11 @@ def main(args: argparse.Namespace) -> dict:
         "shard_images": SHARD_IMAGES,
         "sizes": results,
         "scaling": fits,
-        "limits": {"timeout_s": LAMBDA_TIMEOUT_S, "memory_mb": LAMBDA_MEMORY_MB, "tmp_mb": LAMBDA_TMP_MB},
+        "limits": {
+            "timeout_s": LAMBDA_MAX_TIMEOUT_S,
+            "memory_mb": LAMBDA_MAX_MEMORY_MB,
+            "tmp_mb": LAMBDA_MAX_EPHEMERAL_STORAGE_MB,
+        },
         "wall_s": time.perf_counter() - started,
     }
     write_result(report, args.out)

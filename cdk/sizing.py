@@ -21,11 +21,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# Lambda's own limits (memory and /tmp both top out at 10,240 MB).
-LAMBDA_MAX_MEMORY_MB = 10240
-LAMBDA_MAX_EPHEMERAL_STORAGE_MB = 10240
-# The most memory a new account may configure ("Function memory allocation"); AWS Support raises it on request.
-NEW_ACCOUNT_MEMORY_MB = 3008
+from lambda_fn.contract.lambda_costs import (
+    LAMBDA_MAX_EPHEMERAL_STORAGE_MB,
+    LAMBDA_MAX_MEMORY_MB,
+    NEW_ACCOUNT_MEMORY_MB,
+)
 
 # Defaults below which the sizes never go: 3,008 MB is 1.70 vCPUs, the most a new account may configure
 # before a quota increase; 2,048 MB of /tmp holds Food-101's build twice over.
