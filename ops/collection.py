@@ -33,10 +33,11 @@ from lambda_fn.collection.ingest import Change, IngestReport, ingest, ingest_pen
 from lambda_fn.collection.reindex import ReindexReport, base_collection, listing_digest, reindex, shard_listing
 from lambda_fn.contract.config import Settings
 from lambda_fn.contract.shards import EventOrder
-from lambda_fn.storage.artifacts import ArtifactError
+from lambda_fn.storage.errors import ArtifactError
+from lambda_fn.storage.records import read_manifest, read_pointer
 from lambda_fn.storage.store import NotFound, Store, open_store
 from lambda_fn.vision.imaging import IMAGE_EXTENSIONS
-from lambda_fn.vision.models import read_manifest, read_pointer, target_models
+from lambda_fn.vision.models import target_models
 from training.cli import run
 
 
@@ -170,7 +171,7 @@ def cmd_remove(args, images: Store, artifacts: Store) -> int:
 
 
 def cmd_sync(args, images: Store, artifacts: Store) -> int:
-    live, _ = read_manifest(artifacts)
+    live, _ = read_manifest(artifacts, missing_ok=True) or (None, None)
     if live is None:
         raise ArtifactError(f"{artifacts.describe()} has no build yet; run training.build_index first")
     present = {i.key: i for i in images.list() if _is_image(i.key)}
@@ -198,7 +199,7 @@ def cmd_reindex(args, images: Store, artifacts: Store) -> int:
 
 
 def cmd_status(args, images: Store, artifacts: Store) -> int:
-    live, _ = read_manifest(artifacts)
+    live, _ = read_manifest(artifacts, missing_ok=True) or (None, None)
     pointer = read_pointer(artifacts)
     if live is None:
         print(f"no build published in {artifacts.describe()}")

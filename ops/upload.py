@@ -26,9 +26,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
 from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from tqdm import tqdm
 
@@ -43,14 +41,16 @@ from lambda_fn.contract.manifest import (
     label_metadata,
     read_keys,
 )
-from lambda_fn.storage.artifacts import ArtifactError
+from lambda_fn.storage.errors import ArtifactError
 from lambda_fn.storage.publish import publish_build
-from lambda_fn.storage.store import S3Store
+from lambda_fn.storage.records import POINTER_FILE, ModelPointer, model_key
+from lambda_fn.storage.store import S3Store, s3_client
 from lambda_fn.vision.engine import load_model
-from lambda_fn.vision.models import POINTER_FILE, ModelPointer, model_key
 from training.build_index import Sources, named_source
 from training.cli import run
 
+# An upload from a workstation retries a passing throttle more often than a Lambda function would.
+UPLOAD_ATTEMPTS = 5
 TRANSFER = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=16 << 20, max_concurrency=8)
 
 
@@ -133,7 +133,7 @@ def upload(
     """Upload a build; with ``images`` (the folder, or the sources, it was built from) its images first."""
     prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
     manifest = verify_local(artifacts)
-    client = client or boto3.client("s3", config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+    client = client or s3_client(max_attempts=UPLOAD_ATTEMPTS)
     report = UploadReport()
     if images is not None:
         entries = read_keys(artifacts / manifest.keys_file)
@@ -195,9 +195,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    client = boto3.client(
-        "s3", endpoint_url=args.endpoint_url, config=Config(retries={"max_attempts": 5, "mode": "standard"})
-    )
+    client = s3_client(endpoint_url=args.endpoint_url, max_attempts=UPLOAD_ATTEMPTS)
     if args.new_model is not None:
         if not args.new_model.is_file():
             raise FileNotFoundError(f"model {args.new_model} does not exist; export one with training.export")

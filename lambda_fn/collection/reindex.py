@@ -44,10 +44,11 @@ from annoy import AnnoyIndex
 from lambda_fn.collection import pending
 from lambda_fn.contract.manifest import BUILDS_PREFIX, LOCKS_PREFIX, Manifest, read_keys
 from lambda_fn.contract.shards import SHARD_SUFFIX, Added, Collection, EventOrder, Shard, namespace
+from lambda_fn.storage.cache import download_verified
 from lambda_fn.storage.publish import NO_MANIFEST, publish_build
-from lambda_fn.storage.store import NotFound, PreconditionFailed, Store, download_verified
+from lambda_fn.storage.records import read_manifest, read_pointer
+from lambda_fn.storage.store import NotFound, PreconditionFailed, Store
 from lambda_fn.vision.indexing import DEFAULT_N_TREES, DEFAULT_SEARCH_K, DEFAULT_SEED, write_build
-from lambda_fn.vision.models import read_manifest, read_pointer
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ def reindex(
     most (default: a third of the lease, so the build that follows has time to finish)."""
     started = time.perf_counter()
     report = ReindexReport()
-    live, live_etag = read_manifest(store)
+    live, live_etag = read_manifest(store, missing_ok=True) or (None, None)
     pointer = read_pointer(store)
     try:  # the photos that wait must not stop the merge of everything else
         records = pending.record_keys(store)

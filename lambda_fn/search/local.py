@@ -26,7 +26,7 @@ from lambda_fn.contract.config import Settings
 from lambda_fn.contract.site_config import CONFIG_FILE, site_config
 from lambda_fn.search.app import create_app
 from lambda_fn.search.urls import LOCAL_IMAGES_ROUTE
-from lambda_fn.storage.artifacts import Location
+from lambda_fn.storage.store import Location
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # A new build shows up quickly on a workstation; in Lambda the default interval applies (Settings).

@@ -12,11 +12,11 @@ for every chunk it receives, so in a thread the fetch competed with the imports 
 by as much as it hid (0.2-0.4 s for the 86 MB fp32 build, measured with ``bench.cold_start``). The child
 imports only this module's dependencies (boto3, pydantic; never torch), on the other core.
 
-The fetch is the one ``ServiceState`` would make (``artifacts.read_manifest``, ``check_trusted`` before any
+The fetch is the one ``ServiceState`` would make (``records.read_manifest``, ``check_trusted`` before any
 download, ``fetch_build``), so a failure is the same ``ArtifactError``: the child writes its detail and public
 message, and ``result()`` raises it again in the service, whose first load reports it as its own (503 with
 the public message, the detail in the log, the backoff). A prefetch is used once: later attempts fetch for
-themselves. The child's partial files carry its pid, so ``artifacts.clean_partials`` leaves them alone while it
+themselves. The child's partial files carry its pid, so ``cache.clean_partials`` leaves them alone while it
 runs, as it does another container's.
 """
 
@@ -31,16 +31,18 @@ from pathlib import Path
 
 from lambda_fn.contract.config import Settings
 from lambda_fn.contract.manifest import Manifest
-from lambda_fn.storage import artifacts
-from lambda_fn.storage.artifacts import ArtifactError, FetchedArtifacts, UntrustedModel
+from lambda_fn.storage.artifacts import FetchedArtifacts, fetch_build
+from lambda_fn.storage.errors import ArtifactError, UntrustedModel, check_trusted
+from lambda_fn.storage.records import read_manifest
+from lambda_fn.storage.store import open_store
 
 
 def fetch(uri: str, cache_dir: Path, trusted_model_sha256: str | None) -> FetchedArtifacts:
     """The build the manifest names, verified in the cache (or the folder)."""
-    client = artifacts.s3_client() if artifacts.Location.parse(uri).is_s3 else None
-    manifest, stamp = artifacts.read_manifest(uri, client)
-    artifacts.check_trusted(manifest, trusted_model_sha256)
-    return artifacts.fetch_build(uri, cache_dir, manifest, stamp, client)
+    store = open_store(uri)
+    manifest, stamp = read_manifest(store)
+    check_trusted(manifest, trusted_model_sha256)
+    return fetch_build(store, cache_dir, manifest, stamp)
 
 
 def _answer(uri: str, cache_dir: str, trusted: str) -> dict:

@@ -45,12 +45,12 @@ from lambda_fn.contract import metrics
 from lambda_fn.contract.config import Settings
 from lambda_fn.search.errors import NotReady
 from lambda_fn.search.prefetch import Prefetch
-from lambda_fn.storage import artifacts
-from lambda_fn.storage.artifacts import ArtifactError, FetchedArtifacts, UntrustedModel
-from lambda_fn.storage.records import read_status
-from lambda_fn.storage.store import open_store
+from lambda_fn.storage import artifacts, records
+from lambda_fn.storage.artifacts import FetchedArtifacts
+from lambda_fn.storage.cache import clean_partials
+from lambda_fn.storage.errors import ArtifactError, UntrustedModel, check_trusted
+from lambda_fn.storage.store import Store, open_store
 from lambda_fn.vision.engine import Engine
-from lambda_fn.vision.models import read_pointer
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +125,14 @@ class ServiceState:
         self._check_lock = threading.Lock()
         self._checking = False
         self._last_check = 0.0  # time.monotonic() when the last check (or the first load) ended
-        self._check_client = None
+        self._check_store: Store | None = None
         self.checked_at: str | None = None
         self.swapping = False
         self.check_error: str | None = None
         self.pending_model: str | None = None  # announced in models/current.json, not live yet
         self.pending_images: int | None = None  # photos that arrived before any model, as the last reindex counted
         try:  # downloads a killed process left half done
-            artifacts.clean_partials(settings.cache_dir)
+            clean_partials(settings.cache_dir)
         except OSError as exc:
             log.warning("could not clean the artifact cache", extra={"reason": str(exc)})
 
@@ -148,14 +148,12 @@ class ServiceState:
         self.poll()
         return engine
 
-    def _client(self, *, fresh: bool = False):
-        """The S3 client for the artifacts, None for a local folder: made once for the checks, and anew for
-        each attempt at a first load, which may be retrying after the endpoint or connections failed."""
-        if self._s3_client is not None or not artifacts.Location.parse(self.settings.artifacts_uri).is_s3:
-            return self._s3_client
-        if fresh or self._check_client is None:
-            self._check_client = artifacts.s3_client()
-        return self._check_client
+    def _store(self, *, fresh: bool = False) -> Store:
+        """Where the artifacts are read: one store (and S3 client) for the checks, and a new one for each
+        attempt at a first load, which may be retrying after the endpoint or connections failed."""
+        if fresh or self._check_store is None:
+            self._check_store = open_store(self.settings.artifacts_uri, self._s3_client)
+        return self._check_store
 
     def _fetch(self) -> FetchedArtifacts:
         """The build to load: the prefetch's, the first time there is one (raising the ArtifactError it
@@ -170,10 +168,10 @@ class ServiceState:
                 log.warning("the prefetch failed; fetching the build here", exc_info=True)
             finally:
                 self.prefetch_wait_s = time.perf_counter() - waited
-        uri, client = self.settings.artifacts_uri, self._client(fresh=True)
-        manifest, stamp = artifacts.read_manifest(uri, client)
-        artifacts.check_trusted(manifest, self.settings.trusted_model_sha256)
-        return artifacts.fetch_build(uri, self.settings.cache_dir, manifest, stamp, client)
+        store = self._store(fresh=True)
+        manifest, stamp = records.read_manifest(store)
+        check_trusted(manifest, self.settings.trusted_model_sha256)
+        return artifacts.fetch_build(store, self.settings.cache_dir, manifest, stamp)
 
     def _load(self) -> tuple[Engine, FetchedArtifacts]:
         started = time.perf_counter()
@@ -281,23 +279,23 @@ class ServiceState:
             engine.warm_up()
         return engine
 
-    def _note_pending_model(self, client, live: Engine) -> None:
+    def _note_pending_model(self, store: Store, live: Engine) -> None:
         """Whether a new model is announced but not live yet (its backfill is running): /health says so."""
         try:
-            pointer = read_pointer(open_store(self.settings.artifacts_uri, client))
+            pointer = records.read_pointer(store)
         except Exception as exc:  # a broken pointer must not stop the manifest check
             log.warning("model pointer unreadable", extra=_log_fields(exc))
             return
         sha = pointer.model_sha256 if pointer is not None else None
         self.pending_model = sha if sha and sha != live.manifest.model_sha256 else None
 
-    def _note_pending_images(self, client, *, swapped: bool = False) -> None:
+    def _note_pending_images(self, store: Store, *, swapped: bool = False) -> None:
         """Photos still waiting to be embedded: one small GET of what the reindex counted, never a listing.
         Photos wait only while no model exists, so once this reads none it reads again only after a swap."""
         if self.pending_images == 0 and not swapped:
             return
         try:
-            status = read_status(open_store(self.settings.artifacts_uri, client))
+            status = records.read_status(store)
         except Exception as exc:  # must not stop the manifest check either
             log.warning("pending status unreadable", extra=_log_fields(exc))
             return
@@ -308,26 +306,24 @@ class ServiceState:
         started = time.perf_counter()
         new_id = None
         try:
-            client = self._client()
-            self._note_pending_model(client, live)
-            self._note_pending_images(client)
-            published = artifacts.read_manifest(self.settings.artifacts_uri, client, stamp=old.stamp)
+            store = self._store()
+            self._note_pending_model(store, live)
+            self._note_pending_images(store)
+            published = records.read_manifest(store, stamp=old.stamp)
             if published is None:
                 self.check_error = None
                 log.debug("manifest unchanged", extra={"build_id": live.build_id})
                 return
             manifest, stamp = published
             new_id = manifest.build_id
-            artifacts.check_trusted(manifest, self.settings.trusted_model_sha256)
+            check_trusted(manifest, self.settings.trusted_model_sha256)
             self.swapping = True
             log.info("new build published; loading it", extra={"build_id": new_id, "live_build_id": live.build_id})
-            fetched = artifacts.fetch_build(
-                self.settings.artifacts_uri, self.settings.cache_dir, manifest, stamp, client, have=old
-            )
+            fetched = artifacts.fetch_build(store, self.settings.cache_dir, manifest, stamp, have=old)
             engine = self._engine_for(fetched, live)
             self._live = fetched
             self.engine = engine  # the swap: one reference assignment
-            self._note_pending_images(client, swapped=True)
+            self._note_pending_images(store, swapped=True)
             removed = artifacts.prune(old, fetched)
             self.check_error = None
             log.info(

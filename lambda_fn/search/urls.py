@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from lambda_fn.contract.config import Settings
-from lambda_fn.storage.artifacts import Location, s3_client
+from lambda_fn.storage.store import Location, s3_client
 
 # Where the local server serves the collection folder (see lambda_fn.search.local).
 LOCAL_IMAGES_ROUTE = "/files"

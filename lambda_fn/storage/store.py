@@ -8,6 +8,9 @@ Conditional writes make the reindex lease safe without a database: ``put(..., if
 an object only if it does not exist (S3's ``If-None-Match: *``), ``put(..., if_match=etag)`` replaces it only
 if nobody changed it since it was read (S3's ``If-Match``). The folder store gives the same guarantees with
 ``O_EXCL`` and a lock file.
+
+``open_store`` takes the one spelling of a location every setting and CLI uses (``s3://bucket/prefix/`` or a
+folder, parsed by ``Location``), and ``s3_client`` is the one S3 client factory (timeouts, retries, signing).
 """
 
 from __future__ import annotations
@@ -22,11 +25,61 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlparse
 
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from lambda_fn.contract.manifest import file_sha256
-from lambda_fn.storage.artifacts import TRANSFER, ArtifactError, Location, partial_for, s3_client
+from lambda_fn.storage.errors import MISCONFIGURED, ArtifactError
+
+# SigV4 everywhere: presigned URLs signed with the legacy scheme are refused in newer regions.
+S3_CONFIG = Config(
+    connect_timeout=5, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"}, signature_version="s3v4"
+)
+# Three files download at once; 4 x 8 MB in flight each keeps the peak memory of a cold start small.
+TRANSFER = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=4, max_io_queue=16)
+
+
+def s3_client(*, endpoint_url: str | None = None, max_attempts: int | None = None):
+    """boto3 S3 client with ``S3_CONFIG``; honours AWS_ENDPOINT_URL (any S3-compatible server) like every boto3
+    client. ``max_attempts``: more retries, for a long run from a workstation (an upload) that should not stop
+    at a passing throttle."""
+    config = S3_CONFIG
+    if max_attempts is not None:
+        config = config.merge(Config(retries={"max_attempts": max_attempts, "mode": "standard"}))
+    return boto3.client("s3", endpoint_url=endpoint_url, config=config)
+
+
+@dataclass(frozen=True)
+class Location:
+    """``s3://bucket/prefix/`` or a local folder."""
+
+    bucket: str | None
+    prefix: str
+    path: Path | None
+
+    @classmethod
+    def parse(cls, uri: str) -> Location:
+        parsed = urlparse(uri)
+        if parsed.scheme == "s3":
+            if not parsed.netloc:
+                raise ArtifactError(f"{uri!r} has no bucket name; expected s3://bucket/prefix/", MISCONFIGURED)
+            prefix = parsed.path.strip("/")
+            return cls(parsed.netloc, prefix + "/" if prefix else "", None)
+        if parsed.scheme not in ("", "file"):
+            raise ArtifactError(
+                f"unsupported artifacts location {uri!r}; use s3://bucket/prefix/ or a folder", MISCONFIGURED
+            )
+        return cls(None, "", Path(parsed.path if parsed.scheme == "file" else uri))
+
+    @property
+    def is_s3(self) -> bool:
+        return self.bucket is not None
+
+    def describe(self, name: str = "") -> str:
+        return f"s3://{self.bucket}/{self.prefix}{name}" if self.is_s3 else str(self.path / name)
 
 
 class PreconditionFailed(Exception):
@@ -63,6 +116,11 @@ class Store:
         """(content, ETag, user metadata); a folder keeps no metadata. Raises NotFound."""
         data, etag = self.get(key)
         return data, etag, {}
+
+    def get_changed(self, key: str, etag: str | None) -> tuple[bytes, str] | None:
+        """(content, ETag), or None when the object's ETag is still ``etag``; raises NotFound."""
+        data, current = self.get(key)
+        return None if etag is not None and current == etag else (data, current)
 
     def head(self, key: str) -> ObjectInfo | None:
         raise NotImplementedError
@@ -123,6 +181,20 @@ class S3Store(Store):
                 raise NotFound(key) from exc
             raise
         return response["Body"].read(), response["ETag"].strip('"'), response.get("Metadata") or {}
+
+    def get_changed(self, key: str, etag: str | None) -> tuple[bytes, str] | None:
+        """One conditional GET (``If-None-Match``): S3 answers 304, without a body, when nothing changed."""
+        if etag is None:
+            return self.get(key)
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, IfNoneMatch=f'"{etag}"')
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 304:
+                return None
+            if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                raise NotFound(key) from exc
+            raise
+        return response["Body"].read(), response["ETag"].strip('"')
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
@@ -307,21 +379,6 @@ class FolderStore(Store):
         if cached is None or cached[0] != stamp:
             cached = _ETAGS[path] = (stamp, _md5(path.read_bytes()))
         return cached[1]
-
-
-def download_verified(store: Store, key: str, sha256: str, path: Path) -> Path:
-    """``key`` downloaded to ``path`` through a partial file that is renamed into place only once its sha256
-    matches; ArtifactError when the object is missing or does not match (nothing is left at ``path``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with partial_for(path) as partial:
-        try:
-            store.download_file(key, partial)
-        except NotFound as exc:
-            raise ArtifactError(f"{store.describe(key)} does not exist") from exc
-        if file_sha256(partial) != sha256:
-            raise ArtifactError(f"{store.describe(key)} does not match its sha256 {sha256[:12]}…; upload it again")
-        os.replace(partial, path)
-    return path
 
 
 def open_store(uri: str, client=None) -> Store:

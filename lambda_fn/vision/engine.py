@@ -17,7 +17,7 @@ import torch
 from annoy import AnnoyIndex
 
 from lambda_fn.contract.manifest import MODEL_META_FILE, KeyEntry, Manifest, ModelMeta, read_keys
-from lambda_fn.storage.artifacts import ArtifactError
+from lambda_fn.storage.errors import ArtifactError
 from lambda_fn.vision.labels import LabelIndex, item_vectors
 
 # torch 2.14 marks TorchScript deprecated with a FutureWarning on every script/save/load. It still works and

@@ -18,8 +18,8 @@ import pytest
 from botocore.config import Config
 
 from lambda_fn.contract.manifest import MANIFEST_FILE, Manifest, file_sha256
-from lambda_fn.storage import artifacts as artifacts_module
-from lambda_fn.storage.artifacts import S3_CONFIG
+from lambda_fn.storage import cache as cache_module
+from lambda_fn.storage.store import S3_CONFIG
 from ops.upload import upload
 from support.service import free_port
 from tests.fakes import FlakyS3, SlowProxy, tiny_tmpfs
@@ -172,7 +172,7 @@ def test_cache_disk_full_is_503_then_recovers(uploaded, make_client, tmp_path, m
             def full(_path):
                 raise OSError(28, "No space left on device")
 
-            patch.setattr(artifacts_module, "file_sha256", full)
+            patch.setattr(cache_module, "file_sha256", full)
         client = make_client(artifacts_uri=uploaded.uri, cache_dir=cache)
         _assert_unavailable(client, "no space left", "ephemeral_storage_mb")
         tally["faults injected"] += 1

@@ -26,8 +26,8 @@ from lambda_fn.collection.reindex import reindex
 from lambda_fn.contract import metrics
 from lambda_fn.contract.config import get_settings
 from lambda_fn.contract.logs import configure, logger
+from lambda_fn.storage.records import read_manifest
 from lambda_fn.storage.store import Store, open_store
-from lambda_fn.vision.models import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,10 @@ def record_live_build(store: Store, *, pending: bool) -> None:
     """The live build's metrics: one GET of the manifest and one HEAD of its index per run. Never raises:
     a run's outcome, or the error it ends with, matters more than these."""
     try:
-        manifest, _ = read_manifest(store)
-        if manifest is None:
+        published = read_manifest(store, missing_ok=True)
+        if published is None:
             return
+        manifest, _ = published
         built_at = datetime.fromisoformat(manifest.built_at)
         built_at = built_at if built_at.tzinfo else built_at.replace(tzinfo=UTC)
         index = store.head(manifest.index_file)

@@ -24,7 +24,7 @@ from lambda_fn.collection.reindex import reindex
 from lambda_fn.contract.config import Settings, env_name
 from lambda_fn.contract.manifest import MODEL_META_FILE, Manifest, file_sha256, label_metadata
 from lambda_fn.contract.shards import namespace
-from lambda_fn.vision.models import POINTER_FILE, ModelPointer, model_key
+from lambda_fn.storage.records import POINTER_FILE, ModelPointer, model_key
 from tests.deployment import FlakyStore, deploy, embed_bytes, unique_photo
 from tests.helpers import REPO_ROOT, SAMPLE_COUNT, load_event
 

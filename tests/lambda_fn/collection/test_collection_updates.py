@@ -159,7 +159,7 @@ def test_a_new_model_goes_live_only_once_the_collection_is_embedded_with_it(depl
     from lambda_fn.collection.ingest import Change
     from lambda_fn.contract.manifest import MODEL_META_FILE, file_sha256
     from lambda_fn.contract.shards import EventOrder
-    from lambda_fn.vision.models import model_key
+    from lambda_fn.storage.records import model_key
     from ops.upload import announce_model
 
     d = deployment

@@ -15,7 +15,8 @@ from lambda_fn.contract.config import Settings
 from lambda_fn.contract.logs import logger
 from lambda_fn.search import state as state_module
 from lambda_fn.search.app import create_app
-from lambda_fn.storage import artifacts as artifacts_module
+from lambda_fn.storage import cache as cache_module
+from lambda_fn.storage import records as records_module
 from support.service import free_port
 from tests.helpers import assert_json_error, jpeg_bytes, load_event
 
@@ -54,7 +55,7 @@ def test_a_full_disk_says_so_without_the_cache_path(uploaded, make_client, tmp_p
     def full(_path):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(artifacts_module, "file_sha256", full)
+    monkeypatch.setattr(cache_module, "file_sha256", full)
     cache = tmp_path / "cache"
     message = assert_json_error(_search(make_client(artifacts_uri=uploaded.uri, cache_dir=cache)), 503)["message"]
     assert "no space left" in message and "ephemeral_storage_mb" in message
@@ -68,7 +69,7 @@ def test_a_model_that_does_not_load_says_what_to_do_not_why_torch_refused(artifa
         (broken / f.name).write_bytes(f.read_bytes())
     (broken / "model.pt").write_bytes(b"not a TorchScript archive")
     manifest = json.loads((broken / "manifest.json").read_text())
-    manifest["model_sha256"] = artifacts_module.file_sha256(broken / "model.pt")
+    manifest["model_sha256"] = cache_module.file_sha256(broken / "model.pt")
     (broken / "manifest.json").write_text(json.dumps(manifest))
     r = _search(make_client(artifacts_uri=str(broken)))
     message = assert_json_error(r, 503, "not_ready")["message"]
@@ -96,8 +97,8 @@ def test_details_are_logged_with_the_request_id(tmp_path, lambda_context, log_li
 
 def test_a_failing_load_backs_off_and_requests_meanwhile_answer_at_once(tmp_path, make_client, monkeypatch):
     attempts = []
-    real = artifacts_module.read_manifest
-    monkeypatch.setattr(artifacts_module, "read_manifest", lambda *a, **k: attempts.append(1) or real(*a, **k))
+    real = records_module.read_manifest
+    monkeypatch.setattr(records_module, "read_manifest", lambda *a, **k: attempts.append(1) or real(*a, **k))
     client = make_client(artifacts_uri=str(tmp_path / "empty"))
     clock = client.app.state.service.backoff.clock = Clock()
     client.app.state.service.backoff.random = lambda: 0.5  # no jitter: the middle of the range

@@ -17,7 +17,7 @@ from lambda_fn.contract.config import Settings
 from lambda_fn.contract.manifest import MANIFEST_FILE
 from lambda_fn.search.app import create_app
 from lambda_fn.search.prefetch import Prefetch
-from lambda_fn.storage.artifacts import UntrustedModel
+from lambda_fn.storage.errors import UntrustedModel
 from tests.helpers import assert_json_error, jpeg_bytes
 
 

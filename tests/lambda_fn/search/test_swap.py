@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from lambda_fn.contract.config import Settings
 from lambda_fn.contract.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, file_sha256, read_keys
 from lambda_fn.search.app import create_app
-from lambda_fn.storage.artifacts import S3_CONFIG
+from lambda_fn.storage.store import S3_CONFIG
 from lambda_fn.vision.engine import Engine
 from ops.upload import upload
 from tests.helpers import jpeg_bytes
@@ -307,7 +307,7 @@ def test_a_corrupt_new_build_keeps_the_old_one_serving_until_it_is_fixed(s3, buc
 
 def test_health_says_when_a_new_model_waits_for_its_backfill(tmp_path, artifacts_dir, make_client):
     """Announcing a model (models/current.json) keeps the live build serving; /health names the waiting one."""
-    from lambda_fn.vision.models import POINTER_FILE, ModelPointer
+    from lambda_fn.storage.records import POINTER_FILE, ModelPointer
 
     art = tmp_path / "art"
     shutil.copytree(artifacts_dir, art)

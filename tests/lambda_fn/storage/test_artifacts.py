@@ -9,7 +9,9 @@ import pytest
 
 from lambda_fn.contract.config import env_name
 from lambda_fn.contract.manifest import MANIFEST_FILE, file_sha256
-from lambda_fn.storage.artifacts import ArtifactError, Location, fetch
+from lambda_fn.storage.artifacts import fetch
+from lambda_fn.storage.errors import ArtifactError
+from lambda_fn.storage.store import Location
 
 
 @pytest.mark.parametrize(

@@ -18,9 +18,10 @@ from pydantic import ValidationError
 
 from lambda_fn.contract.manifest import MANIFEST_FILE, Manifest, file_sha256
 from lambda_fn.search import local
-from lambda_fn.storage import artifacts as artifacts_module
-from lambda_fn.storage.artifacts import ArtifactError, fetch
-from lambda_fn.vision.models import ModelPointer
+from lambda_fn.storage import cache as cache_module
+from lambda_fn.storage.artifacts import fetch
+from lambda_fn.storage.errors import ArtifactError
+from lambda_fn.storage.records import ModelPointer
 from tests.helpers import jpeg_bytes
 
 GOOD = "0" * 64
@@ -87,13 +88,13 @@ def test_a_model_pointer_digest_is_checked_too():
 
 def test_cache_paths_use_the_final_name_and_stay_inside(tmp_path):
     cache = tmp_path / "cache"
-    assert artifacts_module.cache_path(cache, GOOD, "builds/abc/model.pt") == cache / GOOD / "model.pt"
+    assert cache_module.cache_path(cache, GOOD, "builds/abc/model.pt") == cache / GOOD / "model.pt"
     outside = tmp_path / "outside"
     outside.mkdir()
     cache.mkdir()
     (cache / GOOD).symlink_to(outside, target_is_directory=True)
     with pytest.raises(ArtifactError, match="outside the cache"):
-        artifacts_module.cache_path(cache, GOOD, "model.pt")
+        cache_module.cache_path(cache, GOOD, "model.pt")
 
 
 def _relative(target: Path, start: Path) -> str:
@@ -197,19 +198,19 @@ def test_partial_files_of_killed_processes_are_removed_at_start(uploaded, make_c
 
 def test_partials_this_process_is_writing_are_kept(tmp_path, uploaded, s3, monkeypatch):
     seen = []
-    real = artifacts_module.file_sha256
+    real = cache_module.file_sha256
 
     def hash_and_clean(path):
         # what another start on this cache would do, while this process is downloading
-        seen.append(artifacts_module.clean_partials(tmp_path / "cache"))
+        seen.append(cache_module.clean_partials(tmp_path / "cache"))
         return real(path)
 
-    monkeypatch.setattr(artifacts_module, "file_sha256", hash_and_clean)
+    monkeypatch.setattr(cache_module, "file_sha256", hash_and_clean)
     fetched = fetch(uploaded.uri, tmp_path / "cache", client=s3)
     assert seen and all(removed == [] for removed in seen)
     assert file_sha256(fetched.model) == uploaded.manifest.model_sha256
     own = _partial(tmp_path / "cache" / GOOD, "model.pt", os.getpid())  # this pid, but no download of ours
-    assert artifacts_module.clean_partials(tmp_path / "cache") == [own]
+    assert cache_module.clean_partials(tmp_path / "cache") == [own]
 
 
 def _args(*argv: str):

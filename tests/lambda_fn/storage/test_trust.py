@@ -14,11 +14,12 @@ from pydantic import ValidationError
 
 from lambda_fn.contract.config import Settings, env_name
 from lambda_fn.contract.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, file_sha256
-from lambda_fn.storage.artifacts import ArtifactError
+from lambda_fn.storage.errors import ArtifactError
+from lambda_fn.storage.records import POINTER_FILE, ModelPointer, model_key
 from lambda_fn.storage.store import FolderStore
 from lambda_fn.vision import engine as engine_module
 from lambda_fn.vision import models as models_module
-from lambda_fn.vision.models import POINTER_FILE, ModelPointer, model_key, target_models
+from lambda_fn.vision.models import target_models
 from tests.helpers import assert_json_error, jpeg_bytes
 from tests.lambda_fn.builds import REBUILT_IDS, publish_flat, resaved_model, subset_build
 
