@@ -156,12 +156,12 @@ class Watch:
             seen.append(getattr(sys.modules.get("lambda_fn.search.main"), "prefetch", None) is not None)
 sys.meta_path.insert(0, Watch())
 import lambda_fn.search.main as service
-from lambda_fn.storage import artifacts
+from lambda_fn.storage import artifacts, records
 from support.service import LambdaContext, search_event
 def refetched(*args, **kwargs):
     raise AssertionError("the first load fetched the build again")
 service.prefetch.result()  # then anything that fetches from here on is the load itself
-artifacts.read_manifest = artifacts.fetch_build = refetched
+records.read_manifest = artifacts.fetch_build = refetched
 r = service.handler(search_event(open(sys.argv[1], "rb").read()), LambdaContext())
 print("prefetch started before torch:", seen, "status:", r["statusCode"])
 print("waited:", service.app.state.service.prefetch_wait_s is not None)
