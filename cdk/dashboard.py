@@ -10,7 +10,7 @@ from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
 from cdk.metrics import FIVE_MINUTES, ONE_DAY, Signals, emf, search_by
-from lambda_fn.contract import metrics as m
+from lambda_fn.contract import metric_names as m
 
 if TYPE_CHECKING:
     from cdk.api import SearchApi

@@ -1,8 +1,8 @@
 """The metrics the alarms and the dashboard read, as CloudWatch objects.
 
-The service's own metrics come from ``lambda_fn.contract.metrics`` (embedded metric format, namespace
-``DeepFood``); their names and dimensions are imported from there, so neither can ask for a metric the code
-does not write. The rest are AWS's: API Gateway, Lambda and SQS publish them for free.
+The service's own metrics are written by ``lambda_fn.contract.metrics`` (embedded metric format, namespace
+``DeepFood``); their names and dimensions come from ``lambda_fn.contract.metric_names``, so neither can ask
+for a metric the code does not write. The rest are AWS's: API Gateway, Lambda and SQS publish them for free.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import aws_cdk as cdk
 from aws_cdk import aws_cloudwatch as cloudwatch
 
-from lambda_fn.contract import metrics as m
+from lambda_fn.contract import metric_names as m
 
 if TYPE_CHECKING:
     from aws_cdk import aws_lambda as lambda_

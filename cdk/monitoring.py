@@ -19,7 +19,7 @@ from cdk.alarms import AlarmSpec, alarm
 from cdk.dashboard import operations_dashboard
 from cdk.metrics import ONE_DAY, Signals, emf
 from cdk.nag import acknowledge
-from lambda_fn.contract import metrics as m
+from lambda_fn.contract import metric_names as m
 
 if TYPE_CHECKING:
     from cdk.api import SearchApi
