@@ -130,19 +130,19 @@ def run_worker(kind: str, photos_root: Path) -> int:
     import torch
 
     import lambda_fn.collection.ingest as ingest_module
-    from lambda_fn.collection.ingest import Change, ingest
+    from lambda_fn.collection.ingest import Change, ingest_with_settings
     from lambda_fn.contract.config import Settings
     from lambda_fn.contract.shards import EventOrder
     from lambda_fn.storage.store import FolderStore
     from lambda_fn.vision.models import target_models
 
     torch.set_num_interop_threads(1)
-    settings = Settings(artifacts_uri=str(deployment(kind)))
+    settings = Settings(artifacts_uri=str(deployment(kind)), cache_dir=WORK / f"ingest-cache-{kind}")
     timer = PhaseTimer()
     images = TimedStore(FolderStore(photos_root), timer, "download")
     store = TimedStore(FolderStore(deployment(kind)), timer, "write")
     t0 = time.perf_counter()
-    models = target_models(store, WORK / f"ingest-cache-{kind}")
+    models = target_models(store, settings.cache_dir)  # loaded once, as in a warm container
     load_s = time.perf_counter() - t0
     keys = sorted(p.relative_to(photos_root).as_posix() for p in photos_root.glob("*/*.jpg"))
     # Instrument the two CPU phases where ingest calls them; the calls themselves are unchanged.
@@ -165,14 +165,7 @@ def run_worker(kind: str, photos_root: Path) -> int:
         rss_before = proc_status_kib()["VmRSS"]
         Path("/proc/self/clear_refs").write_text("5")  # restart the peak (VmHWM) at the current RSS
         t0 = time.perf_counter()
-        report = ingest(
-            changes,
-            images=images,
-            artifacts=store,
-            models=models,
-            max_bytes=settings.max_ingest_bytes,
-            max_pixels=settings.max_image_pixels,
-        )
+        report = ingest_with_settings(changes, images=images, artifacts=store, settings=settings)
         total = time.perf_counter() - t0
         own_cpu, busy = process_cpu_s() - cpu0, machine_busy_s() - busy0
         status = proc_status_kib()

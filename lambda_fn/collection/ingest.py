@@ -1,7 +1,8 @@
 """Embed new collection images and record removed ones, as embedding shards.
 
 ``ingest(changes, ...)`` is the work behind the ingest function (S3 events via SQS, and Step Functions
-Distributed Map batches) and the local ``ops.collection`` tool. It knows nothing of Lambda.
+Distributed Map batches; ``ingest_with_settings`` picks its models and limits) and the local
+``ops.collection`` tool. It knows nothing of Lambda.
 
 - Each image is decoded with the same ``prepare()`` as queries and indexing, and embedded with the live
   model, and also with the model named in ``models/current.json`` when a new one is waiting to go live.
@@ -32,6 +33,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from lambda_fn.collection import pending
 from lambda_fn.collection.pending import PendingEvent
+from lambda_fn.contract.config import Settings
 from lambda_fn.contract.manifest import label_from_metadata
 from lambda_fn.contract.shards import Added, EventOrder, Removed, Shard, Skipped, events_digest, shard_key
 from lambda_fn.storage.store import NotFound, Store
@@ -221,6 +223,34 @@ def ingest(
     report.seconds = time.perf_counter() - started
     _log_report(report)
     return report
+
+
+def ingest_with_settings(
+    changes: Iterable[Change],
+    *,
+    images: Store,
+    artifacts: Store,
+    settings: Settings,
+    newest_model_only: bool = False,
+) -> IngestReport:
+    """``ingest`` with the models and limits ``settings`` gives: the ingest function's work, and what the
+    benchmark times. A backfill (``newest_model_only``) embeds the collection for the model that is to go live
+    (the announced one, else the live one); new photos from S3 events are embedded with both while a new model
+    waits."""
+    models = target_models(
+        artifacts,
+        settings.cache_dir,
+        trusted_model_sha256=settings.trusted_model_sha256,
+        newest_only=newest_model_only,
+    )
+    return ingest(
+        changes,
+        images=images,
+        artifacts=artifacts,
+        models=models,
+        max_bytes=settings.max_ingest_bytes,
+        max_pixels=settings.max_image_pixels,
+    )
 
 
 def _log_report(report: IngestReport) -> None:

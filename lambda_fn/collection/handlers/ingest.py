@@ -23,12 +23,11 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import SQSEvent
 
 from lambda_fn.collection.events import changes_from_batch, changes_from_sqs
-from lambda_fn.collection.ingest import Change, IngestReport, ingest
+from lambda_fn.collection.ingest import Change, IngestReport, ingest_with_settings
 from lambda_fn.contract import metrics
 from lambda_fn.contract.config import get_settings
 from lambda_fn.contract.logs import configure, logger
 from lambda_fn.storage.store import open_store
-from lambda_fn.vision.models import target_models
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +43,8 @@ class BatchFailed(RuntimeError):
 
 
 def _run(changes: list[Change], *, newest_model_only: bool = False) -> IngestReport:
-    # A backfill embeds the collection for the model that is to go live (the announced one, else the live
-    # one); new photos from S3 events are embedded with both while a new model waits.
-    models = target_models(
-        artifacts,
-        settings.cache_dir,
-        trusted_model_sha256=settings.trusted_model_sha256,
-        newest_only=newest_model_only,
-    )
-    return ingest(
-        changes,
-        images=images,
-        artifacts=artifacts,
-        models=models,
-        max_bytes=settings.max_ingest_bytes,
-        max_pixels=settings.max_image_pixels,
+    return ingest_with_settings(
+        changes, images=images, artifacts=artifacts, settings=settings, newest_model_only=newest_model_only
     )
 
 
