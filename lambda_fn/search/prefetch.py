@@ -1,16 +1,16 @@
 """The build's download, started before the service imports torch, in a process of its own.
 
-A cold start spends most of its time importing torch and the web stack (~1.6 s on a 2-vCPU x86 machine) on
-one core, while the network, the disk and the other core sit idle; fetching the build (S3 client, manifest,
-three files downloaded and sha256-checked into the cache) needs neither torch nor the app. ``Prefetch.start``,
-called by ``lambda_fn.search.main`` before it imports the app, runs that fetch in a child interpreter
-(``python -m lambda_fn.search.prefetch``), so the two overlap. The first load (``ServiceState._load``) takes the
-result instead of fetching, waiting for the child when it is not done yet.
+A cold start spends most of its time importing torch and the web stack on one core, while the network, the
+disk and the other core sit idle; fetching the build (S3 client, manifest, three files downloaded and
+sha256-checked into the cache) needs neither torch nor the app. ``Prefetch.start``, called by
+``lambda_fn.search.main`` before it imports the app, runs that fetch in a child interpreter (``python -m
+lambda_fn.search.prefetch``), so the two overlap. The first load (``ServiceState._load``) takes the result
+instead of fetching, waiting for the child when it is not done yet.
 
 A process, not a thread: boto3's client set-up and request handling are Python, and a download thread wakes
 for every chunk it receives, so in a thread the fetch competed with the imports for the GIL and slowed them
-by as much as it hid (0.2-0.4 s for the 86 MB fp32 build, measured with ``bench.cold_start``). The child
-imports only this module's dependencies (boto3, pydantic; never torch), on the other core.
+by about as much as it hid (docs/benchmarks.md, "Cold start"). The child imports only this module's
+dependencies (boto3, pydantic; never torch), on the other core.
 
 The fetch is the one ``ServiceState`` would make (``records.read_manifest``, ``check_trusted`` before any
 download, ``fetch_build``), so a failure is the same ``ArtifactError``: the child writes its detail and public
