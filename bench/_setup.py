@@ -51,7 +51,7 @@ def artifacts(n_per_class: int = 40, *, int8: bool = False) -> Path:
     """model.pt (random-init ResNet34 at 224 px, 6-class head; static int8 with ``int8``) + index over
     ``collection()``."""
 
-    from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
+    from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE, MODEL_FILE
     from training.build_index import get_args_parser, main
     from training.export import calibration_batches, export, meta_for
 
@@ -70,8 +70,8 @@ def artifacts(n_per_class: int = 40, *, int8: bool = False) -> Path:
         calibration = calibration_batches(collection(n_per_class), DEFAULT_RESIZE_SIZE, DEFAULT_CROP_SIZE, 128)
     if int8:
         meta.quantization = "int8 static (x86 observers), calibrated on 128 sample images"
-    export(net, meta, out / "model.pt", calibration=calibration)
-    args = ["--images", str(collection(n_per_class)), "--model", str(out / "model.pt"), "--out", str(out)]
+    export(net, meta, out / MODEL_FILE, calibration=calibration)
+    args = ["--images", str(collection(n_per_class)), "--model", str(out / MODEL_FILE), "--out", str(out)]
     assert main(get_args_parser().parse_args([*args, "--workers", "2", "--save-embeddings"])) == 0
     return out
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from bench._setup import RESULTS, THREADS, artifacts, collection, photo_jpeg
 from bench.harness import write_result
 from bench.isa import add_isa_argument, run_capped
+from lambda_fn.contract.manifest import MODEL_FILE
 from support.service import REPO_ROOT, free_port, service_env
 
 FLOOR = """
@@ -191,7 +192,7 @@ def _measure(args: argparse.Namespace, models: list[str], creds: dict[str, str],
                     seconds, breakdown, rss = run_ours(args.python, query, env)
                     r["warm_rss_mb"].append(rss)
                 else:
-                    model = artifacts(int8=name == "int8") / "model.pt"
+                    model = artifacts(int8=name == "int8") / MODEL_FILE
                     seconds, breakdown = run_floor(args.python, model, env, collect=which == "floor")
                 r[f"{which}_s"].append(seconds)
                 r[which].append(breakdown)

@@ -16,6 +16,7 @@ from pathlib import Path
 from bench._setup import RESULTS, THREADS, artifacts, collection, pin_threads
 from bench.harness import write_result
 from bench.isa import add_isa_argument, run_capped
+from lambda_fn.contract.manifest import MODEL_FILE
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -26,7 +27,7 @@ def main(args: argparse.Namespace) -> dict:
     from training.data import list_images
 
     pin_threads()
-    models = {name: load_model(artifacts(int8=name == "int8") / "model.pt") for name in ("fp32", "int8")}
+    models = {name: load_model(artifacts(int8=name == "int8") / MODEL_FILE) for name in ("fp32", "int8")}
     per_class = -(-args.images // 6)
     paths = list_images(collection(per_class))[: args.images]
     crop = models["fp32"][1].crop_size

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from bench._setup import EXPORT_VERSION, RESULTS, WORK, artifacts, bench_net
 from bench.harness import machine_info, write_result
+from lambda_fn.contract.manifest import MODEL_FILE
 from support.isa import ISAS, avx2_words, isa_env
 from support.service import REPO_ROOT
 
@@ -179,7 +180,7 @@ def _probe_child(model: str) -> None:
     from lambda_fn.vision.engine import load_model
 
     torch.set_num_threads(1)
-    net, meta = load_model(artifacts(int8=model == "int8") / "model.pt")
+    net, meta = load_model(artifacts(int8=model == "int8") / MODEL_FILE)
     with torch.inference_mode():
         net(torch.from_numpy(np.zeros((1, meta.crop_size, meta.crop_size, 3), dtype=np.uint8)))
     facts = {
@@ -403,7 +404,7 @@ def _load_variant(name: str):
 
     from lambda_fn.vision.engine import load_model
 
-    fp32, int8 = artifacts() / "model.pt", artifacts(int8=True) / "model.pt"
+    fp32, int8 = artifacts() / MODEL_FILE, artifacts(int8=True) / MODEL_FILE
     if name == "fp32 traced, not frozen (before)":
         return torch.jit.load(str(WORK / "isa-fp32-traced.pt")).eval()
     if name == "fp32 frozen (shipped)":

@@ -34,7 +34,7 @@ import numpy as np
 from bench._setup import RESULTS, THREADS, artifacts, bench_net, photo_jpeg, pin_threads
 from bench.harness import percentile, write_result
 from bench.isa import add_isa_argument, run_capped
-from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
+from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE, MODEL_FILE
 from support.service import LambdaContext, proc_status_kib, search_event, service_env
 
 SIZES = {
@@ -238,8 +238,8 @@ def main(args: argparse.Namespace) -> dict:
     int8_handler = Mangum(int8_app, lifespan="off")
     pin_threads()
     original = OriginalPipeline(bench_net().backbone.state_dict(), np.load(art / "embeddings.npy"))
-    bare_model, meta = load_model(art / "model.pt")
-    bare_int8, _ = load_model(artifacts(int8=True) / "model.pt")
+    bare_model, meta = load_model(art / MODEL_FILE)
+    bare_int8, _ = load_model(artifacts(int8=True) / MODEL_FILE)
     bare_input = torch.zeros(1, DEFAULT_CROP_SIZE, DEFAULT_CROP_SIZE, 3, dtype=torch.uint8)
     ctx = LambdaContext()
     events: dict[bytes, dict] = {}

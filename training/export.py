@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE, MODEL_META_FILE, ModelMeta
+from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE, MODEL_FILE, MODEL_META_FILE, ModelMeta
 from lambda_fn.vision.engine import load_model
 from lambda_fn.vision.imaging import ImageError, load_for_model
 from training.cli import run
@@ -41,7 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("artifacts/model.pt"),
+        default=Path("artifacts") / MODEL_FILE,
         help="TorchScript file to write (default: artifacts/model.pt)",
     )
     p.add_argument(
