@@ -5,21 +5,16 @@ message. Mangum runs FastAPI's startup/shutdown on every invocation, hence ``lif
 and index are loaded once per container, on first use (or here, with DEEPFOOD_LOAD_ON_IMPORT=true).
 
 The build's download starts before anything here imports torch (``lambda_fn.search.prefetch``), so the network and
-the sha256 checks overlap the ~1.5 s of imports instead of following them; hence the imports below the
-``Prefetch.start`` line.
+the sha256 checks overlap the imports instead of following them; hence the imports below the ``Prefetch.start``
+line. Its import-order tricks live in ``lambda_fn.search.startup``.
 """
 
 from __future__ import annotations
 
-import gc
+# Order (lambda_fn.search.startup): pause_gc before the first heavy import, settle_gc after the last line of init.
+from lambda_fn.search import startup
 
-# No cyclic garbage collection while the handler imports and builds the app: torch alone leaves ~230,000
-# tracked objects, and every full collection that the imports' allocations trigger walks all of them again
-# (measured: this module's imports 1.62-1.71 s with collection, 1.39-1.43 s without). At the end of init, what it
-# made moves to the permanent generation (gc.freeze), so no later collection walks it, and collection resumes.
-# The cycles init left unreachable (~7,600 objects, no measurable RSS) are frozen with it rather than found by a
-# full collection that would cost the cold start another 0.1-0.2 s.
-gc.disable()
+startup.pause_gc()
 
 from lambda_fn.contract.config import get_settings  # noqa: E402
 from lambda_fn.search.prefetch import Prefetch  # noqa: E402
@@ -58,9 +53,9 @@ class StagePrefix:
 
 def decoded_body(event: dict) -> dict:
     """The event with a base64 body already decoded, by pybase64's SIMD decoder: API Gateway base64-encodes
-    every binary body, and Mangum's ``base64.b64decode`` took 4.1 ms for a 12-MP photo's 2 MB (pybase64 0.1-0.5
-    ms). Mangum passes a body that is not marked base64 through as it is. A body pybase64's strict check
-    refuses (whitespace, say) is left to Mangum, which decodes it as it always did."""
+    every binary body, and the standard library's decoder that Mangum uses is several times slower on a photo
+    (docs/benchmarks.md). Mangum passes a body that is not marked base64 through as it is. A body pybase64's
+    strict check refuses (whitespace, say) is left to Mangum, which decodes it as it always did."""
     body = event.get("body")
     if not event.get("isBase64Encoded") or not isinstance(body, str):
         return event
@@ -84,6 +79,4 @@ def invoke(event: dict, context) -> dict:
 
 
 handler = metrics.traced(invoke, service=metrics.SEARCH_SERVICE, enabled=settings.tracing)
-
-gc.freeze()
-gc.enable()
+startup.settle_gc()

@@ -5,12 +5,9 @@ import importlib
 import json
 import subprocess
 import sys
-import warnings
 
 import httpx
 import pytest
-from fastapi import FastAPI
-from fastapi.exceptions import PydanticV1NotSupportedError
 
 from lambda_fn.contract.config import env_name
 from lambda_fn.contract.manifest import read_keys
@@ -197,58 +194,3 @@ def test_missing_configuration_fails_cold_start_with_the_variable_name():
     )
     assert proc.returncode != 0
     assert env_name("artifacts_uri") in proc.stderr and "Field required" in proc.stderr
-
-
-@pytest.fixture(scope="module")
-def fresh_import(artifacts_dir) -> dict:
-    """What a fresh process looks like right after ``import lambda_fn.search.main``, as a Lambda init leaves it."""
-    script = (
-        "import gc, json, sys\nimport lambda_fn.search.main\n"
-        "print(json.dumps({'pydantic_v1': 'pydantic.v1' in sys.modules, 'gc_enabled': gc.isenabled(), "
-        "'frozen': gc.get_freeze_count(), 'tracked': len(gc.get_objects())}))"
-    )
-    env = {**service_env(artifacts_uri=artifacts_dir), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def test_the_handler_imports_without_pydantic_v1(fresh_import):
-    assert fresh_import["pydantic_v1"] is False
-
-
-def test_init_runs_without_cyclic_collection_and_freezes_what_it_made(fresh_import):
-    # Collection is back on for the requests, and the ~230,000 objects of the imports (torch's, mostly) are in
-    # the permanent generation, where no collection walks them; the objects a collection would walk are few.
-    assert fresh_import["gc_enabled"] is True
-    assert fresh_import["frozen"] > 100_000 and fresh_import["tracked"] < fresh_import["frozen"] // 10
-
-
-def test_a_pydantic_v1_model_is_still_refused_once_v1_is_imported():
-    import lambda_fn.search.routes  # noqa: F401  (what guards FastAPI's v1 checks)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from pydantic import v1
-
-    class Old(v1.BaseModel):
-        a: int
-
-    with pytest.raises(PydanticV1NotSupportedError):
-        FastAPI().get("/old", response_model=Old)(lambda: None)
-
-
-def test_a_fastapi_without_those_internals_still_serves(monkeypatch):
-    # fastapi._compat is private: where a release moves the checks, the guard changes nothing and says so.
-    import fastapi._compat.shared as shared
-
-    import lambda_fn.search.routes as routes
-
-    monkeypatch.delattr(shared, "is_pydantic_v1_model_class")
-    assert routes._guard_v1_checks() is False
-    monkeypatch.undo()
-    assert routes._guard_v1_checks() is True
-    assert hasattr(shared.is_pydantic_v1_model_class, "__wrapped__")  # wrapped once, not twice
-    assert not hasattr(shared.is_pydantic_v1_model_class.__wrapped__, "__wrapped__")
