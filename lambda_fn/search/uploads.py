@@ -12,14 +12,13 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import sys
 from dataclasses import dataclass
 
 from fastapi import Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.formparsers import MultiPartException
 
 from lambda_fn.contract.config import Settings
 from lambda_fn.search.errors import ApiError
@@ -30,11 +29,6 @@ _DATA_URL = re.compile(
 )
 # base64 inflates by 4/3; multipart/JSON framing adds a little more.
 _ENVELOPE_ALLOWANCE = 64 * 1024
-# A file part stays in memory: ``read_query`` holds the whole body in memory before the form is parsed (on
-# Lambda the event carries it anyway) and refuses a body over its ceiling first, so a part is bounded by that
-# ceiling already. Starlette would copy any part over 1 MiB into a temporary file and read it back: 1.9 of the
-# 2.6 ms a 12-MP photo's form took to parse (bench/latency.py).
-MultiPartParser.spool_max_size = sys.maxsize
 
 
 def decode_base64_image(text: str) -> bytes:
