@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from bench._setup import RESULTS, THREADS, artifacts, collection, photo_jpeg
-from bench.harness import write_result
+from bench.harness import run_until_first, write_result
 from bench.isa import add_isa_argument, run_capped
 from lambda_fn.contract.manifest import MODEL_FILE
 from support.service import REPO_ROOT, free_port, service_env
@@ -91,24 +91,7 @@ INVOCATIONS = 1 + 20  # the timed first search, then warm ones so the memory rep
 
 def run_ours(python: str, query: Path, env: dict) -> tuple[float, dict, float]:
     """(seconds to the first answer, the child's breakdown, warm peak RSS MiB)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [python, "-c", COLD_CHILD, str(query), str(INVOCATIONS)],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    line = ""
-    for line in proc.stdout:  # the service may print before it (its metrics are JSON lines on stdout)
-        if line.startswith("FIRST "):
-            break
-    total = time.perf_counter() - t0
-    out, err = proc.communicate(timeout=600)
-    if proc.returncode != 0 or not line.startswith("FIRST "):
-        raise RuntimeError(f"{out[-2000:]}\n{err[-3000:]}")
-    breakdown = json.loads(line.removeprefix("FIRST "))
+    total, breakdown, out = run_until_first([python, "-c", COLD_CHILD, str(query), str(INVOCATIONS)], env)
     breakdown["interpreter_start_s"] = total - breakdown.pop("child_s")
     return total, breakdown, json.loads(out.strip().splitlines()[-1])["VmHWM"]
 

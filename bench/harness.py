@@ -8,12 +8,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from support.isa import ISA_ENV
+from support.service import REPO_ROOT
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -149,3 +151,50 @@ def handler_child_cmd(query: Path, invocations: int) -> list[str]:
 def handler_child_result(stdout: str) -> dict[str, float]:
     """The child's memory report: ``{"VmHWM": MiB, "VmRSS": MiB}``."""
     return json.loads(stdout.strip().splitlines()[-1])
+
+
+def run_until_first(argv: list[str], env: dict) -> tuple[float, dict, str]:
+    """Run ``argv`` in the repository root until it prints its ``FIRST <json>`` line, then to its end:
+    (seconds from spawning it to that line, that JSON, the rest of its stdout). Lines before it are skipped (the
+    service's metrics are JSON lines on stdout too)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = ""
+    for line in proc.stdout:
+        if line.startswith("FIRST "):
+            break
+    seconds = time.perf_counter() - t0
+    out, err = proc.communicate(timeout=600)
+    if proc.returncode != 0 or not line.startswith("FIRST "):
+        raise RuntimeError(f"{out[-2000:]}\n{err[-3000:]}")
+    return seconds, json.loads(line.removeprefix("FIRST ")), out
+
+
+async def parse_upload(body: bytes, content_type: str, spool_max_size: int | None = None) -> bytes:
+    """Starlette's multipart parsing of ``body``, as ``lambda_fn.search.uploads`` asks for it: the ``image``
+    part's bytes. ``spool_max_size`` overrides how large a part may grow in memory before Starlette moves it to a
+    temporary file (1 MiB)."""
+    from starlette.formparsers import MultiPartParser
+    from starlette.requests import Request
+
+    if spool_max_size is not None:
+        default, MultiPartParser.spool_max_size = MultiPartParser.spool_max_size, spool_max_size
+
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": "/search", "headers": [(b"content-type", content_type.encode())]}
+    try:
+        form = await Request(scope, receive).form(max_files=2, max_fields=20, max_part_size=4 * len(body))
+    finally:
+        if spool_max_size is not None:
+            MultiPartParser.spool_max_size = default
+    data = await form["image"].read()
+    await form.close()
+    return data

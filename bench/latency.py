@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from bench._setup import RESULTS, THREADS, artifacts, bench_net, photo_jpeg, pin_threads
-from bench.harness import percentile, write_result
+from bench.harness import parse_upload, percentile, write_result
 from bench.isa import add_isa_argument, run_capped
 from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE, MODEL_FILE
 from support.service import LambdaContext, proc_status_kib, search_event, service_env
@@ -136,35 +136,6 @@ def real_precision(models: dict, k: int = 10) -> dict:
     return out
 
 
-async def _parse_form(body: bytes, content_type: str, spool_max_size: int | None = None) -> bytes:
-    """Starlette's multipart parsing of ``body``, as ``lambda_fn.search.uploads`` asks for it; ``spool_max_size``
-    overrides how large a part may grow in memory before Starlette moves it to a temporary file (1 MiB)."""
-    from starlette.formparsers import MultiPartParser
-    from starlette.requests import Request
-
-    if spool_max_size is not None:
-        default, MultiPartParser.spool_max_size = MultiPartParser.spool_max_size, spool_max_size
-
-    sent = False
-
-    async def receive():
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    scope = {"type": "http", "method": "POST", "path": "/search", "headers": [(b"content-type", content_type.encode())]}
-    try:
-        form = await Request(scope, receive).form(max_files=2, max_fields=20, max_part_size=4 * len(body))
-    finally:
-        if spool_max_size is not None:
-            MultiPartParser.spool_max_size = default
-    data = await form["image"].read()
-    await form.close()
-    return data
-
-
 def stage_times(event: dict, model, meta, rounds: int) -> dict:
     """Median ms of each stage of a request, interleaved: base64 decode of the body (``lambda_fn.search.main``'s
     pybase64, and the standard library's that Mangum would use), multipart
@@ -182,14 +153,14 @@ def stage_times(event: dict, model, meta, rounds: int) -> dict:
     content_type = event["headers"]["Content-Type"]
     body = base64.b64decode(event["body"])
     loop = asyncio.new_event_loop()  # its own: asyncio.run would leave Mangum's thread without a current loop
-    image = loop.run_until_complete(_parse_form(body, content_type))
+    image = loop.run_until_complete(parse_upload(body, content_type))
     pixels = load_for_model(image, meta.resize_size, meta.crop_size)
     stages = {
         "base64 decode": lambda: decoded_body(event),
         "base64 decode, standard library (Mangum's)": lambda: base64.b64decode(event["body"]),
-        "multipart parse": lambda: loop.run_until_complete(_parse_form(body, content_type)),
+        "multipart parse": lambda: loop.run_until_complete(parse_upload(body, content_type)),
         "multipart parse, parts spooled past 1 MiB": lambda: loop.run_until_complete(
-            _parse_form(body, content_type, spool_max_size=1 << 20)
+            parse_upload(body, content_type, spool_max_size=1 << 20)
         ),
         "decode + resize": lambda: load_for_model(image, meta.resize_size, meta.crop_size),
         "forward": lambda: model(torch.from_numpy(pixels[None])),

@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench._setup import RESULTS, THREADS, artifacts, photo_jpeg, pin_threads
-from bench.harness import write_result
+from bench.harness import parse_upload, run_until_first, write_result
 from support.service import REPO_ROOT, LambdaContext, search_event, service_env
 
 KINDS = ("all", "no_gc", "no_freeze")
@@ -71,24 +69,8 @@ print("FIRST " + json.dumps(row), flush=True)
 
 def first_search(kind: str, query: Path, env: dict) -> dict:
     """Seconds from spawning a fresh process of ``kind`` to its first answer, and its own breakdown."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(query), kind],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    line = ""
-    for line in proc.stdout:  # the service's metrics are JSON lines on stdout too
-        if line.startswith("FIRST "):
-            break
-    total = time.perf_counter() - t0
-    out, err = proc.communicate(timeout=600)
-    if proc.returncode != 0 or not line.startswith("FIRST "):
-        raise RuntimeError(f"{out[-2000:]}\n{err[-3000:]}")
-    return {"first_search_s": total, **json.loads(line.removeprefix("FIRST "))}
+    total, breakdown, _ = run_until_first([sys.executable, "-c", CHILD, str(query), kind], env)
+    return {"first_search_s": total, **breakdown}
 
 
 def summary(values: list[float]) -> dict:
@@ -130,25 +112,6 @@ def measure_first_search(runs: int, model_dir: Path, scratch: Path) -> dict:
     return report
 
 
-async def _parse_form(body: bytes, content_type: str) -> bytes:
-    from starlette.requests import Request
-
-    sent = False
-
-    async def receive():
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    scope = {"type": "http", "method": "POST", "path": "/search", "headers": [(b"content-type", content_type.encode())]}
-    form = await Request(scope, receive).form(max_files=2, max_fields=20, max_part_size=4 * len(body))
-    data = await form["image"].read()
-    await form.close()
-    return data
-
-
 def measure_request(requests: int, model_dir: Path) -> dict:
     """Warm 12-MP multipart searches through the handler, parts in memory vs spooled past 1 MiB, alternating."""
     import base64
@@ -174,7 +137,7 @@ def measure_request(requests: int, model_dir: Path) -> dict:
                 t0, c0 = time.perf_counter(), time.process_time()
                 response = service.handler(event, ctx)
                 t1, c1 = time.perf_counter(), time.process_time()
-                loop.run_until_complete(_parse_form(body, content_type))
+                loop.run_until_complete(parse_upload(body, content_type))
                 t2, c2 = time.perf_counter(), time.process_time()
                 assert response["statusCode"] == 200, response["body"][:300]
                 if i >= 3:  # the first rounds warm up

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from bench.harness import handler_child_cmd, handler_child_result, percentile, write_result
+from bench.harness import (
+    handler_child_cmd,
+    handler_child_result,
+    parse_upload,
+    percentile,
+    run_until_first,
+    write_result,
+)
 from lambda_fn.contract.config import ENV_PREFIX, Settings
 from support.service import REPO_ROOT, proc_status_kib, rss_kib, service_env
 
@@ -79,3 +88,20 @@ def test_handler_child_answers_searches_and_reports_memory(artifacts_dir, sample
     assert "FIRST" in proc.stdout.splitlines()  # among the metrics lines the handler prints (EMF)
     memory = handler_child_result(proc.stdout)
     assert 0 < memory["VmRSS"] <= memory["VmHWM"]
+
+
+def test_run_until_first_skips_lines_before_first_and_returns_the_rest():
+    child = 'print(\'{"metric": 1}\'); print(\'FIRST {"child_s": 0.5}\', flush=True); print("after")'
+    seconds, first, rest = run_until_first([sys.executable, "-c", child], dict(os.environ))
+    assert seconds > 0 and first == {"child_s": 0.5} and rest.strip() == "after"
+    with pytest.raises(RuntimeError):
+        run_until_first([sys.executable, "-c", "print('no first line')"], dict(os.environ))
+
+
+def test_parse_upload_returns_the_image_part_and_restores_the_spool_size():
+    from starlette.formparsers import MultiPartParser
+
+    default = MultiPartParser.spool_max_size
+    body = b'--b\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n\r\nJPEG\r\n--b--\r\n'
+    assert asyncio.run(parse_upload(body, "multipart/form-data; boundary=b", spool_max_size=1)) == b"JPEG"
+    assert MultiPartParser.spool_max_size == default
