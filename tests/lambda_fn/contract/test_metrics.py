@@ -18,7 +18,7 @@ from lambda_fn.contract import metrics
 from lambda_fn.contract.manifest import MANIFEST_FILE, Manifest, read_keys
 from lambda_fn.search.schemas import ErrorCode
 from support.service import multipart_image, service_env
-from tests.deployment import deploy, sqs_event, unique_photo
+from tests.deployment import sqs_event, unique_photo
 from tests.helpers import SAMPLE_COUNT, load_event
 
 BOUNDARY = "----deepfoodboundary"
@@ -210,26 +210,9 @@ def test_the_local_server_prints_each_requests_metrics(artifacts_dir, sample_dir
     assert doc[metrics.RESULT_COUNT] == [2]
 
 
-@pytest.fixture
-def deployment(s3, bucket, artifacts_dir, sample_dir, s3_endpoint, tmp_path, monkeypatch):
-    """The session's build and images in the loopback S3 server, and the event functions' environment."""
-    d = deploy(s3, bucket, artifacts_dir, sample_dir, tmp_path / "cache")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    env = service_env(artifacts_uri=d.uri, images_uri=f"{d.uri}images/", num_threads=1, cache_dir=tmp_path / "fn")
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    from lambda_fn.contract.config import get_settings
-
-    get_settings.cache_clear()
-    yield d
-    get_settings.cache_clear()
-
-
-def handler_of(module: str):
-    return importlib.reload(importlib.import_module(module)).handler
-
-
-def test_an_ingest_batch_counts_its_images_and_the_age_of_its_oldest_message(deployment, lambda_context, capsys):
+def test_an_ingest_batch_counts_its_images_and_the_age_of_its_oldest_message(
+    deployment, handler_of, lambda_context, capsys
+):
     d = deployment
     event = sqs_event(
         d.put_image("metrics/a.jpg", unique_photo(301)),
@@ -272,7 +255,7 @@ def _run(handler, lambda_context, capsys) -> tuple[dict, dict]:
 
 
 def test_reindex_runs_report_status_size_and_age_and_staleness_only_while_shards_wait(
-    deployment, lambda_context, capsys
+    deployment, handler_of, lambda_context, capsys
 ):
     d = deployment
     ingest = handler_of("lambda_fn.collection.handlers.ingest")
