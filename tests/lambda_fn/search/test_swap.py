@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lambda_fn.contract.config import Settings
-from lambda_fn.contract.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, file_sha256, read_keys
+from lambda_fn.contract.manifest import MANIFEST_FILE, Manifest, file_sha256, read_keys
 from lambda_fn.search.app import create_app
 from lambda_fn.storage.store import S3_CONFIG
 from lambda_fn.vision.engine import Engine
@@ -25,7 +25,6 @@ from tests.lambda_fn.builds import (
     publish_builds,
     publish_flat,
     publish_manifest,
-    resaved_model,
     stage_build,
     subset_build,
 )
@@ -40,15 +39,6 @@ def rebuilt(artifacts_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("rebuilt")
     subset_build(artifacts_dir, out, REBUILT_IDS)
     return out
-
-
-@pytest.fixture(scope="module")
-def retrained(artifacts_dir, tmp_path_factory) -> Path:
-    """A flat build of the same 50 images with another model file (the same network saved again)."""
-    root = tmp_path_factory.mktemp("retrained")
-    model = resaved_model(artifacts_dir / MODEL_FILE, root / "model" / MODEL_FILE)
-    subset_build(artifacts_dir, root / "build", REBUILT_IDS, model=model)
-    return root / "build"
 
 
 def _service(artifacts_uri: str, tmp_path: Path, *, check_s: float = CHECK_S, s3_client=None, **extra) -> TestClient:

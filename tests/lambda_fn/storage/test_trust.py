@@ -21,19 +21,10 @@ from lambda_fn.vision import engine as engine_module
 from lambda_fn.vision import models as models_module
 from lambda_fn.vision.models import target_models
 from tests.helpers import assert_json_error, jpeg_bytes
-from tests.lambda_fn.builds import REBUILT_IDS, publish_flat, resaved_model, subset_build
+from tests.lambda_fn.builds import publish_flat
 
 OTHER_SHA = "f" * 64
 TRUSTS = "not the one this deployment trusts"
-
-
-@pytest.fixture(scope="module")
-def retrained(artifacts_dir, tmp_path_factory) -> Path:
-    """A flat build of 50 of the session build's images made with another model file."""
-    root = tmp_path_factory.mktemp("trust-retrained")
-    model = resaved_model(artifacts_dir / MODEL_FILE, root / "model" / MODEL_FILE)
-    subset_build(artifacts_dir, root / "build", REBUILT_IDS, model=model)
-    return root / "build"
 
 
 @pytest.fixture
