@@ -15,29 +15,22 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
-import pytest
-import torch
-
 from lambda_fn.collection.events import changes_from_batch
 from lambda_fn.collection.ingest import ingest
 from lambda_fn.collection.reindex import reindex
 from lambda_fn.contract.config import Settings, env_name
-from lambda_fn.contract.manifest import MODEL_META_FILE, Manifest, file_sha256, label_metadata
+from lambda_fn.contract.manifest import Manifest, file_sha256, label_metadata
 from lambda_fn.contract.shards import namespace
 from lambda_fn.storage.records import POINTER_FILE, ModelPointer, model_key
-from tests.deployment import FlakyStore, deploy, embed_bytes, unique_photo
+from tests.deployment import FlakyStore, embed_bytes, unique_photo
 from tests.helpers import REPO_ROOT, SAMPLE_COUNT, load_event
+from tests.lambda_fn.builds import resaved_model
 
 # What the function is deployed with (its settings' defaults).
 LIMITS = {
     "max_bytes": Settings.model_fields["max_ingest_bytes"].default,
     "max_pixels": Settings.model_fields["max_image_pixels"].default,
 }
-
-
-@pytest.fixture
-def deployment(s3, bucket, artifacts_dir, sample_dir, tmp_path):
-    return deploy(s3, bucket, artifacts_dir, sample_dir, tmp_path / "cache")
 
 
 def listing(d) -> list[dict]:
@@ -153,12 +146,7 @@ def test_a_transient_failure_fails_the_batch_and_its_retry_completes_it(deployme
 def test_a_backfill_in_batches_puts_a_new_model_live_and_a_rerun_embeds_nothing(deployment, tmp_path, model_path):
     """What the state machine does after a new model is announced: every image, batch by batch, then reindex."""
     d = deployment
-    extra = {MODEL_META_FILE: ""}
-    module = torch.jit.load(str(model_path), _extra_files=extra)
-    meta = json.loads(extra[MODEL_META_FILE])
-    meta["train_args"] = {**meta.get("train_args", {}), "note": "backfill model"}
-    second = tmp_path / "second.pt"
-    torch.jit.save(module, str(second), _extra_files={MODEL_META_FILE: json.dumps(meta)})
+    second = resaved_model(model_path, tmp_path / "second.pt")
     sha = file_sha256(second)
     d.artifacts.upload_file(second, model_key(sha))
     d.artifacts.put(POINTER_FILE, ModelPointer(model_file=model_key(sha), model_sha256=sha).model_dump_json().encode())

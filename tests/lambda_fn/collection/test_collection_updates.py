@@ -14,15 +14,11 @@ from lambda_fn.collection.ingest import ingest
 from lambda_fn.collection.reindex import LEASE_FILE, Lease, reindex
 from lambda_fn.contract.manifest import Manifest
 from lambda_fn.contract.shards import Shard, namespace
-from tests.deployment import FlakyStore, deploy, embed_bytes, sqs_event, unique_photo
+from tests.deployment import FlakyStore, embed_bytes, sqs_event, unique_photo
 from tests.helpers import SAMPLE_COUNT
+from tests.lambda_fn.builds import resaved_model
 
 LIMITS = {"max_bytes": 10_000_000, "max_pixels": 64_000_000}
-
-
-@pytest.fixture
-def deployment(s3, bucket, artifacts_dir, sample_dir, tmp_path):
-    return deploy(s3, bucket, artifacts_dir, sample_dir, tmp_path / "cache")
 
 
 def _ingest(d, event, images=None):
@@ -154,21 +150,15 @@ def test_an_older_event_never_overrides_a_newer_one(deployment, tmp_path):
 def test_a_new_model_goes_live_only_once_the_collection_is_embedded_with_it(deployment, tmp_path, model_path):
     """Uploading a new model starts a new namespace; the live build keeps serving until it covers the
     collection, and ingest embeds new photos with both models meanwhile."""
-    import torch
 
     from lambda_fn.collection.ingest import Change
-    from lambda_fn.contract.manifest import MODEL_META_FILE, file_sha256
+    from lambda_fn.contract.manifest import file_sha256
     from lambda_fn.contract.shards import EventOrder
     from lambda_fn.storage.records import model_key
     from ops.upload import announce_model
 
     d = deployment
-    extra = {MODEL_META_FILE: ""}
-    module = torch.jit.load(str(model_path), _extra_files=extra)
-    meta = json.loads(extra[MODEL_META_FILE])
-    meta["train_args"] = {**meta.get("train_args", {}), "note": "second model"}
-    second = tmp_path / "second.pt"
-    torch.jit.save(module, str(second), _extra_files={MODEL_META_FILE: json.dumps(meta)})
+    second = resaved_model(model_path, tmp_path / "second.pt")
     sha = announce_model(second, d.bucket, d.prefix, client=d.client).model_sha256
     assert sha == file_sha256(second)
     live_sha = Manifest.model_validate_json(d.live_manifest_body()).model_sha256
