@@ -1,10 +1,12 @@
-"""Second builds for the hot-swap tests, and publishing them into an artifacts folder as a build would."""
+"""Second builds for the hot-swap tests, publishing them into an artifacts folder as a build would, and waiting
+for the service to take them."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -116,3 +118,25 @@ def publish_builds(build: Path, folder: Path) -> Manifest:
     manifest = stage_build(build, folder)
     publish_manifest(manifest, folder)
     return manifest
+
+
+def flat_copy(artifacts_dir: Path, folder: Path) -> Path:
+    """A new ``folder`` holding a copy of the flat build in ``artifacts_dir``: its manifest and the files it names."""
+    folder.mkdir()
+    manifest = Manifest.read(artifacts_dir / MANIFEST_FILE)
+    for name in (MANIFEST_FILE, *(name for _, name, _ in manifest.files())):
+        shutil.copyfile(artifacts_dir / name, folder / name)
+    return folder
+
+
+def health_until(client, predicate, timeout: float = 60.0) -> dict:
+    """/health (each request may start a due check) until ``predicate(body)``; the body that satisfied it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get("/health")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        if predicate(body):
+            return body
+        assert time.monotonic() < deadline, f"gave up waiting; last /health: {body}"
+        time.sleep(0.05)

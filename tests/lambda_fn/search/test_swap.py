@@ -22,6 +22,8 @@ from ops.upload import upload
 from tests.helpers import jpeg_bytes
 from tests.lambda_fn.builds import (
     REBUILT_IDS,
+    flat_copy,
+    health_until,
     publish_builds,
     publish_flat,
     publish_manifest,
@@ -52,33 +54,12 @@ def _service(artifacts_uri: str, tmp_path: Path, *, check_s: float = CHECK_S, s3
     return TestClient(create_app(settings, s3_client=s3_client), raise_server_exceptions=True)
 
 
-def _health_until(client: TestClient, predicate, timeout: float = 60.0) -> dict:
-    """/health (each request may start a due check) until ``predicate(body)``; the body that satisfied it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        r = client.get("/health")
-        assert r.status_code == 200, r.text
-        body = r.json()
-        if predicate(body):
-            return body
-        assert time.monotonic() < deadline, f"gave up waiting; last /health: {body}"
-        time.sleep(0.05)
-
-
 def _swapped_to(build_id: str):
     return lambda body: body["build"]["id"] == build_id and not body["updates"]["swapping"]
 
 
-def _flat_copy(artifacts_dir: Path, folder: Path) -> Path:
-    folder.mkdir()
-    manifest = Manifest.read(artifacts_dir / MANIFEST_FILE)
-    for name in (MANIFEST_FILE, *(name for _, name, _ in manifest.files())):
-        shutil.copyfile(artifacts_dir / name, folder / name)
-    return folder
-
-
 def test_a_rebuilt_folder_is_served_without_restart(artifacts_dir, rebuilt, tmp_path):
-    served = _flat_copy(artifacts_dir, tmp_path / "artifacts")
+    served = flat_copy(artifacts_dir, tmp_path / "artifacts")
     first = Manifest.read(served / MANIFEST_FILE)
     keys = read_keys(artifacts_dir / first.keys_file)
     with _service(str(served), tmp_path) as client:
@@ -90,7 +71,7 @@ def test_a_rebuilt_folder_is_served_without_restart(artifacts_dir, rebuilt, tmp_
         assert r.json()["build_id"] == first.build_id and r.json()["query"]["key"] == keys[20].key
 
         second = publish_flat(rebuilt, served)
-        health = _health_until(client, _swapped_to(second.build_id))
+        health = health_until(client, _swapped_to(second.build_id))
         assert second.build_id != first.build_id
         assert health["index"]["count"] == len(REBUILT_IDS) and health["updates"]["error"] is None
         new_engine = client.app.state.service.engine
@@ -154,10 +135,10 @@ def test_queries_during_a_swap_all_answer_from_the_old_or_the_new_build(
         for t in threads:
             t.start()
         second = stage_build(build, served)  # the files go up first, while the old build serves
-        _health_until(client, lambda _: len(answers) >= 40)  # steady state, polled like the swap below
+        health_until(client, lambda _: len(answers) >= 40)  # steady state, polled like the swap below
         t_published = time.perf_counter()
         publish_manifest(second, served)
-        _health_until(client, _swapped_to(second.build_id))
+        health_until(client, _swapped_to(second.build_id))
         t_swapped = time.perf_counter()
         swapped.set()
         for t in threads:
@@ -217,7 +198,7 @@ def test_s3_new_build_is_swapped_in_and_the_old_files_leave_the_cache(s3, bucket
         upload(rebuilt, None, bucket, PREFIX, client=s3)  # the manifest PUT is its last request
         t_put = time.perf_counter()
         second = _remote(s3, bucket)
-        health = _health_until(client, _swapped_to(second.build_id))
+        health = health_until(client, _swapped_to(second.build_id))
         print(f"\nS3: manifest PUT -> swapped in {time.perf_counter() - t_put:.2f} s (check interval {CHECK_S} s)")
         assert health["index"]["sha256"] == second.index_sha256 and health["updates"]["error"] is None
         assert client.app.state.service.engine.model is old_engine.model
@@ -255,7 +236,7 @@ def test_an_unchanged_manifest_costs_a_pointer_read_and_one_conditional_request(
         assert ("GetObject", 200) in calls.seen  # the cold start read the manifest and downloaded
         before, cached = health["updates"]["checked_at"], _cached(tmp_path / "cache")
         calls.seen.clear()
-        health = _health_until(client, lambda body: body["updates"]["checked_at"] != before)
+        health = health_until(client, lambda body: body["updates"]["checked_at"] != before)
         # the model pointer (none announced: 404), the photos waiting for a model (none: 404, read until none
         # wait), then the manifest (unchanged: 304, nothing downloaded)
         assert calls.seen == [("GetObject", 404), ("GetObject", 404), ("GetObject", 304)]
@@ -264,7 +245,7 @@ def test_an_unchanged_manifest_costs_a_pointer_read_and_one_conditional_request(
         assert _cached(tmp_path / "cache") == cached
         before = health["updates"]["checked_at"]
         calls.seen.clear()
-        _health_until(client, lambda body: body["updates"]["checked_at"] != before)
+        health_until(client, lambda body: body["updates"]["checked_at"] != before)
         assert calls.seen == [("GetObject", 404), ("GetObject", 304)]  # the pointer and the manifest only
 
 
@@ -279,7 +260,7 @@ def test_a_corrupt_new_build_keeps_the_old_one_serving_until_it_is_fixed(s3, buc
     with _service(f"s3://{bucket}/{PREFIX}/", tmp_path, s3_client=s3) as client:
         assert client.get("/health").json()["build"]["id"] == published.build_id
         s3.put_object(Bucket=bucket, Key=f"{PREFIX}/{MANIFEST_FILE}", Body=remote.model_dump_json().encode())
-        health = _health_until(client, lambda body: body["updates"]["error"] is not None)
+        health = health_until(client, lambda body: body["updates"]["error"] is not None)
         assert health["status"] == "ready" and health["build"]["id"] == published.build_id
         assert local.build_id in health["updates"]["error"] and "keeps serving" in health["updates"]["error"]
         for internal in ("s3://", bucket, str(tmp_path), "builds/", "keys.json"):  # logged, not shown
@@ -291,7 +272,7 @@ def test_a_corrupt_new_build_keeps_the_old_one_serving_until_it_is_fixed(s3, buc
         assert all(file_sha256(p) == p.parent.name for p in cache.rglob("*") if p.is_file())
 
         s3.put_object(Bucket=bucket, Key=folder + local.keys_file, Body=good_keys)  # fixed: the next check loads it
-        health = _health_until(client, _swapped_to(local.build_id))
+        health = health_until(client, _swapped_to(local.build_id))
         assert health["updates"]["error"] is None
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from lambda_fn.vision import engine as engine_module
 from lambda_fn.vision import models as models_module
 from lambda_fn.vision.models import target_models
 from tests.helpers import assert_json_error, jpeg_bytes
-from tests.lambda_fn.builds import publish_flat
+from tests.lambda_fn.builds import flat_copy, health_until, publish_flat
 
 OTHER_SHA = "f" * 64
 TRUSTS = "not the one this deployment trusts"
@@ -84,26 +82,8 @@ def test_an_untrusted_local_model_is_refused_before_it_is_read(artifacts_dir, ma
     assert loads == [] and hashed == []
 
 
-def _flat_copy(artifacts_dir: Path, folder: Path) -> Path:
-    folder.mkdir()
-    manifest = Manifest.read(artifacts_dir / MANIFEST_FILE)
-    for name in (MANIFEST_FILE, *(name for _, name, _ in manifest.files())):
-        shutil.copyfile(artifacts_dir / name, folder / name)
-    return folder
-
-
-def _health_until(client, predicate, timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        body = client.get("/health").json()
-        if predicate(body):
-            return body
-        assert time.monotonic() < deadline, f"gave up waiting; last /health: {body}"
-        time.sleep(0.05)
-
-
 def test_an_untrusted_new_build_is_not_swapped_in(artifacts_dir, retrained, make_client, tmp_path, loads, log_lines):
-    served = _flat_copy(artifacts_dir, tmp_path / "artifacts")
+    served = flat_copy(artifacts_dir, tmp_path / "artifacts")
     first = Manifest.read(served / MANIFEST_FILE)
     client = make_client(artifacts_uri=str(served), manifest_check_s=0.1, trusted_model_sha256=first.model_sha256)
     assert client.get("/health").json()["build"]["id"] == first.build_id
@@ -111,7 +91,7 @@ def test_an_untrusted_new_build_is_not_swapped_in(artifacts_dir, retrained, make
     second = publish_flat(retrained, served)
     assert second.model_sha256 != first.model_sha256
 
-    health = _health_until(client, lambda body: body["updates"]["error"] is not None)
+    health = health_until(client, lambda body: body["updates"]["error"] is not None)
     error = health["updates"]["error"]
     assert health["status"] == "ready" and health["build"]["id"] == first.build_id
     assert TRUSTS in error and second.build_id in error and first.build_id in error and "keeps serving" in error
