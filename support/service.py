@@ -130,23 +130,6 @@ def wait_for_http(url: str, timeout: float = 90.0, expect: tuple[int, ...] = (20
 
 
 @contextlib.contextmanager
-def start_local_server(
-    artifacts: Path | str,
-    images: Path | str | None = None,
-    *,
-    frontend: Path | None = None,
-    env: dict | None = None,
-    expect_health: tuple[int, ...] = (200,),
-    threads: int = 1,
-):
-    """Run ``python -m lambda_fn.search.local`` on a free loopback port; yields its base URL."""
-    with start_local_server_process(
-        artifacts, images, frontend=frontend, env=env, expect_health=expect_health, threads=threads
-    ) as (base, _):
-        yield base
-
-
-@contextlib.contextmanager
 def start_local_server_process(
     artifacts: Path | str,
     images: Path | str | None = None,
@@ -157,7 +140,7 @@ def start_local_server_process(
     threads: int = 1,
     extra_args: tuple[str, ...] = (),
 ):
-    """Like ``start_local_server``, but yields ``(base URL, Popen)`` so callers can watch the process."""
+    """Run ``python -m lambda_fn.search.local`` on a free loopback port; yields ``(base URL, Popen)``."""
     port = free_port()
     cmd = [
         sys.executable,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from support.service import service_env, start_local_server
+from support.service import service_env, start_local_server_process
 from tests.helpers import REPO_ROOT
 
 CHROMIUM = Path(os.environ.get("DEEPFOOD_CHROMIUM", "/usr/bin/chromium"))
@@ -75,7 +75,7 @@ def site(artifacts_dir, sample_dir, page_host) -> str:
     can point at its own /files; cloud metadata addresses stay refused.
     """
     env = service_env(cors_origins=page_host, url_allow_private=True, url_allow_http=True)
-    with start_local_server(artifacts_dir, sample_dir, frontend=FRONTEND, env=env, threads=2) as base:
+    with start_local_server_process(artifacts_dir, sample_dir, frontend=FRONTEND, env=env, threads=2) as (base, _):
         yield base
 
 
@@ -83,7 +83,7 @@ def site(artifacts_dir, sample_dir, page_host) -> str:
 def unready_site(sample_dir, tmp_path_factory) -> str:
     """Base URL of a local server whose artifacts folder is empty: /health and /search answer 503."""
     empty = tmp_path_factory.mktemp("no-artifacts")
-    with start_local_server(empty, sample_dir, frontend=FRONTEND, expect_health=(503,)) as base:
+    with start_local_server_process(empty, sample_dir, frontend=FRONTEND, expect_health=(503,)) as (base, _):
         yield base
 
 
