@@ -62,13 +62,17 @@ def tiny_train_args(data: Path, out: Path, *extra: str) -> list[str]:
 
 def run_module(module: str, *args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m module args...`` from the repository root, output captured as text."""
+    return _run_python("-m", module, *args, env=env, timeout=timeout)
+
+
+def run_code(code: str, *args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -c code args...`` from the repository root, output captured as text."""
+    return _run_python("-c", code, *args, env=env, timeout=timeout)
+
+
+def _run_python(*argv, env: dict | None, timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        [sys.executable, *map(str, argv)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
@@ -23,7 +21,7 @@ from lambda_fn.contract.manifest import Manifest, file_sha256, label_metadata
 from lambda_fn.contract.shards import namespace
 from lambda_fn.storage.records import POINTER_FILE, ModelPointer, model_key
 from tests.deployment import FlakyStore, embed_bytes, unique_photo
-from tests.helpers import REPO_ROOT, SAMPLE_COUNT, load_event
+from tests.helpers import SAMPLE_COUNT, load_event, run_code
 from tests.lambda_fn.builds import resaved_model
 
 # What the function is deployed with (its settings' defaults).
@@ -272,14 +270,7 @@ def test_the_real_handler_answers_a_batch_and_raises_batch_failed_when_s3_thrott
             env_name("num_threads"): "1",
             "AWS_ENDPOINT_URL": proxy.url,
         }
-        run = subprocess.run(
-            [sys.executable, "-c", DRIVER, str(events), str(answers)],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        run = run_code(DRIVER, events, answers, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     ok, throttled = (json.loads(line) for line in answers.read_text().splitlines())
     assert ok["result"]["embedded"] == 1 and ok["result"]["failed"] == [], ok

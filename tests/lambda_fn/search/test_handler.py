@@ -3,8 +3,6 @@
 import base64
 import importlib
 import json
-import subprocess
-import sys
 
 import httpx
 import pytest
@@ -12,7 +10,7 @@ import pytest
 from lambda_fn.contract.config import env_name
 from lambda_fn.contract.manifest import read_keys
 from support.service import multipart_image, service_env
-from tests.helpers import REPO_ROOT, assert_json_error, load_event
+from tests.helpers import assert_json_error, load_event, run_code
 
 BOUNDARY = "----deepfoodboundary"
 
@@ -137,9 +135,7 @@ sys.meta_path.insert(0, Block())
 def test_handler_imports_without_torchvision_or_training(artifacts_dir):
     script = BLOCK + "import lambda_fn.search.main\nprint('imported', callable(lambda_fn.search.main.handler))"
     env = {**service_env(artifacts_uri=artifacts_dir), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    proc = run_code(script, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "imported True" in proc.stdout
 
@@ -170,27 +166,13 @@ def test_cold_start_fetches_the_build_during_the_torch_import(artifacts_dir, que
     image.write_bytes(query[1])
     settings = service_env(artifacts_uri=artifacts_dir, cache_dir=tmp_path / "cache", num_threads=1)
     env = {**settings, "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(
-        [sys.executable, "-c", FIRST_TORCH_IMPORT, str(image)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_code(FIRST_TORCH_IMPORT, image, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "prefetch started before torch: [True] status: 200" in proc.stdout, proc.stdout[-2000:]
     assert "waited: True" in proc.stdout
 
 
 def test_missing_configuration_fails_cold_start_with_the_variable_name():
-    proc = subprocess.run(
-        [sys.executable, "-c", "import lambda_fn.search.main"],
-        cwd=REPO_ROOT,
-        env={"PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_code("import lambda_fn.search.main", env={"PATH": "/usr/bin:/bin"}, timeout=120)
     assert proc.returncode != 0
     assert env_name("artifacts_uri") in proc.stderr and "Field required" in proc.stderr

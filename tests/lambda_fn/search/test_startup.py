@@ -3,14 +3,12 @@ tricks promise. A failure here names what moved and what to do about it."""
 
 import gc
 import json
-import subprocess
-import sys
 
 import pytest
 
 from lambda_fn.search import startup
 from support.service import service_env
-from tests.helpers import REPO_ROOT
+from tests.helpers import run_code
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +20,7 @@ def fresh_import(artifacts_dir) -> dict:
         "'tracked': len(gc.get_objects())}))"
     )
     env = {**service_env(artifacts_uri=artifacts_dir), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    proc = run_code(script, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
