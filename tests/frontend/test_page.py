@@ -40,6 +40,16 @@ def wait_for_results(page: Page, summary: str = "similar") -> None:
     expect(page.locator(RESULTS).first).to_be_visible()
 
 
+def open_result(page: Page, n: int) -> str:
+    """Click the ``n``-th result and wait for its /similar answer and the summary that says so; its key."""
+    target = page.locator(RESULTS).nth(n)
+    key = target.get_attribute("data-key")
+    with page.expect_response(lambda r: "/similar?" in r.url and r.status == 200):
+        target.click()
+    expect(page.locator("#results-summary")).to_contain_text("similar to")
+    return key
+
+
 def wait_until_true(page: Page, expression: str, timeout_s: float = 10.0) -> None:
     """Polls a JavaScript expression until it is truthy.
 
@@ -261,11 +271,7 @@ def test_result_click_searches_similar_and_back_restores(page: Page, site, sampl
     wait_for_results(page)
     before = result_keys(page)
 
-    target = page.locator(RESULTS).nth(1)
-    clicked = target.get_attribute("data-key")
-    with page.expect_response(lambda r: "/similar?" in r.url and r.status == 200):
-        target.click()
-    expect(page.locator("#results-summary")).to_contain_text("similar to")
+    clicked = open_result(page, 1)
     expect(page.locator("#query-caption")).to_contain_text("Dishes similar to")
     after = result_keys(page)
     assert after != before
@@ -296,9 +302,7 @@ def test_back_to_results_older_than_presigned_links_searches_again(page: Page, s
     page.set_input_files("#file", sample_dir / "soup" / "soup_0003.jpg")
     wait_for_results(page)
     before = result_keys(page)
-    with page.expect_response(lambda r: "/similar?" in r.url and r.status == 200):
-        page.locator(RESULTS).nth(1).click()
-    expect(page.locator("#results-summary")).to_contain_text("similar to")
+    open_result(page, 1)
 
     page.clock.fast_forward("11:00")
     with page.expect_response(lambda r: is_search(r.request) and r.status == 200):  # the photo goes up again

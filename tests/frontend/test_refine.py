@@ -9,7 +9,14 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 from playwright.sync_api import Page, Route, expect
 
-from tests.frontend.test_page import RESULTS, open_page, result_keys, wait_for_results, wait_until_true
+from tests.frontend.test_page import (
+    RESULTS,
+    open_page,
+    open_result,
+    result_keys,
+    wait_for_results,
+    wait_until_true,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -52,11 +59,7 @@ def test_a_result_is_searched_by_its_key_whatever_its_id(page: Page, site, sampl
     page.set_input_files("#file", sample_dir / "steak" / "steak_0003.jpg")
     wait_for_results(page)
     seen = api_requests(page)
-    target = page.locator(RESULTS).nth(2)
-    key = target.get_attribute("data-key")
-    with page.expect_response(lambda r: "/similar?" in r.url and r.status == 200):
-        target.click()
-    expect(page.locator("#results-summary")).to_contain_text("similar to")
+    key = open_result(page, 2)
     assert [urlsplit(u).path for u in seen] == ["/similar"] and params(seen[0])["key"] == [key]
     assert key not in result_keys(page)
     assert page.url.endswith(f"?key={quote(key, safe='')}")
