@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -158,13 +159,21 @@ def run_until_first(argv: list[str], env: dict) -> tuple[float, dict, str]:
     (seconds from spawning it to that line, that JSON, the rest of its stdout). Lines before it are skipped (the
     service's metrics are JSON lines on stdout too)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = ""
-    for line in proc.stdout:
-        if line.startswith("FIRST "):
-            break
-    seconds = time.perf_counter() - t0
-    out, err = proc.communicate(timeout=600)
+    # stderr goes to a file: the rest of stdout is then read through the same buffered reader the FIRST line
+    # came from (a raw read would lose what that reader had already buffered) without a full stderr pipe
+    # blocking the child.
+    with tempfile.TemporaryFile(mode="w+") as errors:
+        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
+        line = ""
+        for line in proc.stdout:
+            if line.startswith("FIRST "):
+                break
+        seconds = time.perf_counter() - t0
+        out = proc.stdout.read()
+        proc.stdout.close()
+        proc.wait(timeout=600)
+        errors.seek(0)
+        err = errors.read()
     if proc.returncode != 0 or not line.startswith("FIRST "):
         raise RuntimeError(f"{out[-2000:]}\n{err[-3000:]}")
     return seconds, json.loads(line.removeprefix("FIRST ")), out
