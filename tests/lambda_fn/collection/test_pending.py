@@ -5,7 +5,6 @@ Against the loopback S3 server, with the S3 event shapes AWS documents (tests/ev
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 import time
@@ -22,7 +21,6 @@ from lambda_fn.contract import metrics
 from lambda_fn.contract.manifest import PENDING_STATUS_FILE
 from lambda_fn.contract.shards import Shard, namespace
 from ops.upload import announce_model, upload
-from support.service import service_env
 from tests.deployment import PREFIX, Deployment, embed_bytes, sqs_event, unique_photo
 from tests.helpers import SAMPLE_COUNT
 
@@ -151,21 +149,9 @@ def test_a_record_that_cannot_be_written_now_is_delivered_again(empty):
 
 
 @pytest.fixture
-def functions(empty, s3_endpoint, tmp_path, monkeypatch):
+def functions(empty, handlers_for):
     """The ingest and reindex functions' handlers, configured for the empty deployment."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    for name, value in service_env(artifacts_uri=empty.uri, num_threads=1, cache_dir=tmp_path / "fn").items():
-        monkeypatch.setenv(name, value)
-    from lambda_fn.contract.config import get_settings
-
-    get_settings.cache_clear()
-    for provider in (metrics.ingest, metrics.reindex):
-        provider.clear_metrics()
-    handlers = [
-        importlib.reload(importlib.import_module(f"lambda_fn.collection.handlers.{m}")) for m in ("ingest", "reindex")
-    ]
-    yield handlers
-    get_settings.cache_clear()
+    return handlers_for(empty.uri)
 
 
 def _metrics(text: str) -> dict:

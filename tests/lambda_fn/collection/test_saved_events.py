@@ -5,12 +5,8 @@ tests/lambda_fn/search/test_handler.py."""
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 
-from lambda_fn.contract.config import get_settings
-from support.service import service_env
 from tests.deployment import sqs_event
 from tests.helpers import EVENTS_DIR, load_event
 
@@ -18,17 +14,8 @@ COLLECTION_EVENTS = {"sqs_s3_object_created", "sqs_s3_object_removed", "sqs_s3_t
 
 
 @pytest.fixture
-def handlers(deployment, s3_endpoint, tmp_path, monkeypatch):
-    """The ingest and reindex handlers, imported afresh and configured by the environment, as in Lambda."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    for name, value in service_env(artifacts_uri=deployment.uri, num_threads=1, cache_dir=tmp_path / "fn").items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    modules = [
-        importlib.reload(importlib.import_module(f"lambda_fn.collection.handlers.{m}")) for m in ("ingest", "reindex")
-    ]
-    yield modules
-    get_settings.cache_clear()
+def handlers(deployment, handlers_for):
+    return handlers_for(deployment.uri)
 
 
 def test_every_saved_event_has_a_test():
