@@ -114,8 +114,8 @@ class ServiceState:
         self.backoff = Backoff()
         self.load_seconds: float | None = None
         # Every torch call (load, warm-up, each request's forward) runs on this one thread. Torch's OpenMP
-        # pool belongs to the calling thread, so one thread keeps one warm pool (a forward on a different
-        # thread than the last measured 7-12 ms slower), requests queue first come, first served, and the
+        # pool belongs to the calling thread, so one thread keeps one warm pool (a forward on another thread
+        # is slower: docs/benchmarks.md), requests queue first come, first served, and the
         # event loop stays free to accept the next upload. Loading a new model for a swap is the exception
         # (see ``_engine_for``).
         self.torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")

@@ -153,9 +153,8 @@ class Engine:
     def embed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """uint8 (B, H, W, 3) -> (L2-normalised float32 (B, dim), class probabilities (B, C) or None)."""
         batch = torch.from_numpy(np.ascontiguousarray(images))
-        # The exported model is frozen and its graph already optimised at export. TorchScript's profiling
-        # executor would still profile each method's first call and re-optimise on its second (0.1 s and
-        # more on first use) for nothing: the same p50 either way, fp32 and int8, full ISA and AVX2.
+        # The model is frozen and optimised at export: TorchScript's profiling executor would only re-optimise
+        # it on first use, for nothing (docs/benchmarks.md, "Cold start").
         with torch.jit.optimized_execution(False):
             if self.has_head:
                 emb, probs = self.model.embed_and_classify(batch)
@@ -187,7 +186,6 @@ class Engine:
 
     def warm_up(self) -> None:
         """One forward at the real input size through the method requests use, so the first user request
-        does not pay for lazy init (oneDNN's kernels, the allocator's pools: a first fp32 forward took 69 ms,
-        the next ones 47)."""
+        does not pay for lazy init (oneDNN's kernels, the allocator's pools; docs/benchmarks.md)."""
         size = self.meta.crop_size
         self.embed(np.zeros((1, size, size, 3), dtype=np.uint8))
