@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from lambda_fn.collection import pending
 from lambda_fn.collection.ingest import Change, IngestReport, ingest, ingest_pending
-from lambda_fn.collection.reindex import ReindexReport, base_collection, listing_digest, reindex, shard_listing
+from lambda_fn.collection.reindex import ReindexReport, base_collection, merged_all, reindex, shard_listing
 from lambda_fn.contract.config import Settings
 from lambda_fn.contract.shards import EventOrder
 from lambda_fn.storage.errors import ArtifactError
@@ -205,7 +205,7 @@ def cmd_status(args, images: Store, artifacts: Store) -> int:
         print(f"no build published in {artifacts.describe()}")
     else:
         shards = shard_listing(artifacts, live.model_sha256)
-        unmerged = (live.shards_digest or listing_digest([])) != listing_digest(shards)
+        unmerged = not merged_all(live, shards)
         print(
             f"live build {live.build_id}: {live.count} images, model {live.model_sha256[:12]}…, built {live.built_at}; "
             f"{len(shards)} shards, {'changes waiting for a reindex' if unmerged else 'all merged'}"

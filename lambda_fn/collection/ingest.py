@@ -130,12 +130,7 @@ def _decode_all(good: list[tuple[Change, bytes]], model: LoadedModel, max_pixels
 
     def decode(data: bytes) -> np.ndarray | ImageError:
         try:
-            return load_for_model(
-                data,
-                model.meta.resize_size,
-                model.meta.crop_size,
-                max_pixels=max_pixels,
-            )
+            return load_for_model(data, model.meta.resize_size, model.meta.crop_size, max_pixels=max_pixels)
         except ImageError as exc:
             return exc
 
@@ -225,6 +220,27 @@ def ingest(
     return report
 
 
+def ingest_for_targets(
+    changes: Iterable[Change],
+    *,
+    images: Store,
+    artifacts: Store,
+    cache_dir: Path,
+    max_bytes: int,
+    max_pixels: int,
+    trusted_model_sha256: str | None = None,
+    newest_model_only: bool = False,
+) -> IngestReport:
+    """``ingest`` with the models new embeddings are made with now (``target_models``): the live one and an
+    announced one, or with ``newest_model_only`` (a backfill) only the model that is to go live."""
+    models = target_models(
+        artifacts, cache_dir, trusted_model_sha256=trusted_model_sha256, newest_only=newest_model_only
+    )
+    return ingest(
+        changes, images=images, artifacts=artifacts, models=models, max_bytes=max_bytes, max_pixels=max_pixels
+    )
+
+
 def ingest_with_settings(
     changes: Iterable[Change],
     *,
@@ -233,23 +249,17 @@ def ingest_with_settings(
     settings: Settings,
     newest_model_only: bool = False,
 ) -> IngestReport:
-    """``ingest`` with the models and limits ``settings`` gives: the ingest function's work, and what the
-    benchmark times. A backfill (``newest_model_only``) embeds the collection for the model that is to go live
-    (the announced one, else the live one); new photos from S3 events are embedded with both while a new model
-    waits."""
-    models = target_models(
-        artifacts,
-        settings.cache_dir,
-        trusted_model_sha256=settings.trusted_model_sha256,
-        newest_only=newest_model_only,
-    )
-    return ingest(
+    """``ingest_for_targets`` with the cache and limits ``settings`` gives: the ingest function's work, and what
+    the benchmark times."""
+    return ingest_for_targets(
         changes,
         images=images,
         artifacts=artifacts,
-        models=models,
+        cache_dir=settings.cache_dir,
         max_bytes=settings.max_ingest_bytes,
         max_pixels=settings.max_image_pixels,
+        trusted_model_sha256=settings.trusted_model_sha256,
+        newest_model_only=newest_model_only,
     )
 
 
@@ -309,11 +319,16 @@ def ingest_pending(
     max_pixels: int,
     trusted_model_sha256: str | None = None,
 ) -> set[str]:
-    """Changes that waited for a model (``lambda_fn.collection.pending.drain``), ingested with the models new events get
-    now; returns the keys that failed for a reason that may pass."""
-    models = target_models(artifacts, cache_dir, trusted_model_sha256=trusted_model_sha256)
+    """Changes that waited for a model (``lambda_fn.collection.pending.drain``), ingested with the models new
+    events get now; returns the keys that failed for a reason that may pass."""
     changes = [Change(e.key, e.kind, e.key, e.etag, e.size, e.order, e.label) for e in events]
-    report = ingest(
-        changes, images=images, artifacts=artifacts, models=models, max_bytes=max_bytes, max_pixels=max_pixels
+    report = ingest_for_targets(
+        changes,
+        images=images,
+        artifacts=artifacts,
+        cache_dir=cache_dir,
+        max_bytes=max_bytes,
+        max_pixels=max_pixels,
+        trusted_model_sha256=trusted_model_sha256,
     )
     return set(report.failed)

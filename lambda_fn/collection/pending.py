@@ -14,7 +14,6 @@ A run that counts them anew or drains them writes ``pending/status.json`` (photo
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -25,7 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ValidationError
 
 from lambda_fn.contract.manifest import PENDING_RECORDS_PREFIX, PENDING_STATUS_FILE
-from lambda_fn.contract.shards import Collection, EventOrder, events_digest
+from lambda_fn.contract.shards import Collection, EventOrder, events_digest, listing_digest
 from lambda_fn.storage.records import PendingStatus, read_status
 from lambda_fn.storage.store import NotFound, Store
 
@@ -78,10 +77,6 @@ def record_keys(store: Store) -> list[str]:
     return sorted(i.key for i in store.list(PENDING_RECORDS_PREFIX) if i.key.endswith(".json"))
 
 
-def _digest(keys: Iterable[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
-
-
 def read_records(store: Store, keys: list[str]) -> dict[str, list[PendingEvent]]:
     """Each readable record's events; an unreadable one is logged and left for the next run."""
 
@@ -112,7 +107,7 @@ def _write_status(store: Store, waiting: Iterable[PendingEvent], remaining: list
         images=sum(e.kind == "created" for e in waiting),
         removals=sum(e.kind == "removed" for e in waiting),
         records=len(remaining),
-        records_digest=_digest(remaining),
+        records_digest=listing_digest(remaining),
     )
     store.put(PENDING_STATUS_FILE, status.model_dump_json(indent=2).encode())
     return status
@@ -122,7 +117,7 @@ def count(store: Store, keys: list[str]) -> int:
     """Photos waiting in the records ``keys``: the status's number when it counted these same records, else
     counted from them and the status rewritten."""
     status = read_status(store)
-    if status is not None and status.records_digest == _digest(keys):
+    if status is not None and status.records_digest == listing_digest(keys):
         return status.images
     if not keys and status is None:
         return 0

@@ -27,7 +27,6 @@ run's build holds them.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import shutil
@@ -43,7 +42,7 @@ from annoy import AnnoyIndex
 
 from lambda_fn.collection import pending
 from lambda_fn.contract.manifest import BUILDS_PREFIX, LOCKS_PREFIX, Manifest, read_keys
-from lambda_fn.contract.shards import SHARD_SUFFIX, Added, Collection, EventOrder, Shard, namespace
+from lambda_fn.contract.shards import SHARD_SUFFIX, Added, Collection, EventOrder, Shard, listing_digest, namespace
 from lambda_fn.storage.cache import download_verified
 from lambda_fn.storage.publish import NO_MANIFEST, publish_build
 from lambda_fn.storage.records import read_manifest, read_pointer
@@ -133,8 +132,9 @@ def shard_listing(store: Store, model_sha256: str) -> list[str]:
     return sorted(i.key for i in store.list(namespace(model_sha256)) if i.key.endswith(SHARD_SUFFIX))
 
 
-def listing_digest(keys: list[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
+def merged_all(live: Manifest, shards: list[str]) -> bool:
+    """Whether the live build already merged exactly these shards."""
+    return (live.shards_digest or listing_digest([])) == listing_digest(shards)
 
 
 def base_collection(store: Store, manifest: Manifest, workdir: Path) -> tuple[Collection, set[str]]:
@@ -225,7 +225,7 @@ def reindex(
     new_model = live is None or target_sha != live.model_sha256
 
     def unchanged() -> bool:
-        return not new_model and (live.shards_digest or listing_digest([])) == listing_digest(shards)
+        return not new_model and merged_all(live, shards)
 
     if not drain and unchanged():
         report.status, report.build_id = "unchanged", live.build_id
@@ -271,7 +271,7 @@ def reindex(
                 # keep the live model's namespace up to date meanwhile
                 target_sha, target_key = live.model_sha256, live.model_file
                 shards = shard_listing(store, target_sha)
-                if (live.shards_digest or listing_digest([])) == listing_digest(shards):
+                if merged_all(live, shards):
                     report.status, report.build_id = "unchanged", live.build_id
                     return report
                 collection, merged = live_base()

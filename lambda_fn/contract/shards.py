@@ -149,6 +149,11 @@ def events_digest(created: Iterable[tuple[str, str, EventOrder]], removed: Itera
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:32]
 
 
+def listing_digest(keys: Iterable[str]) -> str:
+    """Digest of a set of object names (order-free): what a manifest or status records to know it saw them."""
+    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
+
+
 def namespace(model_sha256: str) -> str:
     """Folder of the shards made with one model: a new model starts a new namespace."""
     return f"{EMBEDDINGS_PREFIX}{model_sha256}/"
