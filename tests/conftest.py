@@ -142,8 +142,13 @@ def log_lines():
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    """A real S3-protocol server (moto in server mode) on a free loopback port."""
+    """A real S3-protocol server (moto in server mode) on a free loopback port; it speaks S3 Vectors too, with
+    QueryVectors from the labelled test extension ``tests.s3vectors_server``."""
     from moto.server import ThreadedMotoServer
+
+    from tests import s3vectors_server
+
+    s3vectors_server.install()
 
     os.environ.update(
         {
@@ -165,6 +170,25 @@ def s3(s3_endpoint):
     import boto3
 
     return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def s3vectors(s3_endpoint):
+    """A boto3 ``s3vectors`` client of the loopback server; requests are validated against the real model."""
+    from lambda_fn.storage.vectors import s3vectors_client
+
+    return s3vectors_client(endpoint_url=s3_endpoint)
+
+
+@pytest.fixture
+def vector_bucket(s3vectors, request):
+    """A vector bucket named after the test, removed with its indexes afterwards."""
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + "-vec"
+    s3vectors.create_vector_bucket(vectorBucketName=name)
+    yield name
+    for index in s3vectors.list_indexes(vectorBucketName=name).get("indexes", []):
+        s3vectors.delete_index(vectorBucketName=name, indexName=index["indexName"])
+    s3vectors.delete_vector_bucket(vectorBucketName=name)
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ from lambda_fn.contract.config import Settings
 from lambda_fn.search.errors import ApiError
 from lambda_fn.search.schemas import MAX_LISTED_LABELS, ErrorCode, Match, Prediction, SearchResponse, Timings
 from lambda_fn.search.urls import ImageLinker
-from lambda_fn.vision.engine import Engine, Neighbour
+from lambda_fn.vision.engine import Engine
 from lambda_fn.vision.imaging import ImageError, ImageTooLarge, UnsupportedImage, load_for_model
+from lambda_fn.vision.vector_store import Hit, VectorStore
 
 
 def _ms(seconds: float) -> float:
@@ -36,22 +37,19 @@ def decode(data: bytes, engine: Engine, settings: Settings):
         raise ApiError(ErrorCode.NOT_AN_IMAGE, str(exc)) from exc
 
 
-def to_matches(engine: Engine, neighbours: list[Neighbour], linker: ImageLinker) -> list[Match]:
-    out = []
-    for n in neighbours:
-        entry = engine.keys[n.id]
-        out.append(
-            Match(
-                id=n.id,
-                key=entry.key,
-                label=entry.label,
-                source=entry.source,
-                distance=round(n.distance, 6),
-                similarity=round(n.similarity, 6),
-                url=linker.url(entry.key),
-            )
+def to_matches(hits: list[Hit], linker: ImageLinker) -> list[Match]:
+    return [
+        Match(
+            id=h.id,
+            key=h.key,
+            label=h.label,
+            source=h.source,
+            distance=round(h.distance, 6),
+            similarity=round(h.similarity, 6),
+            url=linker.url(h.key),
         )
-    return out
+        for h in hits
+    ]
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,7 @@ class SearchOptions:
 class Ranked:
     """One page of the ranking and what shaped it."""
 
-    neighbours: list[Neighbour]
+    neighbours: list[Hit]
     next_offset: int | None
     cut: int
     collapsed: int
@@ -87,9 +85,12 @@ class Ranked:
 
 
 def check_labels(engine: Engine, labels: tuple[str, ...]) -> None:
-    unknown = engine.labels.unknown(labels)
+    if not labels:
+        return
+    names = engine.store.label_names()
+    known = set(names)
+    unknown = [label for label in labels if label not in known]
     if unknown:
-        names = engine.labels.names
         listed = ", ".join(names[:MAX_LISTED_LABELS]) + (
             f" (and {len(names) - MAX_LISTED_LABELS} more)" if len(names) > MAX_LISTED_LABELS else ""
         )
@@ -106,16 +107,18 @@ _RANK_TRIES = 4
 
 
 def rank(
-    engine: Engine, vector: np.ndarray, options: SearchOptions, settings: Settings, exclude: int | None = None
+    store: VectorStore, vector: np.ndarray, options: SearchOptions, settings: Settings, exclude: str | None = None
 ) -> Ranked:
     """The page of neighbours ``options`` asks for (its labels known: ``check_labels``); see the module's
-    docstring."""
+    docstring. A store with a top-k limit returns at most that many: the ranking then ends there."""
     end = options.offset + options.k
     n = end + 1 + (int(end * _DEDUPE_MARGIN) + 2 if options.dedupe else 0)  # one more tells of a next page
     for _ in range(_RANK_TRIES):
-        found = engine.search(vector, n, exclude=exclude, labels=options.labels)
-        kept, collapsed = _collapse(engine, found, options, end, settings.dedupe_similarity)
-        if len(kept) > end or len(found) < n:
+        if store.max_top_k is not None:
+            n = min(n, store.max_top_k)
+        found = store.search(vector, n, exclude=exclude, labels=options.labels)
+        kept, collapsed = _collapse(store, found, options, end, settings.dedupe_similarity)
+        if len(kept) > end or len(found) < n or n == store.max_top_k:
             break
         n *= 2  # duplicates took the room: ask for more (bounded tries; a page may come back short)
     page = kept[options.offset : end]
@@ -126,17 +129,18 @@ def rank(
 
 
 def _collapse(
-    engine: Engine, found: list[Neighbour], options: SearchOptions, end: int, threshold: float
-) -> tuple[list[Neighbour], int]:
+    store: VectorStore, found: list[Hit], options: SearchOptions, end: int, threshold: float
+) -> tuple[list[Hit], int]:
     """Up to end+1 of ``found``, nearest first, leaving out each one whose cosine to a result kept before it
     is above ``threshold``; and how many were left out from the page's ranks (offset .. end-1)."""
-    if not options.dedupe:
+    if not options.dedupe or not found:
         return found[: end + 1], 0
-    kept: list[Neighbour] = []
-    vectors = np.empty((end + 1, engine.manifest.dim), dtype=np.float32)
+    kept: list[Hit] = []
+    found_vectors = store.vectors([nb.key for nb in found])
+    vectors = np.empty((end + 1, len(next(iter(found_vectors.values())))), dtype=np.float32)
     collapsed = 0
     for nb in found:
-        v = engine.vector(nb.id)
+        v = np.array(found_vectors[nb.key], dtype=np.float32)
         v /= max(float(np.linalg.norm(v)), 1e-12)
         if kept and float(np.max(vectors[: len(kept)] @ v)) > threshold:
             if options.offset <= len(kept) < end:
@@ -157,14 +161,14 @@ def search_image(
     t1 = time.perf_counter()
     vectors, probs = engine.embed(pixels[None])
     t2 = time.perf_counter()
-    ranked = rank(engine, vectors[0], options, settings)
+    ranked = rank(engine.store, vectors[0], options, settings)
     t3 = time.perf_counter()
     predictions = (
         [Prediction(label=label, probability=round(p, 6)) for label, p in engine.predictions(probs[0])]
         if probs is not None
         else []
     )
-    matches = to_matches(engine, ranked.neighbours, linker)
+    matches = to_matches(ranked.neighbours, linker)
     return SearchResponse(
         **ranked.fields(options),
         build_id=engine.build_id,
@@ -189,29 +193,41 @@ def check_build(engine: Engine, build: str | None) -> None:
         )
 
 
-def image_id_of(key: str, engine: Engine) -> int:
-    try:
-        return engine.ids[key]
-    except KeyError:
-        raise ApiError(ErrorCode.UNKNOWN_IMAGE, f"no image with key {key!r} in build {engine.build_id}") from None
+def image_by_id(image_id: int, engine: Engine) -> tuple[Hit, np.ndarray]:
+    """The image a per-build id names (a store without ids, S3 Vectors, names none: look up by key)."""
+    found = engine.store.by_id(image_id)
+    if found is not None:
+        return found
+    if engine.store.max_top_k is not None:
+        raise ApiError(
+            ErrorCode.UNKNOWN_IMAGE,
+            f"no image with id {image_id}: this index names images by key only; use GET /similar?key=<key>",
+        )
+    last = engine.manifest.count - 1
+    raise ApiError(ErrorCode.UNKNOWN_IMAGE, f"no image with id {image_id}; ids run from 0 to {last}")
+
+
+def image_by_key(key: str, engine: Engine) -> tuple[Hit, np.ndarray]:
+    found = engine.store.entry(key)
+    if found is None:
+        raise ApiError(ErrorCode.UNKNOWN_IMAGE, f"no image with key {key!r} in build {engine.build_id}")
+    return found
 
 
 def search_similar(
-    image_id: int, options: SearchOptions, engine: Engine, settings: Settings, linker: ImageLinker
+    image: tuple[Hit, np.ndarray], options: SearchOptions, engine: Engine, settings: Settings, linker: ImageLinker
 ) -> SearchResponse:
-    if not 0 <= image_id < engine.manifest.count:
-        raise ApiError(
-            ErrorCode.UNKNOWN_IMAGE, f"no image with id {image_id}; ids run from 0 to {engine.manifest.count - 1}"
-        )
+    """Neighbours of an indexed image (``image_by_id``, ``image_by_key``), the image itself left out."""
+    hit, vector = image
     t0 = time.perf_counter()
-    ranked = rank(engine, engine.vector(image_id), options, settings, exclude=image_id)
+    ranked = rank(engine.store, vector, options, settings, exclude=hit.key)
     t1 = time.perf_counter()
     return SearchResponse(
         **ranked.fields(options),
         build_id=engine.build_id,
-        results=to_matches(engine, ranked.neighbours, linker),
+        results=to_matches(ranked.neighbours, linker),
         predictions=[],
-        query_id=image_id,
-        query=to_matches(engine, [Neighbour(image_id, 0.0)], linker)[0],
+        query_id=hit.id,
+        query=to_matches([hit], linker)[0],
         timings=Timings(decode_ms=0.0, embed_ms=0.0, search_ms=_ms(t1 - t0), total_ms=_ms(time.perf_counter() - t0)),
     )

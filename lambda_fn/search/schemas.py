@@ -95,7 +95,10 @@ class JsonSearchRequest(BaseModel):
 
 
 class Match(BaseModel):
-    id: int = Field(description="Image id in the index (0..count-1)")
+    id: int | None = Field(
+        description="Image id in the build (0..count-1), valid only with its `build_id`; null on an S3 Vectors "
+        "index, which names images by `key` only"
+    )
     key: str = Field(description="Path of the image in the collection (its S3 key under images/)")
     label: str | None = Field(None, description="Label from the collection's folder layout, when known")
     source: str | None = Field(

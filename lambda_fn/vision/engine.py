@@ -19,6 +19,7 @@ from annoy import AnnoyIndex
 from lambda_fn.contract.manifest import MODEL_META_FILE, KeyEntry, Manifest, ModelMeta, read_keys
 from lambda_fn.storage.errors import ArtifactError
 from lambda_fn.vision.labels import LabelIndex, item_vectors
+from lambda_fn.vision.vector_store import AnnoyStore, VectorStore
 
 # torch 2.14 marks TorchScript deprecated with a FutureWarning on every script/save/load. It still works and
 # is what this project ships (see the README), so the warning is not repeated in every log line and CLI run.
@@ -126,6 +127,7 @@ class Engine:
         self.ids = {entry.key: i for i, entry in enumerate(keys)}
         self.item_vectors = vectors
         self.labels = LabelIndex(keys, index, manifest.n_trees, vectors=vectors)
+        self.store: VectorStore = AnnoyStore(self)
 
     @classmethod
     def from_files(

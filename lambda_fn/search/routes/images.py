@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lambda_fn.search.deps import EngineDep, LinkerDep, SettingsDep
 from lambda_fn.search.errors import ERROR_RESPONSES
-from lambda_fn.search.pipeline import check_build, image_id_of, search_similar
+from lambda_fn.search.pipeline import check_build, image_by_id, image_by_key, search_similar
 from lambda_fn.search.routes.params import Refine, refine
 from lambda_fn.search.schemas import ErrorResponse, SearchResponse
 
@@ -45,7 +45,8 @@ async def similar(
     """Find the images most similar to an indexed image, leaving the image itself out."""
     check_build(engine, build)
     chosen = options.options(engine, settings)
-    return await run_in_threadpool(search_similar, image_id, chosen, engine, settings, linker)
+    image = await run_in_threadpool(image_by_id, image_id, engine)
+    return await run_in_threadpool(search_similar, image, chosen, engine, settings, linker)
 
 
 @router.get(
@@ -64,6 +65,6 @@ async def similar_by_key(
     options: Annotated[Refine, Depends(refine)],
 ) -> SearchResponse:
     """Find the images most similar to an indexed image named by its key, leaving the image itself out."""
-    image_id = image_id_of(key, engine)
+    image = await run_in_threadpool(image_by_key, key, engine)
     chosen = options.options(engine, settings)
-    return await run_in_threadpool(search_similar, image_id, chosen, engine, settings, linker)
+    return await run_in_threadpool(search_similar, image, chosen, engine, settings, linker)
