@@ -7,7 +7,7 @@ as $eq), ``returnMetadata`` and ``returnDistance``; distance is 1 - cos for a co
 Clients call it through boto3, so botocore validates every request against the real service model.
 
 ``THROTTLE[operation] = n`` makes the next n calls of a moto operation (e.g. ``"put_vectors"``) answer 429
-ThrottlingException, the way the service sheds load, so a test can show the caller backs off and retries.
+TooManyRequestsException, the way the service sheds load, so a test can show the caller backs off and retries.
 """
 
 from __future__ import annotations
@@ -63,17 +63,16 @@ def install() -> None:
     global _installed
     if _installed:
         return
+    from moto.core.exceptions import ServiceException
     from moto.core.responses import ActionResult
     from moto.s3vectors import urls
-    from moto.s3vectors.exceptions import ValidationError
     from moto.s3vectors.responses import S3VectorsResponse
 
-    class ThrottlingException(ValidationError):
-        code = 429
+    class TooManyRequests(ServiceException):
+        code = "TooManyRequestsException"  # the service model's 429 error shape
 
         def __init__(self) -> None:
             super().__init__("Rate exceeded (test extension)")
-            self.error_type = "ThrottlingException"
 
     def query_vectors(self) -> ActionResult:
         index = self.s3vectors_backend.get_index(
@@ -111,7 +110,7 @@ def install() -> None:
                 CALLS[name] = CALLS.get(name, 0) + 1
                 if THROTTLE.get(name, 0) > 0:
                     THROTTLE[name] -= 1
-                    raise ThrottlingException()
+                    raise TooManyRequests()
             return original(self)
 
         return handler

@@ -33,10 +33,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from lambda_fn.collection import pending
 from lambda_fn.collection.pending import PendingEvent
+from lambda_fn.collection.vectors import VectorWriter
 from lambda_fn.contract.config import Settings
 from lambda_fn.contract.manifest import label_from_metadata
 from lambda_fn.contract.shards import Added, EventOrder, Removed, Shard, Skipped, events_digest, shard_key
 from lambda_fn.storage.store import NotFound, Store
+from lambda_fn.storage.vectors import VectorStoreError
 from lambda_fn.vision.imaging import ImageError, load_for_model
 from lambda_fn.vision.models import LoadedModel, target_models
 
@@ -157,8 +159,10 @@ def ingest(
     models: list[LoadedModel],
     max_bytes: int,
     max_pixels: int,
+    vectors: VectorWriter | None = None,
 ) -> IngestReport:
-    """Embed the created images and record the removed ones, one shard per model; see the module doc."""
+    """Embed the created images and record the removed ones, one shard per model; see the module doc. With
+    ``vectors`` (the S3 Vectors store), each model's vectors are written into its index before its shard."""
     started = time.perf_counter()
     changes = list(changes)
     report = IngestReport()
@@ -210,6 +214,8 @@ def ingest(
         )
         if shard.empty:
             continue
+        if vectors is not None and not _write_vectors(vectors, model, shard, changes, report):
+            continue
         key = shard_key(model.sha256, shard.digest())
         artifacts.put(key, shard.to_bytes())
         report.shards.append(key)
@@ -218,6 +224,22 @@ def ingest(
     report.seconds = time.perf_counter() - started
     _log_report(report)
     return report
+
+
+def _write_vectors(
+    vectors: VectorWriter, model: LoadedModel, shard: Shard, changes: list[Change], report: IngestReport
+) -> bool:
+    """Write the shard's vectors and removals into the model's index; False (and every change of the batch
+    failed, so it is delivered again; no shard is written) when the store failed for a reason that may pass."""
+    try:
+        vectors.write(model.sha256, model.meta.dim, shard.added, shard.vectors, [r.key for r in shard.removed])
+    except Exception as exc:
+        if not (_is_transient(exc) or isinstance(exc, VectorStoreError)):
+            raise
+        report.failed |= {c.item_id: f"vector index: {type(exc).__name__}: {exc}" for c in changes}
+        log.warning("vectors not written", extra={"model_sha256": model.sha256, "error": str(exc)})
+        return False
+    return True
 
 
 def ingest_for_targets(
@@ -230,6 +252,7 @@ def ingest_for_targets(
     max_pixels: int,
     trusted_model_sha256: str | None = None,
     newest_model_only: bool = False,
+    vectors: VectorWriter | None = None,
 ) -> IngestReport:
     """``ingest`` with the models new embeddings are made with now (``target_models``): the live one and an
     announced one, or with ``newest_model_only`` (a backfill) only the model that is to go live."""
@@ -237,7 +260,13 @@ def ingest_for_targets(
         artifacts, cache_dir, trusted_model_sha256=trusted_model_sha256, newest_only=newest_model_only
     )
     return ingest(
-        changes, images=images, artifacts=artifacts, models=models, max_bytes=max_bytes, max_pixels=max_pixels
+        changes,
+        images=images,
+        artifacts=artifacts,
+        models=models,
+        max_bytes=max_bytes,
+        max_pixels=max_pixels,
+        vectors=vectors,
     )
 
 
@@ -248,6 +277,7 @@ def ingest_with_settings(
     artifacts: Store,
     settings: Settings,
     newest_model_only: bool = False,
+    vectors: VectorWriter | None = None,
 ) -> IngestReport:
     """``ingest_for_targets`` with the cache and limits ``settings`` gives: the ingest function's work, and what
     the benchmark times."""
@@ -260,6 +290,7 @@ def ingest_with_settings(
         max_pixels=settings.max_image_pixels,
         trusted_model_sha256=settings.trusted_model_sha256,
         newest_model_only=newest_model_only,
+        vectors=vectors,
     )
 
 

@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from lambda_fn.contract.manifest import Sha256
+from lambda_fn.contract.vectors import ANNOY, DEFAULT_RETIRE_AFTER_S, S3VECTORS, VectorStoreKind
 
 ENV_PREFIX = "DEEPFOOD_"
 # API Gateway + Lambda accept a 6 MB payload, and binary bodies arrive base64-encoded (x4/3): ~4.5 MB raw.
@@ -95,6 +96,21 @@ class Settings(BaseSettings):
         description="Fetch from loopback and private addresses too (the tests' local servers); cloud metadata and "
         "link-local addresses stay refused. Never in a deployment",
     )
+    vector_store: VectorStoreKind = Field(
+        ANNOY,
+        description="Where the vectors are searched: `annoy` (an index build loaded into each search container; "
+        "the default and the local mode) or `s3vectors` (Amazon S3 Vectors, written by ingest; chosen with "
+        "`cdk deploy -c vectorStore=s3vectors`). See docs/scaling.md",
+    )
+    vector_bucket: str | None = Field(
+        None, description="The S3 Vectors bucket (its name) holding one index per model; required with `s3vectors`"
+    )
+    vector_retire_after_s: int = Field(
+        DEFAULT_RETIRE_AFTER_S,
+        ge=0,
+        description="How long an S3 Vectors index that stopped serving (a new model went live) is kept before "
+        "the switch check deletes it",
+    )
     dedupe_similarity: float = Field(
         DEFAULT_DEDUPE_SIMILARITY,
         ge=0,
@@ -114,6 +130,12 @@ class Settings(BaseSettings):
     def _default_k_within_max(self) -> Settings:
         if self.default_k > self.max_k:
             raise ValueError(f"default_k ({self.default_k}) must not exceed max_k ({self.max_k})")
+        return self
+
+    @model_validator(mode="after")
+    def _vector_bucket_with_s3vectors(self) -> Settings:
+        if self.vector_store == S3VECTORS and not self.vector_bucket:
+            raise ValueError(f"vector_store {S3VECTORS} needs {env_name('vector_bucket')}: the vector bucket's name")
         return self
 
     @property

@@ -52,6 +52,12 @@ def to_matches(hits: list[Hit], linker: ImageLinker) -> list[Match]:
     ]
 
 
+def max_k(engine: Engine, settings: Settings) -> int:
+    """The most results a search may rank (offset + k): the settings' max_k, within the store's top-k limit."""
+    limit = engine.store.max_top_k
+    return settings.max_k if limit is None else min(settings.max_k, limit)
+
+
 @dataclass(frozen=True)
 class SearchOptions:
     """What a search asks for beyond its query image; checked by ``lambda_fn.search.routes.params``."""
@@ -124,7 +130,8 @@ def rank(
     page = kept[options.offset : end]
     floor = options.min_similarity
     shown = [nb for nb in page if floor is None or nb.similarity >= floor]
-    more = len(kept) > end and end < settings.max_k and (floor is None or kept[end].similarity >= floor)
+    limit = settings.max_k if store.max_top_k is None else min(settings.max_k, store.max_top_k)
+    more = len(kept) > end and end < limit and (floor is None or kept[end].similarity >= floor)
     return Ranked(shown, end if more else None, len(page) - len(shown), collapsed)
 
 

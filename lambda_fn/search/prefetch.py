@@ -31,6 +31,7 @@ from pathlib import Path
 
 from lambda_fn.contract.config import Settings
 from lambda_fn.contract.manifest import Manifest
+from lambda_fn.contract.vectors import ANNOY
 from lambda_fn.storage.artifacts import FetchedArtifacts, fetch_build
 from lambda_fn.storage.errors import ArtifactError, UntrustedModel, check_trusted
 from lambda_fn.storage.records import read_manifest
@@ -75,7 +76,10 @@ class Prefetch:
 
     @classmethod
     def start(cls, settings: Settings) -> Prefetch | None:
-        """The child started; None when it cannot be (the first load then fetches by itself, as without one)."""
+        """The child started; None when it cannot be (the first load then fetches by itself, as without one),
+        or when there is no build to fetch (the S3 Vectors store: the first load fetches only the model)."""
+        if settings.vector_store != ANNOY:
+            return None
         # The child resolves modules as this process does (Lambda's task root, a test's repository).
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         argv = [settings.artifacts_uri, str(settings.cache_dir), settings.trusted_model_sha256 or ""]

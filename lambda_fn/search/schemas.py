@@ -166,12 +166,21 @@ class RuntimeInfo(BaseModel):
 
 
 class IndexInfo(BaseModel):
-    sha256: str
-    count: int
+    store: Literal["annoy", "s3vectors"] = Field(
+        "annoy",
+        description="`annoy`: a build loaded into the service; `s3vectors`: an Amazon S3 Vectors index, where a "
+        "build is an index version (`build.id` names the index), images are named by key (`id` is null) and a "
+        "query returns at most `max_top_k` neighbours",
+    )
+    max_top_k: int | None = Field(
+        None, description="The most neighbours one query returns (offset + k stays within it); null: no limit"
+    )
+    sha256: str | None = Field(None, description="sha256 of the index file (Annoy)")
+    count: int | None = Field(None, description="Images in the build (Annoy; S3 Vectors: at the last switch)")
     dim: int
     metric: str
-    n_trees: int
-    search_k: int
+    n_trees: int | None = Field(None, description="Annoy trees")
+    search_k: int | None = Field(None, description="Annoy nodes inspected per query")
     label_count: int = Field(0, description="Distinct labels in the index (values for the `label` filter)")
     labels: list[str] = Field(
         default_factory=list, description=f"The most frequent labels, at most {MAX_LISTED_LABELS}"
@@ -179,8 +188,11 @@ class IndexInfo(BaseModel):
 
 
 class BuildInfo(BaseModel):
-    id: str = Field(description="The live build: the <id> of builds/<id>/; every search response carries it")
-    built_at: str = Field(description="When the build was made (ISO 8601)")
+    id: str = Field(
+        description="The live build: the <id> of builds/<id>/ (on S3 Vectors, the index's name); every search "
+        "response carries it"
+    )
+    built_at: str = Field(description="When the build was made, or the S3 Vectors index went live (ISO 8601)")
 
 
 class UpdatesInfo(BaseModel):

@@ -43,14 +43,19 @@ import torch
 
 from lambda_fn.contract import metrics
 from lambda_fn.contract.config import Settings
+from lambda_fn.contract.vectors import LIVE_RECORD, S3VECTORS
 from lambda_fn.search.errors import NotReady
 from lambda_fn.search.prefetch import Prefetch
 from lambda_fn.storage import artifacts, records
 from lambda_fn.storage.artifacts import FetchedArtifacts
 from lambda_fn.storage.cache import clean_partials
 from lambda_fn.storage.errors import ArtifactError, UntrustedModel, check_trusted
+from lambda_fn.storage.records import LiveIndex
 from lambda_fn.storage.store import Store, open_store
+from lambda_fn.storage.vectors import VectorIndex, known_labels, s3vectors_client
 from lambda_fn.vision.engine import Engine
+from lambda_fn.vision.models import load_verified
+from lambda_fn.vision.vector_store import S3VectorsStore
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +111,7 @@ class ServiceState:
         first load takes its result instead of fetching."""
         self.settings = settings
         self._s3_client = s3_client
+        self._vectors_client = None
         self._prefetch = prefetch
         self.prefetch_wait_s: float | None = None  # how long the first load waited for the prefetch to finish
         self._lock = threading.Lock()
@@ -121,7 +127,8 @@ class ServiceState:
         self.torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
         # Checks for a new build and loads it, one check at a time, off every request's path.
         self.swap_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swap")
-        self._live: FetchedArtifacts | None = None  # the live engine's files and its manifest's stamp
+        # the live engine's files and its manifest's stamp; on S3 Vectors the live-index record's stamp
+        self._live: FetchedArtifacts | str | None = None
         self._check_lock = threading.Lock()
         self._checking = False
         self._last_check = 0.0  # time.monotonic() when the last check (or the first load) ended
@@ -173,9 +180,48 @@ class ServiceState:
         check_trusted(manifest, self.settings.trusted_model_sha256)
         return artifacts.fetch_build(store, self.settings.cache_dir, manifest, stamp)
 
-    def _load(self) -> tuple[Engine, FetchedArtifacts]:
+    def _vector_engine(self, store: Store, live: LiveIndex, reuse: Engine | None = None) -> Engine:
+        """An engine on the S3 Vectors index ``live`` names, with its model (``reuse``'s, when it is the same)."""
+        check_trusted(live, self.settings.trusted_model_sha256)
+        if reuse is not None and reuse.model_sha256 == live.model_sha256:
+            model, meta = reuse.model, reuse.meta
+        else:
+            loaded = load_verified(store, live.model_file, live.model_sha256, self.settings.cache_dir)
+            model, meta = loaded.module, loaded.meta
+        if meta.dim != live.dim:
+            raise ArtifactError(f"index {live.index} holds {live.dim}-d vectors but the model makes {meta.dim}-d")
+        if self._vectors_client is None:
+            self._vectors_client = s3vectors_client()
+        index = VectorIndex(self._vectors_client, self.settings.vector_bucket, live.index)
+        vectors = S3VectorsStore(
+            index,
+            labels=lambda: known_labels(store, live.index),
+            labels_ttl_s=self.settings.manifest_check_s or 60.0,
+        )
+        return Engine.with_store(model, meta, vectors, model_sha256=live.model_sha256, built_at=live.switched_at)
+
+    def _load_vectors(self) -> tuple[Engine, str]:
+        store = self._store(fresh=True)
+        published = records.read_live_index(store)
+        if published is None:
+            raise ArtifactError(
+                f"{store.describe(LIVE_RECORD)} does not exist: no vector index is live yet",
+                "no vector index is live yet: announce a model and run the backfill (docs/deploy.md)",
+            )
+        live, stamp = published
+        engine = self._vector_engine(store, live)
+        engine.warm_up()
+        return engine, stamp
+
+    def _load(self) -> tuple[Engine, FetchedArtifacts | str]:
         started = time.perf_counter()
         torch.set_num_threads(self.settings.threads)
+        if self.settings.vector_store == S3VECTORS:
+            engine, stamp = self._load_vectors()
+            self.load_seconds = time.perf_counter() - started
+            log.info("model loaded; vectors in S3 Vectors", extra={"build_id": engine.build_id})
+            metrics.model_loaded(self.load_seconds)
+            return engine, stamp
         fetched = self._fetch()
         engine = Engine.from_files(
             fetched.manifest, fetched.model, fetched.index, fetched.keys, search_k=self.settings.search_k
@@ -287,7 +333,7 @@ class ServiceState:
             log.warning("model pointer unreadable", extra=_log_fields(exc))
             return
         sha = pointer.model_sha256 if pointer is not None else None
-        self.pending_model = sha if sha and sha != live.manifest.model_sha256 else None
+        self.pending_model = sha if sha and sha != live.model_sha256 else None
 
     def _note_pending_images(self, store: Store, *, swapped: bool = False) -> None:
         """Photos still waiting to be embedded: one small GET of what the reindex counted, never a listing.
@@ -301,7 +347,42 @@ class ServiceState:
             return
         self.pending_images = status.images if status is not None else 0
 
+    def _check_vectors(self) -> None:
+        """``_check`` on the S3 Vectors store: one conditional read of the live-index record; a new record means
+        a new model's index went live, and the engine is swapped for one on it."""
+        live = self.engine
+        new_id = None
+        try:
+            store = self._store()
+            self._note_pending_model(store, live)
+            published = records.read_live_index(store, stamp=self._live)
+            if published is None:
+                self.check_error = None
+                return
+            record, stamp = published
+            new_id = record.index
+            self.swapping = True
+            engine = self._vector_engine(store, record, reuse=live)
+            if engine.model is not live.model:
+                engine.warm_up()
+            self._live, self.engine = stamp, engine  # the swap: one reference assignment
+            self.check_error = None
+            log.info("vector index swapped in", extra={"build_id": new_id, "previous_build_id": live.build_id})
+        except Exception as exc:
+            self.check_error = (
+                f"checking for a new vector index failed ({new_id or 'record unread'}); {live.build_id} keeps "
+                f"serving, the next check is in {self.settings.manifest_check_s:g} s"
+            )
+            log.warning("new vector index not swapped in", extra=_log_fields(exc), exc_info=True)
+        finally:
+            self.swapping = False
+            self._checked()
+            self._checking = False
+
     def _check(self) -> None:
+        if self.settings.vector_store == S3VECTORS:
+            self._check_vectors()
+            return
         live, old = self.engine, self._live
         started = time.perf_counter()
         new_id = None

@@ -6,6 +6,8 @@
 - ``pending/status.json`` (``PendingStatus``): photos that arrived before any model, as the last reindex
   counted them; the search service reads it with its manifest check, the reindex writes it
   (``lambda_fn.collection.pending``).
+- ``vectors/live.json`` (``LiveIndex``): on the S3 Vectors store, the index that serves and its model, in
+  place of a manifest; the switch to a new model's index writes it (``lambda_fn.collection.vectors``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from lambda_fn.contract.manifest import (
     Manifest,
     Sha256,
 )
+from lambda_fn.contract.vectors import LIVE_RECORD
 from lambda_fn.storage.errors import MANIFEST_ROLE, ArtifactError, missing, s3_error
 from lambda_fn.storage.store import NotFound, S3Store, Store
 
@@ -108,3 +111,52 @@ def read_status(store: Store) -> PendingStatus | None:
     except ValidationError:
         log.warning("pending status unreadable; it is counted again", extra={"key": PENDING_STATUS_FILE})
         return None
+
+
+class RetiredIndex(BaseModel):
+    """An S3 Vectors index that stopped serving, kept until ``delete_after`` (ISO 8601) for a rollback."""
+
+    index: str
+    model_sha256: Sha256
+    delete_after: str
+
+
+class LiveIndex(BaseModel):
+    """``vectors/live.json``: which S3 Vectors index serves, and with which model. One object, rewritten with
+    a conditional PUT, so a switch to a new model's index is atomic for every reader."""
+
+    index: str = Field(description="The serving index's name: the service's build id on this store")
+    model_file: str = Field(description="Key of the model's TorchScript file, relative to the deployment's prefix")
+    model_sha256: Sha256
+    dim: int
+    count: int | None = Field(None, description="Vectors in the index when it went live")
+    switched_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    retired: list[RetiredIndex] = Field(default_factory=list)
+
+
+def read_live_index(store: Store, *, stamp: str | None = None) -> tuple[LiveIndex, str] | None:
+    """The live-index record and its ETag; None when none is written yet or when its ETag is still ``stamp``."""
+    where = store.describe(LIVE_RECORD)
+    try:
+        current = store.get_changed(LIVE_RECORD, stamp)
+    except NotFound:
+        return None
+    except (ClientError, BotoCoreError) as exc:
+        raise s3_error(exc, where, "the live vector index record") from exc
+    if current is None:
+        return None
+    body, etag = current
+    try:
+        return LiveIndex.model_validate_json(body), etag
+    except ValidationError as exc:
+        raise ArtifactError(
+            f"{where} is not a valid live-index record: {exc}", "the live vector index record is not valid"
+        ) from exc
+
+
+def write_live_index(store: Store, live: LiveIndex, *, previous_etag: str | None) -> str:
+    """Publish ``live``; raises ``PreconditionFailed`` when another writer changed the record since it was read."""
+    data = live.model_dump_json(indent=1).encode()
+    if previous_etag is None:
+        return store.put(LIVE_RECORD, data, if_none_match=True)
+    return store.put(LIVE_RECORD, data, if_match=previous_etag)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from botocore.exceptions import ClientError
 from lambda_fn.contract.vectors import (
     KEY,
     LABEL,
+    LIVE_RECORD,
     MAX_DELETE_BATCH,
     MAX_GET_BATCH,
     MAX_PUT_BATCH,
@@ -28,6 +30,7 @@ from lambda_fn.contract.vectors import (
     NON_FILTERABLE,
     vector_key,
 )
+from lambda_fn.storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +50,9 @@ def s3vectors_client(*, endpoint_url: str | None = None):
     import boto3
     from botocore.config import Config
 
-    # this module retries throttling itself, with backoff sized for batch writes; boto3 adds its own few
-    return boto3.client("s3vectors", endpoint_url=endpoint_url, config=Config(retries={"mode": "standard"}))
+    # one attempt per call: ``VectorIndex`` retries throttling itself, with backoff sized for batch writes
+    config = Config(retries={"mode": "standard", "total_max_attempts": 1})
+    return boto3.client("s3vectors", endpoint_url=endpoint_url, config=config)
 
 
 def _code(exc: ClientError) -> str:
@@ -82,6 +86,17 @@ class Found:
     @property
     def similarity(self) -> float:
         return 1.0 - self.distance
+
+
+def labels_prefix(index: str) -> str:
+    """Where the labels written to ``index`` are kept, one empty object each (the label URL-quoted)."""
+    return f"{LIVE_RECORD.rsplit('/', 1)[0]}/{index}/labels/"
+
+
+def known_labels(artifacts: Store, index: str) -> list[str]:
+    """Labels ingest has written to ``index``, sorted."""
+    prefix = labels_prefix(index)
+    return sorted(urllib.parse.unquote(o.key[len(prefix) :]) for o in artifacts.list(prefix))
 
 
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:

@@ -128,6 +128,22 @@ class Engine:
         self.item_vectors = vectors
         self.labels = LabelIndex(keys, index, manifest.n_trees, vectors=vectors)
         self.store: VectorStore = AnnoyStore(self)
+        self.model_sha256, self.built_at = manifest.model_sha256, manifest.built_at
+
+    @classmethod
+    def with_store(
+        cls, model: torch.jit.ScriptModule, meta: ModelMeta, store: VectorStore, *, model_sha256: str, built_at: str
+    ) -> Engine:
+        """A model whose neighbours come from a vector store outside the container (S3 Vectors): no Annoy
+        index, manifest or key map is loaded; ``build_id`` is the store's (its index)."""
+        engine = cls.__new__(cls)
+        engine.model, engine.meta, engine.store = model, meta, store
+        engine.index = engine.manifest = engine.labels = engine.item_vectors = engine.search_k = None
+        engine.keys, engine.ids = [], {}
+        engine.has_head = bool(meta.class_names)
+        engine.build_id = store.build_id
+        engine.model_sha256, engine.built_at = model_sha256, built_at
+        return engine
 
     @classmethod
     def from_files(
@@ -142,7 +158,7 @@ class Engine:
     ) -> Engine:
         """Load a build. When ``reuse`` runs the same model (same sha256), its loaded and warmed-up model object
         is shared instead of loading the file again: no torch work at all."""
-        if reuse is not None and reuse.manifest.model_sha256 == manifest.model_sha256:
+        if reuse is not None and reuse.model_sha256 == manifest.model_sha256:
             model, meta = reuse.model, reuse.meta
         else:
             model, meta = load_model(model_path)

@@ -1,6 +1,7 @@
 """Which models new embeddings are made with, loaded once per container.
 
-The live model is the one the live manifest names; a new one is announced by ``models/current.json``
+The live model is the one the live manifest names (on the S3 Vectors store, the live-index record); a new
+one is announced by ``models/current.json``
 (``lambda_fn.storage.records.ModelPointer``) and starts a new embeddings namespace. Until the collection is
 re-embedded with it (a backfill) and a reindex publishes a build for it, the live build keeps serving, and
 ingest embeds new photos with both models so neither namespace misses them.
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 from lambda_fn.contract.manifest import MODEL_FILE, ModelMeta
 from lambda_fn.storage.cache import cache_path, download_verified
 from lambda_fn.storage.errors import ROLES, UntrustedModel
-from lambda_fn.storage.records import read_manifest, read_pointer
+from lambda_fn.storage.records import read_live_index, read_manifest, read_pointer
 from lambda_fn.storage.store import Store
 
 if TYPE_CHECKING:
@@ -64,7 +65,8 @@ def target_models(
     as an error) before it is downloaded; when that leaves none of the models asked for, ``UntrustedModel`` is
     raised, so the changes are retried rather than acknowledged unembedded (or a backfill embedding the
     collection with another model than the one it is for)."""
-    manifest, _ = read_manifest(store, missing_ok=True) or (None, None)
+    # on the S3 Vectors store the live-index record names the live model (a manifest there is not served)
+    manifest, _ = read_live_index(store) or read_manifest(store, missing_ok=True) or (None, None)
     pointer = read_pointer(store)
     wanted: dict[str, str] = {}
     if manifest is not None:

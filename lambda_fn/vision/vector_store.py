@@ -15,6 +15,7 @@ with the neighbours.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -114,10 +115,12 @@ class S3VectorsStore:
     kind = S3VECTORS
     max_top_k = MAX_TOP_K
 
-    def __init__(self, index: VectorIndex, *, labels: Callable[[], list[str]] = list):
+    def __init__(self, index: VectorIndex, *, labels: Callable[[], list[str]] = list, labels_ttl_s: float = 60.0):
+        """``labels`` is read again once ``labels_ttl_s`` has passed since it was last read."""
         self.index = index
         self.build_id = index.name
-        self._labels = labels
+        self._labels, self._ttl = labels, labels_ttl_s
+        self._label_cache: tuple[float, list[str]] | None = None
 
     def _hit(self, key: str, distance: float, metadata: dict) -> Hit:
         return Hit(key, distance, metadata.get(LABEL), metadata.get(SOURCE), None, metadata)
@@ -139,4 +142,7 @@ class S3VectorsStore:
         return None
 
     def label_names(self):
-        return self._labels()
+        cached = self._label_cache
+        if cached is None or time.monotonic() - cached[0] >= self._ttl:
+            cached = self._label_cache = (time.monotonic(), self._labels())
+        return cached[1]

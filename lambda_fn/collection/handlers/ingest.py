@@ -7,9 +7,15 @@ Two triggers, one embedding path (``lambda_fn.collection.ingest.ingest``):
 - Step Functions Distributed Map batches, ``{"Items": [{"Key", "Etag", "Size", "LastModified"}, ...]}`` as
   an S3 ItemReader lists them and an ItemBatcher groups them. A transient failure fails the invocation,
   so the map's retry policy runs the batch again; the shards of batches that finished are re-used.
+- ``{"Switch": {}}`` (the S3 Vectors store only: the backfill's last step and a daily schedule): make a new
+  model's index live once it covers the live one, and delete retired indexes (``lambda_fn.collection.vectors``).
+
+With ``DEEPFOOD_VECTOR_STORE=s3vectors`` each batch's vectors are written into its model's index as well, so a
+photo is searchable once its batch is processed.
 
 Before any model is published, the changes are recorded as pending (``lambda_fn.collection.pending``) and
-acknowledged; the first reindex with a model embeds them. ``ChangesPending`` counts them.
+acknowledged; the first reindex with a model embeds them (on S3 Vectors, the first backfill, which lists every
+image). ``ChangesPending`` counts them.
 """
 
 from __future__ import annotations
@@ -24,10 +30,13 @@ from aws_lambda_powertools.utilities.data_classes import SQSEvent
 
 from lambda_fn.collection.events import changes_from_batch, changes_from_sqs
 from lambda_fn.collection.ingest import Change, IngestReport, ingest_with_settings
+from lambda_fn.collection.vectors import VectorWriter, switch
 from lambda_fn.contract import metrics
-from lambda_fn.contract.config import get_settings
+from lambda_fn.contract.config import env_name, get_settings
 from lambda_fn.contract.logs import configure, logger
+from lambda_fn.contract.vectors import S3VECTORS
 from lambda_fn.storage.store import open_store
+from lambda_fn.storage.vectors import s3vectors_client
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +45,8 @@ configure(settings.log_level, metrics.INGEST_SERVICE)
 torch.set_num_threads(settings.threads)
 images = open_store(settings.resolved_images_uri)
 artifacts = open_store(settings.artifacts_uri)
+vector_client = s3vectors_client() if settings.vector_store == S3VECTORS else None
+writer = VectorWriter(vector_client, settings.vector_bucket, artifacts, images) if vector_client else None
 
 
 class BatchFailed(RuntimeError):
@@ -44,7 +55,12 @@ class BatchFailed(RuntimeError):
 
 def _run(changes: list[Change], *, newest_model_only: bool = False) -> IngestReport:
     return ingest_with_settings(
-        changes, images=images, artifacts=artifacts, settings=settings, newest_model_only=newest_model_only
+        changes,
+        images=images,
+        artifacts=artifacts,
+        settings=settings,
+        newest_model_only=newest_model_only,
+        vectors=writer,
     )
 
 
@@ -71,6 +87,11 @@ def _record(report: IngestReport, oldest_age_s: float | None) -> None:
 @metrics.ingest.log_metrics
 @logger.inject_lambda_context(clear_state=True)
 def invoke(event: dict, context: Any) -> dict:
+    if "Switch" in event:
+        if vector_client is None:
+            raise ValueError(f"a Switch event needs {env_name('vector_store')}={S3VECTORS}")
+        retire_after_s = settings.vector_retire_after_s
+        return switch(artifacts, vector_client, settings.vector_bucket, retire_after_s=retire_after_s).as_dict()
     if "Items" in event:
         report = _run(changes_from_batch(event, images), newest_model_only=True)
         _record(report, None)

@@ -11,8 +11,10 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from lambda_fn import __version__
+from lambda_fn.contract.vectors import METRIC as VECTOR_METRIC
 from lambda_fn.search.deps import StateDep
 from lambda_fn.search.errors import NotReady
+from lambda_fn.search.pipeline import max_k
 from lambda_fn.search.schemas import (
     MAX_LISTED_LABELS,
     BuildInfo,
@@ -48,7 +50,8 @@ async def health(state: StateDep):
         body.error = ErrorDetail(code=exc.code, message=exc.message)
         return JSONResponse(body.model_dump(mode="json"), status_code=503, headers=exc.headers)
     m, meta = engine.manifest, engine.meta
-    body.build = BuildInfo(id=engine.build_id, built_at=m.built_at)
+    body.limits["max_k"] = max_k(engine, settings)
+    body.build = BuildInfo(id=engine.build_id, built_at=engine.built_at)
     body.updates = UpdatesInfo(
         check_interval_s=settings.manifest_check_s,
         checked_at=state.checked_at,
@@ -58,7 +61,7 @@ async def health(state: StateDep):
         pending_images=state.pending_images,
     )
     body.model = ModelInfo(
-        sha256=m.model_sha256,
+        sha256=engine.model_sha256,
         weights_sha256=meta.weights_sha256,
         dim=meta.dim,
         resize_size=meta.resize_size,
@@ -66,14 +69,19 @@ async def health(state: StateDep):
         classes=len(meta.class_names),
     )
     body.runtime = RuntimeInfo(**runtime_info(meta))
-    body.index = IndexInfo(
-        sha256=m.index_sha256,
-        count=m.count,
-        dim=m.dim,
-        metric=m.metric,
-        n_trees=m.n_trees,
-        search_k=engine.search_k,
-        label_count=len(engine.labels.names),
-        labels=engine.labels.names[:MAX_LISTED_LABELS],
-    )
+    labels = engine.store.label_names()
+    if m is None:  # the S3 Vectors store
+        body.index = IndexInfo(
+            store=engine.store.kind, max_top_k=engine.store.max_top_k, dim=meta.dim, metric=VECTOR_METRIC
+        )
+    else:
+        body.index = IndexInfo(
+            sha256=m.index_sha256,
+            count=m.count,
+            dim=m.dim,
+            metric=m.metric,
+            n_trees=m.n_trees,
+            search_k=engine.search_k,
+        )
+    body.index.label_count, body.index.labels = len(labels), labels[:MAX_LISTED_LABELS]
     return body

@@ -10,7 +10,7 @@ from pydantic import StringConstraints
 
 from lambda_fn.contract.config import Settings
 from lambda_fn.search.errors import ApiError
-from lambda_fn.search.pipeline import SearchOptions, check_labels
+from lambda_fn.search.pipeline import SearchOptions, check_labels, max_k
 from lambda_fn.search.schemas import ErrorCode
 from lambda_fn.search.uploads import parse_k
 from lambda_fn.vision.engine import Engine
@@ -37,10 +37,11 @@ class Refine:
         """The search options with k checked (the query's, else the body's), offset + k within max_k and every
         label known to ``engine``: before any fetching or model work."""
         k_value = parse_k(self.k if self.k else body_k, settings)  # an empty ?k= does not hide the body's k
-        if self.offset + k_value > settings.max_k:
+        limit = max_k(engine, settings)
+        if self.offset + k_value > limit:
             raise ApiError(
                 ErrorCode.INVALID_PARAMETERS,
-                f"offset + k must be at most {settings.max_k} (offset {self.offset}, k {k_value}); "
+                f"offset + k must be at most {limit} (offset {self.offset}, k {k_value}); "
                 "a search returns at most max_k results in all",
             )
         check_labels(engine, self.labels)

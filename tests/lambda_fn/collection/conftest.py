@@ -17,12 +17,13 @@ def deployment(s3, bucket, artifacts_dir, sample_dir, tmp_path):
 
 @pytest.fixture
 def handlers_for(s3_endpoint, tmp_path, monkeypatch):
-    """``handlers_for(uri)``: the ingest and reindex handler modules, imported afresh and configured for the
-    deployment at ``uri`` by the environment, as in the Lambda runtime."""
+    """``handlers_for(uri, **settings)``: the ingest and reindex handler modules, imported afresh and configured
+    for the deployment at ``uri`` (and any other ``settings``) by the environment, as in the Lambda runtime."""
 
-    def load(uri: str) -> list:
+    def load(uri: str, **settings) -> list:
         monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-        for name, value in service_env(artifacts_uri=uri, num_threads=1, cache_dir=tmp_path / "fn").items():
+        env = service_env(artifacts_uri=uri, num_threads=1, cache_dir=tmp_path / "fn", **settings)
+        for name, value in env.items():
             monkeypatch.setenv(name, value)
         get_settings.cache_clear()
         for provider in (metrics.ingest, metrics.reindex):
