@@ -159,10 +159,10 @@ def ingest(
     models: list[LoadedModel],
     max_bytes: int,
     max_pixels: int,
-    vectors: VectorWriter | None = None,
+    writer: VectorWriter | None = None,
 ) -> IngestReport:
     """Embed the created images and record the removed ones, one shard per model; see the module doc. With
-    ``vectors`` (the S3 Vectors store), each model's vectors are written into its index before its shard."""
+    ``writer`` (the S3 Vectors store), each model's vectors are written into its index before its shard."""
     started = time.perf_counter()
     changes = list(changes)
     report = IngestReport()
@@ -214,7 +214,7 @@ def ingest(
         )
         if shard.empty:
             continue
-        if vectors is not None and not _write_vectors(vectors, model, shard, changes, report):
+        if writer is not None and not _write_vectors(writer, model, shard, changes, report):
             continue
         key = shard_key(model.sha256, shard.digest())
         artifacts.put(key, shard.to_bytes())
@@ -227,12 +227,12 @@ def ingest(
 
 
 def _write_vectors(
-    vectors: VectorWriter, model: LoadedModel, shard: Shard, changes: list[Change], report: IngestReport
+    writer: VectorWriter, model: LoadedModel, shard: Shard, changes: list[Change], report: IngestReport
 ) -> bool:
     """Write the shard's vectors and removals into the model's index; False (and every change of the batch
     failed, so it is delivered again; no shard is written) when the store failed for a reason that may pass."""
     try:
-        vectors.write(model.sha256, model.meta.dim, shard.added, shard.vectors, [r.key for r in shard.removed])
+        writer.write(model.sha256, model.meta.dim, shard.added, shard.vectors, [r.key for r in shard.removed])
     except Exception as exc:
         if not (_is_transient(exc) or isinstance(exc, VectorStoreError)):
             raise
@@ -252,7 +252,7 @@ def ingest_for_targets(
     max_pixels: int,
     trusted_model_sha256: str | None = None,
     newest_model_only: bool = False,
-    vectors: VectorWriter | None = None,
+    writer: VectorWriter | None = None,
 ) -> IngestReport:
     """``ingest`` with the models new embeddings are made with now (``target_models``): the live one and an
     announced one, or with ``newest_model_only`` (a backfill) only the model that is to go live."""
@@ -266,7 +266,7 @@ def ingest_for_targets(
         models=models,
         max_bytes=max_bytes,
         max_pixels=max_pixels,
-        vectors=vectors,
+        writer=writer,
     )
 
 
@@ -277,7 +277,7 @@ def ingest_with_settings(
     artifacts: Store,
     settings: Settings,
     newest_model_only: bool = False,
-    vectors: VectorWriter | None = None,
+    writer: VectorWriter | None = None,
 ) -> IngestReport:
     """``ingest_for_targets`` with the cache and limits ``settings`` gives: the ingest function's work, and what
     the benchmark times."""
@@ -290,7 +290,7 @@ def ingest_with_settings(
         max_pixels=settings.max_image_pixels,
         trusted_model_sha256=settings.trusted_model_sha256,
         newest_model_only=newest_model_only,
-        vectors=vectors,
+        writer=writer,
     )
 
 

@@ -17,6 +17,7 @@ model's index goes live once it covers the live one.
 from __future__ import annotations
 
 import logging
+import time
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,13 +38,14 @@ log = logging.getLogger(__name__)
 class VectorWriter:
     """Writes ingest's results into the S3 Vectors index of each model, in the vector bucket ``bucket``."""
 
-    def __init__(self, client, bucket: str, artifacts: Store, images: Store):
+    def __init__(self, client, bucket: str, artifacts: Store, images: Store, *, sleep=time.sleep):
         self.client, self.bucket, self.artifacts, self.images = client, bucket, artifacts, images
+        self._sleep = sleep  # between throttled attempts
         self._ready: set[str] = set()  # indexes known to exist, for the container's life
         self._labels: set[tuple[str, str]] = set()
 
     def index(self, model_sha256: str) -> VectorIndex:
-        return VectorIndex(self.client, self.bucket, index_name(model_sha256))
+        return VectorIndex(self.client, self.bucket, index_name(model_sha256), sleep=self._sleep)
 
     def write(
         self, model_sha256: str, dim: int, added: Sequence[Added], vectors: np.ndarray, removed: Sequence[str]
@@ -99,6 +101,9 @@ def switch(
     live, etag = current if current is not None else (None, None)
     report.live = live.index if live else None
     pointer = records.read_pointer(artifacts)
+    if pointer is None and live is None:  # the first index: the model of the build uploaded, if any
+        manifest = records.read_manifest(artifacts, missing_ok=True)
+        pointer = manifest[0] if manifest is not None else None
     changed = False
     retired = list(live.retired) if live else []
     for old in [r for r in retired if datetime.fromisoformat(r.delete_after) <= now]:

@@ -60,7 +60,7 @@ def _run(changes: list[Change], *, newest_model_only: bool = False) -> IngestRep
         artifacts=artifacts,
         settings=settings,
         newest_model_only=newest_model_only,
-        vectors=writer,
+        writer=writer,
     )
 
 
