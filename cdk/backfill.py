@@ -31,6 +31,7 @@ RETRIED_ERRORS = [
 MAP_STATE = "Embed images"
 BATCH_STATE = "Embed batch"
 REINDEX_STATE = "Reindex"
+SWITCH_STATE = "SwitchIndex"
 # Names the map run and its child executions (``<state machine>/<label>:<id>``); RedriveExecution is scoped to it.
 MAP_LABEL = "Backfill"
 # Where the reindex step's report goes in the execution's output, beside the map's ResultWriterDetails.
@@ -135,6 +136,7 @@ class Backfill(Construct):
         retry_max_delay: cdk.Duration | None = None,
         log_level: sfn.LogLevel = sfn.LogLevel.ERROR,
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+        switch_index: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
         # set here, not only in cdk.json, so the construct writes its results in any app
@@ -185,6 +187,18 @@ class Backfill(Construct):
             retry_on_service_exceptions=False,
             result_path=REINDEX_RESULT_PATH,
         )
+        if switch_index:  # the S3 Vectors store: the batches wrote the index; make it live once it covers
+            reindex = tasks.LambdaInvoke(
+                self,
+                "SwitchIndex",
+                state_name=SWITCH_STATE,
+                comment="Makes the new model's S3 Vectors index live once it covers the live one",
+                lambda_function=ingest_function,
+                payload=sfn.TaskInput.from_object({"Switch": {}}),
+                payload_response_only=True,
+                retry_on_service_exceptions=False,
+                result_path=REINDEX_RESULT_PATH,
+            )
         reindex.add_retry(
             errors=RETRIED_ERRORS[:-1],
             interval=cdk.Duration.seconds(2),

@@ -16,6 +16,9 @@ keyword arguments, so a wrong value stops ``cdk synth`` with a one-line error in
 - ``tracing``: ``true`` turns on X-Ray tracing for the three functions (default: off, it costs extra);
 - ``collectionImages``: how many images the collection will reach; sizes the search and reindex functions'
   memory and ``/tmp`` for it (``cdk.sizing``; default: the 3,008 MB / 2,048 MB defaults, ~180,000 images);
+- ``vectorStore``: ``annoy`` (default: an index build in each search container, up to one index's size) or
+  ``s3vectors`` (Amazon S3 Vectors: no reindex, photos searchable once ingested; docs/scaling.md);
+- ``vectorDimension``: the embedding width a pinned model's S3 Vectors index is created with (default 512);
 - ``memoryQuotaMb``: the most memory the account lets a function have, once AWS has raised it (default: a new
   account's 3,008 MB); a function sized above it is refused at synth.
 """
@@ -28,6 +31,7 @@ from constructs import Construct
 
 from cdk.sizing import NEW_ACCOUNT_MEMORY_MB
 from lambda_fn.contract.manifest import DEFAULT_PREFIX
+from lambda_fn.contract.vectors import ANNOY
 
 
 def _text(scope: Construct, name: str) -> str | None:
@@ -74,4 +78,6 @@ def stack_options(scope: Construct) -> dict[str, Any]:
         "tracing": _bool(scope, "tracing"),
         "collection_images": _int(scope, "collectionImages", None),
         "memory_quota_mb": NEW_ACCOUNT_MEMORY_MB if memory_quota_mb is None else memory_quota_mb,
+        "vector_store": (_text(scope, "vectorStore") or ANNOY).lower(),
+        "vector_dimension": _int(scope, "vectorDimension", 512) or 512,
     }

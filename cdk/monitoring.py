@@ -70,6 +70,7 @@ class Monitoring(Construct):
         pending_after: cdk.Duration | None = None,
         collection_capacity: int | None = None,
         collection_alarm_fraction: float = 0.9,
+        vector_queries: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
         backlog_age = backlog_age or cdk.Duration.hours(1)
@@ -91,6 +92,18 @@ class Monitoring(Construct):
             collection_capacity=collection_capacity,
             collection_alarm_fraction=collection_alarm_fraction,
         )
+        if vector_queries:  # the S3 Vectors store: its queries, as the search service measures them
+            specs.append(
+                AlarmSpec(
+                    "VectorQueryErrors",
+                    "DeepFood search: S3 Vectors queries failed (after their retries) in two of the last three "
+                    "5-minute periods. See the search function's logs and the S3 Vectors service health.",
+                    emf(m.VECTOR_QUERY_ERRORS, m.SEARCH_SERVICE, "Sum", label="failed queries"),
+                    0,
+                    evaluation_periods=3,
+                    datapoints_to_alarm=2,
+                )
+            )
         # The ingest's own dead-letter alarm joins the others after the throttles, as the dashboard lists them.
         self.alarms: dict[str, cloudwatch.Alarm] = {}
         for spec in specs:
@@ -117,6 +130,15 @@ class Monitoring(Construct):
             stale_build_after=stale_build_after,
             collection_capacity=collection_capacity,
         )
+        if vector_queries:
+            self.dashboard.add_widgets(
+                cloudwatch.GraphWidget(
+                    title="S3 Vectors queries: latency (ms) and failures",
+                    left=[emf(m.VECTOR_QUERY_LATENCY, m.SEARCH_SERVICE, p, label=p) for p in ("p50", "p95", "p99")],
+                    right=[emf(m.VECTOR_QUERY_ERRORS, m.SEARCH_SERVICE, "Sum", label="failed")],
+                    width=24,
+                )
+            )
 
     def _notify(self, email: str | None, topic_arn: str | None) -> sns.ITopic | None:
         if not email and not topic_arn:

@@ -55,6 +55,8 @@ class Reindex(Construct):
       its ``embedding_options``): a run that finds photos recorded before any model existed embeds them with
       the ingest's code, so with its model pin and image limits too.
     - ``tracing``: off by default; on, X-Ray active tracing and ``DEEPFOOD_TRACING`` (``cdk.function``).
+    - ``scheduled``: False on the S3 Vectors store (``-c vectorStore=s3vectors``), which needs no reindex: the
+      function stays, unscheduled, to build an Annoy index from the shards ingest still writes (a way back).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class Reindex(Construct):
         trusted_model_sha256: str | None = None,
         max_ingest_bytes: int = SETTINGS_DEFAULTS["max_ingest_bytes"],
         max_image_pixels: int = SETTINGS_DEFAULTS["max_image_pixels"],
+        scheduled: bool = True,
     ) -> None:
         super().__init__(scope, construct_id)
         timeout = timeout or cdk.Duration.minutes(15)
@@ -112,6 +115,9 @@ class Reindex(Construct):
             # Neither Lambda (asynchronous invocations) nor the schedule retries a failed run: the next tick does.
             retry_attempts=0,
         )
+        self.schedule = None
+        if not scheduled:  # the S3 Vectors store: ingest writes the index; a build is made only when invoked
+            return
         self.schedule = events.Rule(
             self,
             "Schedule",

@@ -121,7 +121,8 @@ def sizes_for(images: int, *, search_ephemeral_floor_mb: int = SEARCH_EPHEMERAL_
     if images > largest:
         raise ValueError(
             f"collectionImages={images:,} is more than one Annoy index in Lambda holds ({largest:,} images: the "
-            "reindex's memory runs out first). docs/scaling.md ('What takes over beyond it') says what comes next."
+            "reindex's memory runs out first). Deploy with -c vectorStore=s3vectors to keep the vectors in "
+            "Amazon S3 Vectors instead (docs/scaling.md, 'What takes over beyond it')."
         )
     floors = {
         "search_memory_mb": SEARCH_MEMORY_FLOOR_MB,

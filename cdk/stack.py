@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import aws_cdk as cdk
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
 from constructs import Construct
 
 from cdk.access_logs import AccessLogs
@@ -16,9 +18,16 @@ from cdk.monitoring import Monitoring
 from cdk.reindex import Reindex
 from cdk.search_function import SNAP_START_MAX_EPHEMERAL_STORAGE_MB, SearchFunction
 from cdk.sizing import NEW_ACCOUNT_MEMORY_MB, capacity, check_memory_quota, sizes_for
+from cdk.vectors import Vectors
 from cdk.website import SiteDeployment, Website
 from lambda_fn.contract.config import env_name
 from lambda_fn.contract.manifest import DEFAULT_PREFIX
+from lambda_fn.contract.vectors import ANNOY, S3VECTORS, VECTOR_STORES
+
+# The embedding width a pinned model's S3 Vectors index is created with, unless told (ResNet34's).
+DEFAULT_VECTOR_DIMENSION = 512
+# Search's /tmp on the S3 Vectors store: the model (~85 MB fp32) and nothing else.
+VECTORS_SEARCH_EPHEMERAL_MB = 512
 
 
 class DeepFoodStack(cdk.Stack):
@@ -31,6 +40,11 @@ class DeepFoodStack(cdk.Stack):
     the live build nears what the deployed sizes hold. ``memory_quota_mb`` is the most memory the account may
     give a function (a new account's 3,008 MB by default); a function sized above it is refused here, naming the
     quota to ask AWS for, rather than failing the deploy.
+
+    ``vector_store="s3vectors"`` (``-c vectorStore=s3vectors``) keeps the vectors in Amazon S3 Vectors instead
+    (``cdk.vectors``): ingest writes each batch into the model's index, search queries it (a small ``/tmp``,
+    no sizing by collection), the backfill ends with the index switch instead of a reindex, a daily rule
+    checks the switch and deletes retired indexes, and the reindex function stays unscheduled.
 
     Photos put under ``<prefix>/images/`` are embedded by ingest, merged into a new build by reindex, and
     picked up by the search function's warm containers. The backfill state machine embeds the whole collection
@@ -56,10 +70,19 @@ class DeepFoodStack(cdk.Stack):
         tracing: bool = False,
         collection_images: int | None = None,
         memory_quota_mb: int = NEW_ACCOUNT_MEMORY_MB,
+        vector_store: str = ANNOY,
+        vector_dimension: int = DEFAULT_VECTOR_DIMENSION,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
+        if vector_store not in VECTOR_STORES:
+            raise ValueError(f"-c vectorStore={vector_store!r} must be one of {', '.join(VECTOR_STORES)}")
+        on_vectors = vector_store == S3VECTORS
         function_options, reindex_options = dict(function_options or {}), dict(reindex_options or {})
+        if on_vectors:
+            # no index in the container: /tmp holds the model only, and the collection does not size search
+            function_options.setdefault("ephemeral_storage_mb", VECTORS_SEARCH_EPHEMERAL_MB)
+            collection_images = None
         # The collection a function's memory was computed for, where no explicit size overrides it.
         sized_for = {
             "search": None if "memory_mb" in function_options else collection_images,
@@ -107,8 +130,35 @@ class DeepFoodStack(cdk.Stack):
         )
         # The reindex embeds the photos that waited for a model with the ingest's code: its pin and limits too.
         reindex = Reindex(
-            self, "Reindex", artifacts=artifacts, tracing=tracing, **ingest.embedding_options, **reindex_options
+            self,
+            "Reindex",
+            artifacts=artifacts,
+            tracing=tracing,
+            scheduled=not on_vectors,
+            **ingest.embedding_options,
+            **reindex_options,
         )
+        self.vectors = None
+        if on_vectors:
+            self.vectors = Vectors(self, "Vectors", trusted_model_sha256=pinned, vector_dimension=vector_dimension)
+            settings = {env_name("vector_store"): S3VECTORS, env_name("vector_bucket"): self.vectors.bucket_name}
+            grants = ((search.function, self.vectors.grant_search), (ingest.function, self.vectors.grant_ingest))
+            for function, grant in grants:
+                grant(function.role)
+                for name, value in settings.items():
+                    function.add_environment(name, value)
+            # The switch check also deletes retired indexes once their grace period is over: once a day.
+            events.Rule(
+                self,
+                "SwitchCheck",
+                description="DeepFood: make a new model's vector index live once it covers; delete retired ones",
+                schedule=events.Schedule.rate(cdk.Duration.days(1)),
+                targets=[
+                    targets.LambdaFunction(
+                        ingest.function, event=events.RuleTargetInput.from_object({"Switch": {}}), retry_attempts=2
+                    )
+                ],
+            )
         # Largest first, so the quota a refusal asks for covers every function.
         sized = sorted({"search": search, "ingest": ingest, "reindex": reindex}.items(), key=lambda f: -f[1].memory_mb)
         for name, function in sized:
@@ -121,6 +171,7 @@ class DeepFoodStack(cdk.Stack):
             artifacts=artifacts,
             ingest_function=ingest.function,
             reindex_function=reindex.function,
+            switch_index=on_vectors,
             **(backfill_options or {}),
         )
         api = SearchApi(self, "Api", handler=search.target, allowed_origin=website.origin, **(api_options or {}))
@@ -137,6 +188,7 @@ class DeepFoodStack(cdk.Stack):
                 search_ephemeral_storage_mb=search.ephemeral_storage_mb,
                 reindex_memory_mb=reindex.memory_mb,
             ),
+            vector_queries=on_vectors,
             **(monitoring_options or {}),
         )
 

@@ -24,6 +24,9 @@ RESULT_COUNT = "ResultCount"  # results in the response
 STAGE_LATENCIES = {"decode_ms": DECODE_LATENCY, "embed_ms": EMBED_LATENCY, "search_ms": SEARCH_LATENCY}
 COLD_START = "ColdStart"  # a container loaded the model and index
 MODEL_LOAD_TIME = "ModelLoadTime"  # s, download, verify, load and warm-up
+# The S3 Vectors store only: each QueryVectors call's latency, and the calls that failed (after the retries).
+VECTOR_QUERY_LATENCY = "VectorQueryLatency"  # ms
+VECTOR_QUERY_ERRORS = "VectorQueryErrors"
 CLIENT_ERRORS = "ClientErrors"  # 4xx answers, with ErrorCode
 UNAVAILABLE = "Unavailable"  # 503 answers: the model or index could not be loaded
 # Ingest (service deepfood-ingest), per batch.

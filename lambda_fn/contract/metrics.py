@@ -59,6 +59,8 @@ from lambda_fn.contract.metric_names import (  # noqa: F401 (re-exported: caller
     STATUS_DIMENSION,
     TOTAL_LATENCY,
     UNAVAILABLE,
+    VECTOR_QUERY_ERRORS,
+    VECTOR_QUERY_LATENCY,
 )
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,14 @@ def model_loaded(seconds: float) -> None:
     """The container's first load of the model and index, i.e. its cold start, took ``seconds``."""
     search.add_metric(name=COLD_START, unit=MetricUnit.Count, value=1)
     search.add_metric(name=MODEL_LOAD_TIME, unit=MetricUnit.Seconds, value=seconds)
+
+
+def vector_query(ms: float | None) -> None:
+    """One S3 Vectors query: its latency, or None when it failed."""
+    if ms is None:
+        search.add_metric(name=VECTOR_QUERY_ERRORS, unit=MetricUnit.Count, value=1)
+    else:
+        search.add_metric(name=VECTOR_QUERY_LATENCY, unit=MetricUnit.Milliseconds, value=ms)
 
 
 def _count_apart(name: str, service: str, dimension: str, value: str) -> None:

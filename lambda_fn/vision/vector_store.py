@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from lambda_fn.contract import metrics
 from lambda_fn.contract.vectors import ANNOY, LABEL, MAX_TOP_K, S3VECTORS, SOURCE
 from lambda_fn.storage.vectors import VectorIndex
 
@@ -127,7 +128,13 @@ class S3VectorsStore:
 
     def search(self, vector, k, *, exclude=None, labels=()):
         top_k = min(k + (1 if exclude is not None else 0), MAX_TOP_K)
-        found = self.index.query(vector, top_k, labels=list(labels))
+        started = time.perf_counter()
+        try:
+            found = self.index.query(vector, top_k, labels=list(labels))
+        except Exception:
+            metrics.vector_query(None)
+            raise
+        metrics.vector_query((time.perf_counter() - started) * 1000)
         hits = [self._hit(f.image_key, _angular(f.distance), f.metadata) for f in found if f.image_key != exclude]
         return hits[:k]
 

@@ -88,8 +88,11 @@ def _record(report: IngestReport, oldest_age_s: float | None) -> None:
 @logger.inject_lambda_context(clear_state=True)
 def invoke(event: dict, context: Any) -> dict:
     if "Switch" in event:
-        if vector_client is None:
-            raise ValueError(f"a Switch event needs {env_name('vector_store')}={S3VECTORS}")
+        if vector_client is None:  # nothing to switch: the Annoy store's reindex publishes new models
+            log.error(
+                "Switch event on the Annoy store ignored", extra={"needs": f"{env_name('vector_store')}={S3VECTORS}"}
+            )
+            return {"switched": False, "error": f"a Switch needs {env_name('vector_store')}={S3VECTORS}"}
         retire_after_s = settings.vector_retire_after_s
         return switch(artifacts, vector_client, settings.vector_bucket, retire_after_s=retire_after_s).as_dict()
     if "Items" in event:
