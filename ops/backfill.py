@@ -199,9 +199,19 @@ def failed_batches(aws: Aws, state_machine_arn: str, map_run: dict | None) -> tu
 
 
 def describe_reindex(report: dict | None) -> list[str]:
-    """The reindex step's report (``lambda_fn.collection.reindex.ReindexReport``) in a few lines."""
+    """The last step's report in a few lines: the reindex's (``lambda_fn.collection.reindex.ReindexReport``), or on
+    the S3 Vectors store the index switch's (``lambda_fn.collection.vectors.SwitchReport``)."""
     if not report:
         return ["reindex: no report (the execution's output has none)"]
+    if "switched" in report:
+        if report["switched"]:
+            return [f"switch: the new model's vector index {report.get('live')} is live now"]
+        if report.get("missing"):
+            return [
+                f"switch: the new model's vector index lacks {report['missing']} images of the live one; "
+                "run the backfill again"
+            ]
+        return [f"switch: nothing to switch; {report.get('live') or 'no index'} stays live"]
     status = report.get("status")
     if status == "published":
         lines = [

@@ -277,3 +277,18 @@ def test_no_region_is_one_clear_line_from_the_command_line(tmp_path):
     assert result.stderr == (
         "error: no AWS region: pass --region, or set AWS_REGION to the region the stack is deployed in\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("report", "said"),
+    [
+        ({"live": "model-ab", "switched": True, "missing": 0, "deleted": []}, "model-ab is live now"),
+        ({"live": "model-cd", "switched": False, "missing": 7, "deleted": []}, "lacks 7 images"),
+        ({"live": "model-cd", "switched": False, "missing": 0, "deleted": []}, "model-cd stays live"),
+    ],
+)
+def test_the_s3_vectors_switch_step_is_described(report, said):
+    from ops.backfill import describe_reindex
+
+    lines = describe_reindex(report)
+    assert len(lines) == 1 and lines[0].startswith("switch: ") and said in lines[0]
