@@ -366,6 +366,7 @@ class ServiceState:
             if engine.model is not live.model:
                 engine.warm_up()
             self._live, self.engine = stamp, engine  # the swap: one reference assignment
+            self._note_pending_model(store, engine)  # the announced model is usually the one now live
             self.check_error = None
             log.info("vector index swapped in", extra={"build_id": new_id, "previous_build_id": live.build_id})
         except Exception as exc:

@@ -4,11 +4,16 @@ top-k limit). Served from moto's S3 Vectors server with the labelled QueryVector
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from lambda_fn.contract.vectors import MAX_TOP_K
+from lambda_fn.contract.manifest import file_sha256
+from lambda_fn.contract.vectors import MAX_TOP_K, index_name
+from lambda_fn.storage.records import POINTER_FILE, ModelPointer, model_key
 from tests.deployment import sqs_event
 from tests.helpers import SAMPLE_COUNT, assert_json_error
+from tests.lambda_fn.builds import resaved_model
 from tests.lambda_fn.collection.test_backfill_batches import map_batch
 
 KEY = "pasta/pasta_0000.jpg"
@@ -20,7 +25,13 @@ def served(deployment, vector_bucket, handlers_for, make_client, lambda_context)
     ingest_fn, _ = handlers_for(deployment.uri, vector_store="s3vectors", vector_bucket=vector_bucket)
     assert ingest_fn.handler(map_batch(deployment), lambda_context)["embedded"] == SAMPLE_COUNT
     assert ingest_fn.handler({"Switch": {}}, lambda_context)["switched"]
-    served = make_client(artifacts_uri=deployment.uri, vector_store="s3vectors", vector_bucket=vector_bucket, max_k=200)
+    served = make_client(
+        artifacts_uri=deployment.uri,
+        vector_store="s3vectors",
+        vector_bucket=vector_bucket,
+        max_k=200,
+        manifest_check_s=0.1,  # a warm container checks vectors/live.json this often
+    )
     served.ingest = ingest_fn
     return served
 
@@ -90,3 +101,26 @@ def test_a_duplicate_upload_is_collapsed_and_searchable_at_once(served, deployme
         deduped["duplicates_collapsed"] >= 1
         and len({KEY, "pasta/copy_of_0000.jpg"} & {r["key"] for r in deduped["results"]}) == 1
     )
+
+
+def test_a_warm_service_swaps_to_a_new_models_index_once_it_goes_live(
+    served, deployment, model_path, tmp_path, lambda_context
+):
+    d = deployment
+    before = served.get("/health").json()
+    second = resaved_model(model_path, tmp_path / "second.pt")
+    sha = file_sha256(second)
+    d.artifacts.upload_file(second, model_key(sha))
+    d.artifacts.put(POINTER_FILE, ModelPointer(model_file=model_key(sha), model_sha256=sha).model_dump_json().encode())
+    assert served.ingest.handler(map_batch(d), lambda_context)["embedded"] == SAMPLE_COUNT
+    assert served.ingest.handler({"Switch": {}}, lambda_context)["live"] == index_name(sha)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        body = served.get("/health").json()
+        if body["build"]["id"] != before["build"]["id"]:
+            break
+        time.sleep(0.1)
+    assert body["build"]["id"] == index_name(sha) and body["model"]["sha256"] == sha, body["updates"]
+    assert body["updates"]["error"] is None and body["updates"]["pending_model"] is None
+    result = served.post("/search?k=3", files={"image": ("q.jpg", photo(d))}).json()
+    assert result["build_id"] == index_name(sha) and result["results"][0]["key"] == KEY
