@@ -92,8 +92,13 @@ class Settings(BaseSettings):
     url_allow_http: bool = Field(False, description="Fetch plain http:// image URLs too (default: https only)")
     url_allow_private: bool = Field(
         False,
-        description="Fetch from loopback and private addresses too (the tests' local servers); cloud metadata and "
-        "link-local addresses stay refused. Never in a deployment",
+        description="Fetch from loopback and private addresses too, on any port (the tests' local servers); cloud "
+        "metadata and link-local addresses stay refused. Never in a deployment",
+    )
+    url_allowed_ports: Annotated[list[int], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated ports a URL fetch may connect to besides 443 (and 80 with `url_allow_http`); "
+        "links naming any other port are refused",
     )
     dedupe_similarity: float = Field(
         DEFAULT_DEDUPE_SIMILARITY,
@@ -108,6 +113,21 @@ class Settings(BaseSettings):
     def _split_origins(cls, value):
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("url_allowed_ports", mode="before")
+    @classmethod
+    def _split_ports(cls, value):
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("url_allowed_ports")
+    @classmethod
+    def _ports_in_range(cls, value: list[int]) -> list[int]:
+        bad = [p for p in value if not 1 <= p <= 65535]
+        if bad:
+            raise ValueError(f"ports must be between 1 and 65535, not {bad}")
         return value
 
     @model_validator(mode="after")
