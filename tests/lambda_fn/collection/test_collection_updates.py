@@ -14,6 +14,7 @@ from lambda_fn.collection.ingest import ingest
 from lambda_fn.collection.reindex import LEASE_FILE, Lease, reindex
 from lambda_fn.contract.manifest import Manifest
 from lambda_fn.contract.shards import Shard, namespace
+from support.hostile_images import flat_jpeg, rle_bmp
 from tests.deployment import FlakyStore, embed_bytes, sqs_event, unique_photo
 from tests.helpers import SAMPLE_COUNT
 from tests.lambda_fn.builds import resaved_model
@@ -82,6 +83,24 @@ def test_a_corrupt_image_is_skipped_with_its_reason_and_the_batch_succeeds(deplo
     assert _ingest(d, event).reused == 1  # a skip is final: the batch is not embedded again
     result = _reindex(d, tmp_path)
     assert result.count == SAMPLE_COUNT + 1 and result.skipped == 1
+
+
+def test_images_too_costly_to_decode_are_skipped_with_the_rule_they_break(deployment):
+    # Ingest decodes with the search's rules: each of these cost seconds or hundreds of MiB before they existed.
+    d = deployment
+    good = d.put_image("costly/good.jpg", unique_photo(12))
+    costly = {
+        "costly/rle.bmp": (rle_bmp(8000), "RLE8-compressed BMP"),
+        "costly/multiscan.jpg": (flat_jpeg(8000, 8000, interleaved=False), "multi-scan JPEG"),
+        "costly/cmyk.jpg": (flat_jpeg(6000, 6000, components=4, progressive=True), "progressive JPEG"),
+    }
+    objects = [d.put_image(key, data) for key, (data, _) in costly.items()]
+    report = _ingest(d, sqs_event(good, *objects, bucket=d.bucket))
+    assert report.failed == {} and report.embedded == 1
+    reasons = {s.key: s.reason for s in report.skipped}
+    assert set(reasons) == set(costly)
+    for key, (_, says) in costly.items():
+        assert says in reasons[key]
 
 
 def test_a_transient_error_fails_only_its_message(deployment):
