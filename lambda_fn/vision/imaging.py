@@ -137,7 +137,10 @@ def jpeg_scan_count(data: bytes, *, stop_after: int = MAX_JPEG_SCANS) -> int:
 
 def jpeg_buffered_samples(img: Image.Image) -> int:
     """The samples whose coefficients libjpeg keeps for a progressive or multi-scan JPEG: per component, its
-    8x8 blocks at its sampling factors (rounded up to whole blocks per MCU, as libjpeg allocates them), x 64."""
+    8x8 blocks at its sampling factors (rounded up to whole blocks per MCU, as libjpeg allocates them), x 64.
+    Raises ImageError for a frame header libjpeg would refuse (no components, a sampling factor outside 1-4)."""
+    if not img.layer or any(not (1 <= h <= 4 and 1 <= v <= 4) for _, h, v, _ in img.layer):
+        raise ImageError("the JPEG's frame header is corrupt (its components or their sampling factors)")
     h_max = max(h for _, h, _, _ in img.layer)
     v_max = max(v for _, _, v, _ in img.layer)
     blocks = 0

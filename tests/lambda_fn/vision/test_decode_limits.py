@@ -15,6 +15,7 @@ from lambda_fn.vision import imaging
 from lambda_fn.vision.imaging import (
     MAX_BUFFERED_JPEG_SAMPLES,
     MAX_JPEG_SCANS,
+    ImageError,
     ImageTooComplex,
     ImageTooLarge,
     UnsupportedImage,
@@ -244,3 +245,19 @@ def test_a_multi_scan_jpeg_gets_413_through_the_api(client):
     r = client.post("/search", content=flat_jpeg(8000, 8000, interleaved=False), headers={"Content-Type": "image/jpeg"})
     message = assert_json_error(r, 413, "too_large")["message"]
     assert "multi-scan JPEG is 8000x8000 with 3 components" in message and "baseline" in message
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "ffc20011080030004003011100020000031100",  # a sampling factor of 0
+        "ffc20008080030244003011100021700031100",  # a frame header too short to list its components
+    ],
+)
+def test_a_corrupt_frame_header_is_not_an_image_not_a_crash(frame):
+    # Regression (found by mutating the frame header): the sample count divided by zero, or took max() of nothing.
+    data = flat_jpeg(64, 48, progressive=True)
+    at = data.index(b"\xff\xc2")
+    corrupt = data[:at] + bytes.fromhex(frame) + data[at + len(frame) // 2 :]
+    with pytest.raises(ImageError):
+        load_for_model(corrupt, 72, 64, max_pixels=64_000_000)
