@@ -119,13 +119,15 @@ class Lease:
             return False
 
     def release(self) -> None:
-        """Delete the lease if it is still ours (a run that overran its lease must not free another's)."""
+        """Delete the lease only while it is the version this run wrote (a conditional delete on its ETag): a
+        run that overran its lease and was taken over must not free the new holder's."""
+        if self.etag is None:
+            return
         try:
-            body, _ = self.store.get(LEASE_FILE)
-            if json.loads(body).get("owner") == self.owner:
-                self.store.delete(LEASE_FILE)
-        except (NotFound, ValueError):
-            pass
+            self.store.delete(LEASE_FILE, if_match=self.etag)
+        except PreconditionFailed:
+            log.warning("reindex lease was taken over by another run; left to it", extra={"owner": self.owner})
+        self.etag = None
 
 
 def shard_listing(store: Store, model_sha256: str) -> list[str]:
