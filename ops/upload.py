@@ -9,7 +9,9 @@ Order matters, so that a reader never sees a manifest that points at objects tha
 2. model, index and key map under ``<prefix>/builds/<build id>/`` (content-addressed: an upload never
    overwrites what a running service is reading);
 3. ``<prefix>/manifest.json`` last, naming those build files: this one small PUT switches readers over
-   (``lambda_fn.storage.publish``, the contract the reindex function publishes by too).
+   (``lambda_fn.storage.publish``, the contract the reindex function publishes by too). It is conditional on
+   the manifest read before step 1: when a reindex published a newer build meanwhile, that build stays live,
+   the upload says so and exits non-zero, and a re-run (which uploads nothing twice) publishes this one.
 
     python -m ops.upload --new-model artifacts/model.pt --bucket B --prefix deepfood
 
@@ -42,9 +44,9 @@ from lambda_fn.contract.manifest import (
     read_keys,
 )
 from lambda_fn.storage.errors import ArtifactError
-from lambda_fn.storage.publish import publish_build
-from lambda_fn.storage.records import POINTER_FILE, ModelPointer, model_key
-from lambda_fn.storage.store import S3Store, s3_client
+from lambda_fn.storage.publish import NO_MANIFEST, build_folder, publish_build
+from lambda_fn.storage.records import POINTER_FILE, ModelPointer, model_key, read_manifest
+from lambda_fn.storage.store import PreconditionFailed, S3Store, s3_client
 from lambda_fn.vision.engine import load_model
 from training.build_index import Sources, named_source
 from training.cli import run
@@ -52,6 +54,24 @@ from training.cli import run
 # An upload from a workstation retries a passing throttle more often than a Lambda function would.
 UPLOAD_ATTEMPTS = 5
 TRANSFER = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=16 << 20, max_concurrency=8)
+
+
+class NewerBuildWon(RuntimeError):
+    """The live manifest changed while the upload ran: the newer build stays live, nothing was overwritten."""
+
+    def __init__(self, store: S3Store, ours: Manifest):
+        published = read_manifest(store, missing_ok=True)
+        theirs = (
+            f"build {published[0].build_id} ({published[0].count} images, built {published[0].built_at})"
+            if published
+            else "a change (the manifest was removed)"
+        )
+        super().__init__(
+            f"a newer build won: {theirs} was published to {store.describe(MANIFEST_FILE)} while this upload ran, "
+            f"and stays live; nothing was overwritten. This build ({ours.build_id}, {ours.count} images) is "
+            f"uploaded under {store.describe(build_folder(ours))} but not published: run the upload again to "
+            "publish it over the newer one (nothing is uploaded twice), or leave the newer build live"
+        )
 
 
 @dataclass
@@ -130,10 +150,13 @@ def verify_local(artifacts: Path) -> Manifest:
 def upload(
     artifacts: Path, images: Path | Sources | None, bucket: str, prefix: str, *, client=None, workers: int = 8
 ) -> UploadReport:
-    """Upload a build; with ``images`` (the folder, or the sources, it was built from) its images first."""
+    """Upload a build; with ``images`` (the folder, or the sources, it was built from) its images first. The
+    manifest is published only if it is still the one read before the upload began; else ``NewerBuildWon``."""
     prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
     manifest = verify_local(artifacts)
     client = client or s3_client(max_attempts=UPLOAD_ATTEMPTS)
+    store = S3Store(bucket, prefix, client)
+    live = store.head(MANIFEST_FILE)  # the version this upload replaces: only its ETag, so a broken one may be fixed
     report = UploadReport()
     if images is not None:
         entries = read_keys(artifacts / manifest.keys_file)
@@ -141,7 +164,12 @@ def upload(
         upload_images(client, bucket, prefix, sources, entries, workers, report)
     total = sum((artifacts / name).stat().st_size for _, name, _ in manifest.files(with_collection=True))
     with tqdm(total=total, desc="artifacts", unit="B", unit_scale=True, dynamic_ncols=True) as bar:
-        _, published = publish_build(S3Store(bucket, prefix, client), artifacts, manifest, progress=bar.update)
+        try:
+            _, published = publish_build(
+                store, artifacts, manifest, expected_etag=live.etag if live else NO_MANIFEST, progress=bar.update
+            )
+        except PreconditionFailed:
+            raise NewerBuildWon(store, manifest) from None
     report.uploaded_artifacts, report.skipped_artifacts = published.uploaded, published.skipped
     report.manifest_key = prefix + MANIFEST_FILE
     return report
@@ -225,7 +253,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    expected = (FileNotFoundError, ValueError, ClientError, BotoCoreError, ArtifactError)
+    expected = (FileNotFoundError, ValueError, ClientError, BotoCoreError, ArtifactError, NewerBuildWon)
     return run(main, get_args_parser(), argv, expected, _describe)
 
 
