@@ -17,6 +17,10 @@ Order matters, so that a reader never sees a manifest that points at objects tha
 
 announces a new model to a deployment whose collection keeps itself indexed instead (``models/``); the live
 build keeps serving until a backfill has re-embedded the collection with it and a reindex publishes it.
+
+With ``--signing-key KEY`` (a KMS asymmetric key the publisher may ``kms:Sign`` with), either run first signs
+the model's sha256 and writes ``models/<sha256>/signature.json`` (``lambda_fn.storage.signing``), before the
+manifest or pointer names the model: a deployment with ``model_signing_key`` runs no model without it.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from lambda_fn.contract.manifest import (
 from lambda_fn.storage.errors import ArtifactError
 from lambda_fn.storage.publish import NO_MANIFEST, build_folder, publish_build
 from lambda_fn.storage.records import POINTER_FILE, ModelPointer, model_key, read_manifest
+from lambda_fn.storage.signing import sign_model, signature_key
 from lambda_fn.storage.store import PreconditionFailed, S3Store, s3_client
 from lambda_fn.vision.engine import load_model
 from training.build_index import Sources, named_source
@@ -147,8 +152,22 @@ def verify_local(artifacts: Path) -> Manifest:
     return manifest
 
 
+def sign(store: S3Store, sha256: str, signing_key: str, kms=None) -> None:
+    """The publisher's signature over the model, where every function looks for it."""
+    signature = sign_model(sha256, signing_key, kms=kms)
+    store.put(signature_key(sha256), signature.model_dump_json(indent=2).encode())
+
+
 def upload(
-    artifacts: Path, images: Path | Sources | None, bucket: str, prefix: str, *, client=None, workers: int = 8
+    artifacts: Path,
+    images: Path | Sources | None,
+    bucket: str,
+    prefix: str,
+    *,
+    client=None,
+    workers: int = 8,
+    signing_key: str | None = None,
+    kms=None,
 ) -> UploadReport:
     """Upload a build; with ``images`` (the folder, or the sources, it was built from) its images first. The
     manifest is published only if it is still the one read before the upload began; else ``NewerBuildWon``."""
@@ -158,6 +177,8 @@ def upload(
     store = S3Store(bucket, prefix, client)
     live = store.head(MANIFEST_FILE)  # the version this upload replaces: only its ETag, so a broken one may be fixed
     report = UploadReport()
+    if signing_key:
+        sign(store, manifest.model_sha256, signing_key, kms)
     if images is not None:
         entries = read_keys(artifacts / manifest.keys_file)
         sources = images if isinstance(images, Sources) else Sources.folder(images)
@@ -175,7 +196,9 @@ def upload(
     return report
 
 
-def announce_model(model: Path, bucket: str, prefix: str, *, client) -> ModelPointer:
+def announce_model(
+    model: Path, bucket: str, prefix: str, *, client, signing_key: str | None = None, kms=None
+) -> ModelPointer:
     """Upload a new model to ``models/<sha256>/model.pt`` and name it in ``models/current.json``.
 
     The live build keeps serving; ingest embeds new photos with both models from now on, a backfill
@@ -185,6 +208,8 @@ def announce_model(model: Path, bucket: str, prefix: str, *, client) -> ModelPoi
     sha = file_sha256(model)
     store = S3Store(bucket, prefix, client)
     store.upload_file(model, model_key(sha))
+    if signing_key:
+        sign(store, sha, signing_key, kms)
     pointer = ModelPointer(model_file=model_key(sha), model_sha256=sha)
     store.put(POINTER_FILE, pointer.model_dump_json(indent=2).encode())
     return pointer
@@ -219,6 +244,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="instead of a build: announce this exported model for a deployment whose collection keeps "
         "itself indexed (then run the backfill); the live build serves until the new one covers it",
     )
+    p.add_argument(
+        "--signing-key",
+        default=None,
+        metavar="KMS_KEY",
+        help="sign the model with this KMS asymmetric key (ARN or alias/NAME; needs kms:Sign on it), as a "
+        "deployment with DEEPFOOD_MODEL_SIGNING_KEY requires; the stack's ModelSigningKeyArn output names it",
+    )
     return p
 
 
@@ -227,14 +259,22 @@ def main(args: argparse.Namespace) -> int:
     if args.new_model is not None:
         if not args.new_model.is_file():
             raise FileNotFoundError(f"model {args.new_model} does not exist; export one with training.export")
-        pointer = announce_model(args.new_model, args.bucket, args.prefix, client=client)
+        pointer = announce_model(args.new_model, args.bucket, args.prefix, client=client, signing_key=args.signing_key)
         print(
             f"model {pointer.model_sha256[:12]}… uploaded to s3://{args.bucket}/{args.prefix.strip('/')}/"
             f"{pointer.model_file}; run the backfill (python -m ops.backfill) to re-embed the collection"
         )
         return 0
     images = Sources.parse(args.images) if args.images else None
-    report = upload(args.artifacts, images, args.bucket, args.prefix, client=client, workers=args.workers)
+    report = upload(
+        args.artifacts,
+        images,
+        args.bucket,
+        args.prefix,
+        client=client,
+        workers=args.workers,
+        signing_key=args.signing_key,
+    )
     print(
         f"uploaded {report.uploaded_images} images ({report.skipped_images} already there), "
         f"{report.uploaded_artifacts} artifacts ({report.skipped_artifacts} already there); "
@@ -244,6 +284,11 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ClientError) and exc.operation_name == "Sign":
+        return (
+            f"KMS did not sign the model: {exc}. --signing-key must name an ECC_NIST_P256 SIGN_VERIFY key that "
+            "your credentials may use with kms:Sign; nothing was published."
+        )
     if isinstance(exc, ClientError | BotoCoreError):
         return (
             f"S3 upload failed: {exc}. Check the bucket name, credentials and --endpoint-url; "
