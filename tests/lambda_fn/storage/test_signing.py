@@ -22,6 +22,7 @@ from lambda_fn.vision import models as models_module
 from lambda_fn.vision.models import target_models
 from ops.upload import announce_model, upload
 from tests.helpers import S3_PREFIX, assert_json_error, jpeg_bytes
+from tests.lambda_fn.builds import health_until
 
 
 @pytest.fixture
@@ -187,3 +188,18 @@ def test_a_pointer_naming_a_model_with_a_copied_signature_is_refused(s3, bucket,
     with pytest.raises(ArtifactError, match="not signed by the publisher"):
         signing.check_model(store, theirs, model_signing_key=key)
     assert json.loads(store.get(signature_key(theirs))[0])["model_sha256"] == live_sha
+
+
+def test_an_unsigned_new_build_is_not_swapped_in_and_a_signed_one_is(
+    s3, bucket, artifacts_dir, retrained, make_client, tmp_path, kms, key
+):
+    uri, _ = _published(s3, bucket, artifacts_dir, signing_key=key, kms=kms)
+    client = make_client(artifacts_uri=uri, cache_dir=tmp_path / "cache", model_signing_key=key, manifest_check_s=0.1)
+    first = client.get("/health").json()["build"]["id"]
+    upload(retrained, None, bucket, S3_PREFIX, client=s3)  # a bucket writer's build, its model unsigned
+    health = health_until(client, lambda body: body["updates"]["error"] is not None)
+    assert health["status"] == "ready" and health["build"]["id"] == first
+    assert UNSIGNED_PUBLIC in health["updates"]["error"] and key not in json.dumps(health)
+    assert _search(client).json()["build_id"] == first
+    upload(retrained, None, bucket, S3_PREFIX, client=s3, signing_key=key, kms=kms)  # its publisher signs it
+    health_until(client, lambda body: body["build"]["id"] != first and body["updates"]["error"] is None)
