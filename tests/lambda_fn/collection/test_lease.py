@@ -73,3 +73,20 @@ def test_a_conditional_delete_refuses_another_version_and_a_missing_object(store
     with pytest.raises(PreconditionFailed):
         store.delete("locks/x.json", if_match=etag)
     store.delete("locks/x.json")  # unconditional: absent is fine
+
+
+class IgnoresIfMatch(TakenOverBeforeDelete):
+    """An S3-compatible server that drops ``If-Match`` on DeleteObject: every delete is unconditional."""
+
+    def delete(self, key, **kw):
+        return self.inner.delete(key)
+
+
+def test_a_server_that_ignores_a_conditional_delete_still_leaves_a_taken_over_lease(store):
+    server = IgnoresIfMatch(store)
+    holder = Lease(server, -1)
+    assert holder.acquire()
+    taker = Lease(store, 600)
+    assert taker.acquire()
+    holder.release()  # the ETag it compares first is no longer its own
+    assert _owner(store) == taker.owner
