@@ -49,7 +49,7 @@ from lambda_fn.contract.manifest import (
 )
 from lambda_fn.storage.errors import ArtifactError
 from lambda_fn.storage.publish import NO_MANIFEST, build_folder, publish_build
-from lambda_fn.storage.records import POINTER_FILE, ModelPointer, model_key, read_manifest
+from lambda_fn.storage.records import POINTER_FILE, ModelPointer, model_key, read_manifest, read_pointer
 from lambda_fn.storage.signing import sign_model, signature_key
 from lambda_fn.storage.store import PreconditionFailed, S3Store, s3_client
 from lambda_fn.vision.engine import load_model
@@ -76,6 +76,19 @@ class NewerBuildWon(RuntimeError):
             f"and stays live; nothing was overwritten. This build ({ours.build_id}, {ours.count} images) is "
             f"uploaded under {store.describe(build_folder(ours))} but not published: run the upload again to "
             "publish it over the newer one (nothing is uploaded twice), or leave the newer build live"
+        )
+
+
+class NewerModelWon(RuntimeError):
+    """``models/current.json`` changed while the model uploaded: the model announced meanwhile stays."""
+
+    def __init__(self, store: S3Store, ours: str):
+        theirs = read_pointer(store)
+        named = f"model {theirs.model_sha256[:12]}…" if theirs else "a change (the pointer was removed)"
+        super().__init__(
+            f"another model was announced meanwhile: {named} in {store.describe(POINTER_FILE)} stays; nothing "
+            f"was overwritten. Model {ours[:12]}… is uploaded to {store.describe(model_key(ours))} but not "
+            "announced: run the command again to announce it over the other one"
         )
 
 
@@ -203,15 +216,21 @@ def announce_model(
 
     The live build keeps serving; ingest embeds new photos with both models from now on, a backfill
     re-embeds the collection with the new one, and the reindex after it publishes the new model's build.
+    Like a build's manifest, the pointer is written only over the one read first: ``NewerModelWon`` otherwise.
     """
     load_model(model)  # refuse a file the service could not load before anyone depends on it
     sha = file_sha256(model)
     store = S3Store(bucket, prefix, client)
+    current = store.head(POINTER_FILE)
     store.upload_file(model, model_key(sha))
     if signing_key:
         sign(store, sha, signing_key, kms)
     pointer = ModelPointer(model_file=model_key(sha), model_sha256=sha)
-    store.put(POINTER_FILE, pointer.model_dump_json(indent=2).encode())
+    condition = {"if_match": current.etag} if current else {"if_none_match": True}
+    try:
+        store.put(POINTER_FILE, pointer.model_dump_json(indent=2).encode(), **condition)
+    except PreconditionFailed:
+        raise NewerModelWon(store, sha) from None
     return pointer
 
 
@@ -298,7 +317,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    expected = (FileNotFoundError, ValueError, ClientError, BotoCoreError, ArtifactError, NewerBuildWon)
+    expected = (FileNotFoundError, ValueError, ClientError, BotoCoreError, ArtifactError, NewerBuildWon, NewerModelWon)
     return run(main, get_args_parser(), argv, expected, _describe)
 
 

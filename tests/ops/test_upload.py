@@ -72,17 +72,17 @@ def test_cli_missing_bucket_is_readable(s3_endpoint, artifacts_dir):
 
 
 class _PublishedMeanwhile:
-    """The test's S3 client, except that another publisher (a reindex) writes ``newer`` as the manifest just
-    before this upload's own manifest PUT reaches S3."""
+    """The test's S3 client, except that another publisher (a reindex) writes ``newer`` as the manifest (or the
+    object whose key ends with ``suffix``) just before this upload's own PUT of it reaches S3."""
 
-    def __init__(self, client, newer: bytes):
-        self._client, self.newer = client, newer
+    def __init__(self, client, newer: bytes, suffix: str = "/manifest.json"):
+        self._client, self.newer, self.suffix = client, newer, suffix
 
     def __getattr__(self, name):
         return getattr(self._client, name)
 
     def put_object(self, **kw):
-        if kw["Key"].endswith("/manifest.json"):
+        if kw["Key"].endswith(self.suffix):
             self._client.put_object(Bucket=kw["Bucket"], Key=kw["Key"], Body=self.newer)
         return self._client.put_object(**kw)
 
@@ -119,3 +119,14 @@ def test_the_first_upload_leaves_a_manifest_that_appeared_meanwhile(s3, bucket, 
     with pytest.raises(NewerBuildWon, match="a newer build won"):
         upload(artifacts_dir, None, bucket, "empty", client=racing)
     assert _live(s3, bucket, "empty") == racing.newer
+
+
+def test_a_model_announced_meanwhile_stays_announced(s3, bucket, artifacts_dir):
+    from lambda_fn.storage.records import ModelPointer, model_key
+    from ops.upload import NewerModelWon, announce_model
+
+    theirs = ModelPointer(model_file=model_key("c" * 64), model_sha256="c" * 64).model_dump_json().encode()
+    racing = _PublishedMeanwhile(s3, theirs, suffix="/models/current.json")
+    with pytest.raises(NewerModelWon, match="another model was announced meanwhile: model cccccccccccc"):
+        announce_model(artifacts_dir / "model.pt", bucket, "ann", client=racing)
+    assert s3.get_object(Bucket=bucket, Key="ann/models/current.json")["Body"].read() == theirs
