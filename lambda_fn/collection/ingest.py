@@ -229,12 +229,17 @@ def ingest_for_targets(
     max_bytes: int,
     max_pixels: int,
     trusted_model_sha256: str | None = None,
+    model_signing_key: str | None = None,
     newest_model_only: bool = False,
 ) -> IngestReport:
     """``ingest`` with the models new embeddings are made with now (``target_models``): the live one and an
     announced one, or with ``newest_model_only`` (a backfill) only the model that is to go live."""
     models = target_models(
-        artifacts, cache_dir, trusted_model_sha256=trusted_model_sha256, newest_only=newest_model_only
+        artifacts,
+        cache_dir,
+        trusted_model_sha256=trusted_model_sha256,
+        model_signing_key=model_signing_key,
+        newest_only=newest_model_only,
     )
     return ingest(
         changes, images=images, artifacts=artifacts, models=models, max_bytes=max_bytes, max_pixels=max_pixels
@@ -259,6 +264,7 @@ def ingest_with_settings(
         max_bytes=settings.max_ingest_bytes,
         max_pixels=settings.max_image_pixels,
         trusted_model_sha256=settings.trusted_model_sha256,
+        model_signing_key=settings.model_signing_key,
         newest_model_only=newest_model_only,
     )
 
@@ -318,6 +324,7 @@ def ingest_pending(
     max_bytes: int,
     max_pixels: int,
     trusted_model_sha256: str | None = None,
+    model_signing_key: str | None = None,
 ) -> set[str]:
     """Changes that waited for a model (``lambda_fn.collection.pending.drain``), ingested with the models new
     events get now; returns the keys that failed for a reason that may pass."""
@@ -330,5 +337,6 @@ def ingest_pending(
         max_bytes=max_bytes,
         max_pixels=max_pixels,
         trusted_model_sha256=trusted_model_sha256,
+        model_signing_key=model_signing_key,
     )
     return set(report.failed)

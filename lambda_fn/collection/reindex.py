@@ -119,13 +119,22 @@ class Lease:
             return False
 
     def release(self) -> None:
-        """Delete the lease if it is still ours (a run that overran its lease must not free another's)."""
+        """Delete the lease only while it is the version this run wrote: a run that overran its lease and was
+        taken over must not free the new holder's. S3 checks that atomically (``If-Match`` on DeleteObject, on
+        general purpose buckets since 2025); the ETag is also compared first, which is all that protects on an
+        S3-compatible server that ignores the header (a takeover between that read and the delete then wins)."""
+        etag, self.etag = self.etag, None
+        if etag is None:
+            return
         try:
-            body, _ = self.store.get(LEASE_FILE)
-            if json.loads(body).get("owner") == self.owner:
-                self.store.delete(LEASE_FILE)
-        except (NotFound, ValueError):
+            if self.store.get(LEASE_FILE)[1] == etag:
+                self.store.delete(LEASE_FILE, if_match=etag)
+                return
+        except NotFound:
+            return
+        except PreconditionFailed:
             pass
+        log.warning("reindex lease was taken over by another run; left to it", extra={"owner": self.owner})
 
 
 def shard_listing(store: Store, model_sha256: str) -> list[str]:

@@ -58,6 +58,15 @@ class Settings(BaseSettings):
         "is refused before the model is downloaded (503 `not_ready` at a cold start; during a swap the live build "
         "keeps serving), and ingest skips it. Unset: any model the manifest names. See docs/deploy.md, Trust model",
     )
+    model_signing_key: str | None = Field(
+        None,
+        min_length=1,
+        description="KMS asymmetric key (its ARN) whose signature every model must carry "
+        "(`models/<sha256>/signature.json`): a model without a valid one is refused before it is downloaded "
+        "(503 `not_ready` at a cold start; during a swap the live build keeps serving), and ingest skips it. The "
+        "functions only verify (kms:Verify); the publisher signs (`python -m ops.upload --signing-key`). Unset: "
+        "no signature needed. See docs/deploy.md, Trust model",
+    )
     num_threads: int | None = Field(None, ge=1, description="Torch intra-op threads; default: the CPUs we may use")
     search_k: int | None = Field(None, ge=1, description="Override the manifest's Annoy search_k")
     load_on_import: bool = Field(False, description="Load model and index at import (Lambda init) instead of first use")
