@@ -271,7 +271,7 @@ def main(args: argparse.Namespace) -> int:
         collection = scan_sources(Sources.parse(args.queries))
         chosen = spread([e.source or "" for e in collection.entries], args.max_queries)
         paths = [collection.paths[i] for i in chosen]
-        queries, kept, _ = embed_collection(
+        queries, kept, _, _ = embed_collection(
             engine.model, engine.meta.resize_size, engine.meta.crop_size, paths, batch_size=32, workers=0
         )
         entries = [collection.entries[chosen[i]] for i in kept]
