@@ -130,3 +130,18 @@ class UploadedBuild:
     def key(self, name: str) -> str:
         """The object key of ``name`` (a manifest file name, or ``manifest.json``) under the prefix."""
         return f"{self.prefix}/{name}"
+
+
+def with_copy(sample_dir: Path, images: Path) -> tuple[str, str]:
+    """Eight sample photos in ``images``, plus a re-encoded, shrunk and 5% cropped copy of the first."""
+    keys = sorted(p.relative_to(sample_dir) for p in sample_dir.rglob("*.jpg"))[::7][:8]
+    for key in keys:
+        (images / key).parent.mkdir(parents=True, exist_ok=True)
+        (images / key).write_bytes((sample_dir / key).read_bytes())
+    original = Image.open(sample_dir / keys[0]).convert("RGB")
+    w, h = original.size
+    copy = original.crop((w // 40, h // 40, w - w // 40, h - h // 40)).resize((w * 3 // 4, h * 3 // 4))
+    buf = io.BytesIO()
+    copy.save(buf, "JPEG", quality=70)
+    (images / keys[0].parent / "copy.jpg").write_bytes(buf.getvalue())
+    return keys[0].as_posix(), f"{keys[0].parent.as_posix()}/copy.jpg"

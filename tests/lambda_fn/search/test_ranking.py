@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import shutil
@@ -10,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from lambda_fn.contract.manifest import (
     KEYS_FILE,
@@ -21,7 +19,7 @@ from lambda_fn.contract.manifest import (
     read_keys_and_hashes,
     write_keys,
 )
-from tests.helpers import assert_json_error
+from tests.helpers import assert_json_error, with_copy
 
 
 @pytest.fixture(scope="module")
@@ -105,27 +103,12 @@ def test_dedupe_false_keeps_near_duplicates(copy_client):
     assert body["duplicates_collapsed"] == 0 and {key, copy_key} <= {m["key"] for m in body["results"]}
 
 
-def _with_copy(sample_dir: Path, images: Path) -> tuple[str, str]:
-    """Eight sample photos in ``images``, plus a re-encoded, shrunk and 5% cropped copy of the first."""
-    keys = sorted(p.relative_to(sample_dir) for p in sample_dir.rglob("*.jpg"))[::7][:8]
-    for key in keys:
-        (images / key).parent.mkdir(parents=True, exist_ok=True)
-        (images / key).write_bytes((sample_dir / key).read_bytes())
-    original = Image.open(sample_dir / keys[0]).convert("RGB")
-    w, h = original.size
-    copy = original.crop((w // 40, h // 40, w - w // 40, h - h // 40)).resize((w * 3 // 4, h * 3 // 4))
-    buf = io.BytesIO()
-    copy.save(buf, "JPEG", quality=70)
-    (images / keys[0].parent / "copy.jpg").write_bytes(buf.getvalue())
-    return keys[0].as_posix(), f"{keys[0].parent.as_posix()}/copy.jpg"
-
-
 @pytest.fixture(scope="module")
 def copy_build(model_path, sample_dir, tmp_path_factory) -> tuple[Path, Path, str, str]:
     from training.build_index import get_args_parser, main
 
     images = tmp_path_factory.mktemp("with-copy")
-    key, copy_key = _with_copy(sample_dir, images)
+    key, copy_key = with_copy(sample_dir, images)
     out = tmp_path_factory.mktemp("with-copy-build")
     args = ["--images", str(images), "--model", str(model_path), "--out", str(out), "--workers", "0", "--n-trees", "4"]
     assert main(get_args_parser().parse_args(args)) == 0
