@@ -73,6 +73,8 @@ def same_picture(
     the first kept result j < i whose hash differs in at most ``max_distance`` bits and whose cosine with it is
     at least ``min_similarity``; a result that is no copy is kept.
     """
+    if not len(hashes):
+        return []
     units = np.asarray(vectors, dtype=np.float32).reshape(len(hashes), -1)
     units = units / np.maximum(np.linalg.norm(units, axis=1, keepdims=True), 1e-12)
     out: list[int | None] = []
