@@ -73,21 +73,25 @@ def same_picture(
     the first kept result j < i whose hash differs in at most ``max_distance`` bits and whose cosine with it is
     at least ``min_similarity``; a result that is no copy is kept.
     """
-    if not len(hashes):
+    n = len(hashes)
+    if not n:
         return []
-    units = np.asarray(vectors, dtype=np.float32).reshape(len(hashes), -1)
+    values = np.array([h or 0 for h in hashes], dtype=np.uint64)
+    units = np.asarray(vectors, dtype=np.float32).reshape(n, -1)
     units = units / np.maximum(np.linalg.norm(units, axis=1, keepdims=True), 1e-12)
     out: list[int | None] = []
-    kept: list[int] = []
+    kept = np.zeros(n, dtype=np.int64)  # positions of the results kept so far; their hashes are known
+    shown = 0
     for i, h in enumerate(hashes):
         match = None
-        if h is not None:
-            for j in kept:
-                other = hashes[j]
-                if other is not None and distance(h, other) <= max_distance and units[i] @ units[j] >= min_similarity:
-                    match = j
+        if h is not None and shown:
+            near = kept[:shown][np.bitwise_count(values[kept[:shown]] ^ values[i]) <= max_distance]
+            for j in near:  # the cosine only for the few whose hash is close
+                if float(units[i] @ units[j]) >= min_similarity:
+                    match = int(j)
                     break
         out.append(match)
-        if match is None:
-            kept.append(i)
+        if match is None and h is not None:
+            kept[shown] = i
+            shown += 1
     return out
