@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lambda_fn.vision.indexing import exact_top_k, recall_at_k
-from tests.helpers import SAMPLE_COUNT, with_copy
+from tests.helpers import SAMPLE_COUNT, build_index, with_copy
 from training.evaluate import average_precision_at_k, get_args_parser, main, precision_at_k
 
 
@@ -65,32 +65,11 @@ def test_evaluate_reports_full_recall_when_search_k_covers_everything(artifacts_
 
 
 def test_evaluate_reports_what_dedupe_takes_from_a_collection_with_a_copy(model_path, sample_dir, tmp_path):
-    from training.build_index import get_args_parser as build_parser
-    from training.build_index import main as build
-
     images, out = tmp_path / "images", tmp_path / "build"
     key, copy_key = with_copy(sample_dir, images)
     for photo in sorted(sample_dir.rglob("*.jpg"))[-2:]:  # 11 images: evaluate ranks 10 results
         (images / photo.relative_to(sample_dir)).write_bytes(photo.read_bytes())
-    assert (
-        build(
-            build_parser().parse_args(
-                [
-                    "--images",
-                    str(images),
-                    "--model",
-                    str(model_path),
-                    "--out",
-                    str(out),
-                    "--workers",
-                    "0",
-                    "--n-trees",
-                    "4",
-                ]
-            )
-        )
-        == 0
-    )
+    build_index(images, model_path, out, "--n-trees", "4")
     report_path = tmp_path / "report.json"
     args = ["--artifacts", str(out), "--images", str(images), "--out", str(report_path), "--sheet-rows", "1"]
     assert main(get_args_parser().parse_args(args)) == 0

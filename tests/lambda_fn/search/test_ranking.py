@@ -19,7 +19,7 @@ from lambda_fn.contract.manifest import (
     read_keys_and_hashes,
     write_keys,
 )
-from tests.helpers import assert_json_error, with_copy
+from tests.helpers import assert_json_error, build_index, with_copy
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +105,9 @@ def test_dedupe_false_keeps_near_duplicates(copy_client):
 
 @pytest.fixture(scope="module")
 def copy_build(model_path, sample_dir, tmp_path_factory) -> tuple[Path, Path, str, str]:
-    from training.build_index import get_args_parser, main
-
     images = tmp_path_factory.mktemp("with-copy")
     key, copy_key = with_copy(sample_dir, images)
-    out = tmp_path_factory.mktemp("with-copy-build")
-    args = ["--images", str(images), "--model", str(model_path), "--out", str(out), "--workers", "0", "--n-trees", "4"]
-    assert main(get_args_parser().parse_args(args)) == 0
+    out = build_index(images, model_path, tmp_path_factory.mktemp("with-copy-build"), "--n-trees", "4")
     return out, images, key, copy_key
 
 
