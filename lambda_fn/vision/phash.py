@@ -80,18 +80,19 @@ def same_picture(
     units = np.asarray(vectors, dtype=np.float32).reshape(n, -1)
     units = units / np.maximum(np.linalg.norm(units, axis=1, keepdims=True), 1e-12)
     out: list[int | None] = []
-    kept = np.zeros(n, dtype=np.int64)  # positions of the results kept so far; their hashes are known
-    shown = 0
+    hashed_kept = np.zeros(n, dtype=np.int64)  # positions of the kept results that have a hash
+    count = 0
     for i, h in enumerate(hashes):
         match = None
-        if h is not None and shown:
-            near = kept[:shown][np.bitwise_count(values[kept[:shown]] ^ values[i]) <= max_distance]
+        if h is not None and count:
+            candidates = hashed_kept[:count]
+            near = candidates[np.bitwise_count(values[candidates] ^ values[i]) <= max_distance]
             for j in near:  # the cosine only for the few whose hash is close
                 if float(units[i] @ units[j]) >= min_similarity:
                     match = int(j)
                     break
         out.append(match)
         if match is None and h is not None:
-            kept[shown] = i
-            shown += 1
+            hashed_kept[count] = i
+            count += 1
     return out
