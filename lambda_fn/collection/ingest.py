@@ -6,6 +6,7 @@ Distributed Map batches; ``ingest_with_settings`` picks its models and limits) a
 
 - Each image is decoded with the same ``prepare()`` as queries and indexing, and embedded with the live
   model, and also with the model named in ``models/current.json`` when a new one is waiting to go live.
+  The prepared crop's perceptual hash (``lambda_fn.vision.phash``) is recorded with it, for the dedupe.
 - A batch whose shard already exists (same events, same model) is recognised and not embedded again, so
   at-least-once delivery and re-run backfills add nothing twice.
 - A corrupt, unsupported or oversized image is *skipped* with its reason, recorded in the shard, and never
@@ -39,6 +40,7 @@ from lambda_fn.contract.shards import Added, EventOrder, Removed, Shard, Skipped
 from lambda_fn.storage.store import NotFound, Store
 from lambda_fn.vision.imaging import ImageError, load_for_model
 from lambda_fn.vision.models import LoadedModel, target_models
+from lambda_fn.vision.phash import perceptual_hash, to_hex
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +204,12 @@ def ingest(
                 arrays.append(decoded)
                 kept.append(change)
         vectors = _embed(model, arrays)
+        hashes = [to_hex(perceptual_hash(a)) for a in arrays]
         shard = Shard(
-            added=[Added(c.key, c.label or label_of(c.key), c.etag, c.order) for c in kept],
+            added=[
+                Added(c.key, c.label or label_of(c.key), c.etag, c.order, phash=h)
+                for c, h in zip(kept, hashes, strict=True)
+            ],
             vectors=vectors,
             removed=[Removed(c.key, c.order) for c in removed],
             skipped=model_skipped,

@@ -20,8 +20,10 @@ from lambda_fn.contract.manifest import Sha256
 ENV_PREFIX = "DEEPFOOD_"
 # API Gateway + Lambda accept a 6 MB payload, and binary bodies arrive base64-encoded (x4/3): ~4.5 MB raw.
 DEFAULT_MAX_UPLOAD_BYTES = 4_500_000
-# Cosine similarity above which two results are near-duplicates (dedupe); measured in docs/benchmarks.md.
-DEFAULT_DEDUPE_SIMILARITY = 0.99
+# Two results are one picture (dedupe) when their perceptual hashes differ in at most this many of 64 bits and
+# their embeddings' cosine is at least this high; both chosen in docs/benchmarks.md (bench.dedupe).
+DEFAULT_DEDUPE_MAX_DISTANCE = 8
+DEFAULT_DEDUPE_SIMILARITY = 0.8
 # How long browsers may cache a CORS preflight answer, from the app locally and from API Gateway in AWS.
 CORS_MAX_AGE_S = 3600
 
@@ -109,12 +111,20 @@ class Settings(BaseSettings):
         description="Comma-separated ports a URL fetch may connect to besides 443 (and 80 with `url_allow_http`); "
         "links naming any other port are refused",
     )
+    dedupe_max_distance: int = Field(
+        DEFAULT_DEDUPE_MAX_DISTANCE,
+        ge=0,
+        le=64,
+        description="Bits (of 64) in which a result's perceptual hash may differ from a higher-ranked one's for it to "
+        "be the same picture and be collapsed (`dedupe=false` turns collapsing off per request; a build without "
+        "hashes collapses nothing); chosen in docs/benchmarks.md",
+    )
     dedupe_similarity: float = Field(
         DEFAULT_DEDUPE_SIMILARITY,
-        ge=0,
+        ge=-1,
         le=1,
-        description="Cosine above which a result is a near-duplicate of a higher-ranked one and is collapsed "
-        "(`dedupe=false` turns it off per request); chosen in docs/benchmarks.md",
+        description="Cosine a result must also have with that higher-ranked one to be collapsed: a guard against "
+        "hash collisions, never the test of sameness on its own; chosen in docs/benchmarks.md",
     )
 
     @field_validator("cors_origins", mode="before")

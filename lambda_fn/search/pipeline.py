@@ -1,8 +1,9 @@
 """The query pipeline: decode -> embed -> nearest neighbours -> response, with per-stage timings.
 
-The neighbours are ranked once for every endpoint (``rank``): nearest first, only the wanted labels,
-near-duplicates of a higher-ranked result collapsed, then the page ``offset .. offset+k-1`` of that ranking
-with the results below ``min_similarity`` cut off.
+The neighbours are ranked once for every endpoint (``rank``): nearest first, only the wanted labels, copies
+of the same picture as a higher-ranked result collapsed (``lambda_fn.vision.phash.same_picture``: perceptual
+hash and embedding; a build without hashes collapses nothing), then the page ``offset .. offset+k-1`` of that
+ranking with the results below ``min_similarity`` cut off.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from lambda_fn.search.schemas import MAX_LISTED_LABELS, ErrorCode, Match, Predic
 from lambda_fn.search.urls import ImageLinker
 from lambda_fn.vision.engine import Engine, Neighbour
 from lambda_fn.vision.imaging import ImageError, ImageTooLarge, UnsupportedImage, load_for_model
+from lambda_fn.vision.phash import same_picture
 
 
 def _ms(seconds: float) -> float:
@@ -111,10 +113,11 @@ def rank(
     """The page of neighbours ``options`` asks for (its labels known: ``check_labels``); see the module's
     docstring."""
     end = options.offset + options.k
-    n = end + 1 + (int(end * _DEDUPE_MARGIN) + 2 if options.dedupe else 0)  # one more tells of a next page
+    dedupe = options.dedupe and engine.dedupe_off is None
+    n = end + 1 + (int(end * _DEDUPE_MARGIN) + 2 if dedupe else 0)  # one more tells of a next page
     for _ in range(_RANK_TRIES):
         found = engine.search(vector, n, exclude=exclude, labels=options.labels)
-        kept, collapsed = _collapse(engine, found, options, end, settings.dedupe_similarity)
+        kept, collapsed = _collapse(engine, found, options.offset, end, settings) if dedupe else (found[: end + 1], 0)
         if len(kept) > end or len(found) < n:
             break
         n *= 2  # duplicates took the room: ask for more (bounded tries; a page may come back short)
@@ -126,23 +129,25 @@ def rank(
 
 
 def _collapse(
-    engine: Engine, found: list[Neighbour], options: SearchOptions, end: int, threshold: float
+    engine: Engine, found: list[Neighbour], offset: int, end: int, settings: Settings
 ) -> tuple[list[Neighbour], int]:
-    """Up to end+1 of ``found``, nearest first, leaving out each one whose cosine to a result kept before it
-    is above ``threshold``; and how many were left out from the page's ranks (offset .. end-1)."""
-    if not options.dedupe:
-        return found[: end + 1], 0
+    """Up to end+1 of ``found``, nearest first, leaving out each one that is the same picture as a result kept
+    before it (``same_picture``); and how many were left out from the page's ranks (offset .. end-1)."""
+    ids = [nb.id for nb in found]
+    vectors = np.stack([engine.vector(i) for i in ids]) if ids else np.zeros((0, engine.manifest.dim), np.float32)
+    copy_of = same_picture(
+        engine.picture_hashes(ids),
+        vectors,
+        max_distance=settings.dedupe_max_distance,
+        min_similarity=settings.dedupe_similarity,
+    )
     kept: list[Neighbour] = []
-    vectors = np.empty((end + 1, engine.manifest.dim), dtype=np.float32)
     collapsed = 0
-    for nb in found:
-        v = engine.vector(nb.id)
-        v /= max(float(np.linalg.norm(v)), 1e-12)
-        if kept and float(np.max(vectors[: len(kept)] @ v)) > threshold:
-            if options.offset <= len(kept) < end:
+    for nb, original in zip(found, copy_of, strict=True):
+        if original is not None:
+            if offset <= len(kept) < end:
                 collapsed += 1
             continue
-        vectors[len(kept)] = v
         kept.append(nb)
         if len(kept) > end:
             break

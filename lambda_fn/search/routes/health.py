@@ -16,6 +16,7 @@ from lambda_fn.search.errors import NotReady
 from lambda_fn.search.schemas import (
     MAX_LISTED_LABELS,
     BuildInfo,
+    DedupeInfo,
     ErrorDetail,
     HealthResponse,
     IndexInfo,
@@ -75,5 +76,13 @@ async def health(state: StateDep):
         search_k=engine.search_k,
         label_count=len(engine.labels.names),
         labels=engine.labels.names[:MAX_LISTED_LABELS],
+    )
+    body.dedupe = DedupeInfo(
+        enabled=engine.dedupe_off is None,
+        reason=engine.dedupe_off,
+        perceptual_hash=m.perceptual_hash,
+        hashed_images=engine.hashed,
+        max_distance=settings.dedupe_max_distance,
+        min_similarity=settings.dedupe_similarity,
     )
     return body

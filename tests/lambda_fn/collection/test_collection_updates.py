@@ -14,6 +14,8 @@ from lambda_fn.collection.ingest import ingest
 from lambda_fn.collection.reindex import LEASE_FILE, Lease, reindex
 from lambda_fn.contract.manifest import Manifest
 from lambda_fn.contract.shards import Shard, namespace
+from lambda_fn.vision.imaging import load_for_model
+from lambda_fn.vision.phash import from_hex, perceptual_hash
 from support.hostile_images import flat_jpeg, rle_bmp
 from tests.deployment import FlakyStore, embed_bytes, sqs_event, unique_photo
 from tests.helpers import SAMPLE_COUNT
@@ -54,6 +56,20 @@ def test_added_photos_become_searchable_and_a_removed_one_goes(deployment, tmp_p
     )
     assert _reindex(d, tmp_path).count == SAMPLE_COUNT + 2
     assert gone not in {e.key for e in d.engine().keys}
+
+
+def test_ingest_and_reindex_carry_each_photos_perceptual_hash(deployment, tmp_path):
+    d = deployment
+    photos = {f"hashed/{i}.jpg": unique_photo(40 + i) for i in range(2)}
+    report = _ingest(d, sqs_event(*(d.put_image(k, v) for k, v in photos.items()), bucket=d.bucket))
+    meta = d.models()[0].meta
+    expected = {k: perceptual_hash(load_for_model(v, meta.resize_size, meta.crop_size)) for k, v in photos.items()}
+    shard = Shard.from_bytes(d.artifacts.get(report.shards[0])[0])
+    assert {a.key: from_hex(a.phash) for a in shard.added} == expected
+    assert _reindex(d, tmp_path).unhashed == 0
+    engine = d.engine()
+    assert engine.dedupe_off is None and engine.manifest.hashed == engine.hashed == SAMPLE_COUNT + 2
+    assert engine.picture_hashes([engine.ids[k] for k in photos]) == list(expected.values())
 
 
 def test_the_same_message_twice_adds_nothing_twice(deployment, tmp_path):
