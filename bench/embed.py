@@ -48,7 +48,7 @@ def main(args: argparse.Namespace) -> dict:
 
         def pipeline(model=model, meta=meta) -> float:
             t0 = time.perf_counter()
-            _, kept, _ = embed_collection(
+            _, kept, _, _ = embed_collection(
                 model, meta.resize_size, meta.crop_size, paths, batch_size=args.batch_size, workers=args.workers
             )
             return len(kept) / (time.perf_counter() - t0)

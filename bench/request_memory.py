@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from PIL import Image
 from bench.harness import write_result
 from lambda_fn.contract.config import DEFAULT_MAX_UPLOAD_BYTES, Settings
 from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
+from lambda_fn.vision.imaging import MAX_BUFFERED_JPEG_SAMPLES
+from support.hostile_images import flat_jpeg, rle_bmp
 from support.service import REPO_ROOT
 
 WORK = REPO_ROOT / "bench" / ".work" / "request_memory"
@@ -73,12 +76,34 @@ def make_images(side: int) -> dict[str, bytes]:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotated 90°: the decoder must transpose
     progressive = _save(rgb, "JPEG", quality=85, progressive=True)
+    bmp_1, bmp_24 = min(side, 5900), min(side, 1200)
+    webp = min(side, 4000)  # WebP's own pixel cap, 16 MP
+    cmyk_progressive = _save(rgb.convert("CMYK"), "JPEG", quality=85, progressive=True)
+    # the largest progressive files under the sample cap: 4:4:4 colour and CMYK, square, whole 8x8 blocks
+    cap_444, cap_cmyk = (min(side, math.isqrt(MAX_BUFFERED_JPEG_SAMPLES // n) // 8 * 8) for n in (3, 4))
+    cmyk_at_cap = _save(rgb.crop((0, 0, cap_cmyk, cap_cmyk)).convert("CMYK"), "JPEG", quality=85, progressive=True)
     images = {
         "jpeg_baseline_rgb": _save(rgb, "JPEG", quality=85),
         "jpeg_progressive_10_scans": progressive,
         "jpeg_progressive_200_scans": with_many_scans(progressive, 200),
         "jpeg_exif_rotated": _save(rgb, "JPEG", quality=85, exif=exif),
         "jpeg_cmyk": _save(rgb.convert("CMYK"), "JPEG", quality=85),
+        "jpeg_progressive_grey": _save(Image.fromarray(g), "JPEG", quality=85, progressive=True),
+        "jpeg_progressive_444": _save(rgb, "JPEG", quality=85, progressive=True, subsampling=0),
+        "jpeg_progressive_cmyk": cmyk_progressive,
+        "jpeg_progressive_cmyk_32_scans": with_many_scans(cmyk_progressive, 32),
+        "jpeg_progressive_444_at_cap": _save(
+            rgb.crop((0, 0, cap_444, cap_444)), "JPEG", quality=85, progressive=True, subsampling=0
+        ),
+        "jpeg_progressive_cmyk_32_scans_at_cap": with_many_scans(cmyk_at_cap, 32),
+        "jpeg_multiscan_444": flat_jpeg(side, side, interleaved=False),  # sequential, one scan per component
+        "jpeg_multiscan_cmyk": flat_jpeg(side, side, components=4, interleaved=False),
+        "bmp_rle8": rle_bmp(side, 8),
+        "bmp_rle4": rle_bmp(side, 4),
+        # the largest uncompressed BMPs under the upload cap: 1 bit a pixel, and 24
+        "bmp_1bit": _save(Image.fromarray(g[:bmp_1, :bmp_1] > 127), "BMP"),
+        "bmp_24bit": _save(rgb.crop((0, 0, bmp_24, bmp_24)), "BMP"),
+        "webp_lossless_16mp": _save(rgb.crop((0, 0, webp, webp)), "WEBP", lossless=True, quality=0, method=0),
         "png_rgb": _save(rgb, "PNG", compress_level=9),
         "png_rgba": _save(Image.fromarray(np.dstack([np.asarray(rgb), g])), "PNG", compress_level=9),
         "png_la": _save(Image.fromarray(np.dstack([g, g.T])), "PNG", compress_level=9),

@@ -10,6 +10,8 @@ keyword arguments, so a wrong value stops ``cdk synth`` with a one-line error in
 - ``wafRateLimit``: requests per client IP per 5 minutes, enforced by AWS WAF on the API (default: off);
 - ``trustedModelSha256``: the only model the search service will load (default: any published model); 64 hex
   characters in either case;
+- ``modelSigningKey``: ``create`` (a new KMS signing key) or an existing key's ARN: the functions run only
+  models that key signed, and may only verify with it (``cdk.model_signing``; default: off);
 - ``snapStart``: ``true`` resumes search containers from a snapshot of an initialised one (default: off);
 - ``alarmEmail`` / ``alarmTopicArn``: where the alarms notify (an SNS topic the stack creates and subscribes
   the address to, or an existing topic); default: the alarms only show on the dashboard;
@@ -75,6 +77,7 @@ def stack_options(scope: Construct) -> dict[str, Any]:
             "alarm_email": _text(scope, "alarmEmail"),
             "alarm_topic_arn": _text(scope, "alarmTopicArn"),
         },
+        "model_signing_key": _text(scope, "modelSigningKey"),
         "tracing": _bool(scope, "tracing"),
         "collection_images": _int(scope, "collectionImages", None),
         "memory_quota_mb": NEW_ACCOUNT_MEMORY_MB if memory_quota_mb is None else memory_quota_mb,

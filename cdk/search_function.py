@@ -23,13 +23,14 @@ class SearchFunction(Construct):
     Tunables:
     - ``memory_mb``: 3008 by default. Lambda gives CPU in proportion to memory (one vCPU at 1,769 MB), and
       a ResNet34 forward pass is CPU-bound, so memory buys latency; 3008 MB is also the largest size a new
-      account may use before asking for a quota increase. A collection past ~890,000 images needs more for
+      account may use before asking for a quota increase. A collection past ~776,000 images needs more for
       its index pages: the stack sizes it from ``collectionImages`` (``cdk.sizing``), and refuses a size above
       the account's memory quota (``memory_quota_mb``).
     - ``timeout``: 120 s. A request's own work is bounded by the decode limits (``lambda_fn.vision.imaging``:
-      bytes, pixels, JPEG scans; about 2 s for the costliest image admitted), so the timeout instead covers
-      the slowest cold start supported: downloading, verifying and loading a 10^6-image index (about
-      2.7 GB) plus the model and warm-up. API Gateway answers 504 at 29 s, but the invocation goes on, the
+      bytes, pixels, JPEG scans and buffered samples, no RLE BMP; about 2 s and 280 MiB for the costliest image
+      admitted, which the memory size leaves room for), so the timeout instead covers the slowest cold start
+      supported: downloading, verifying and loading a 10^6-image index (about 2.7 GB) plus the model and
+      warm-up. API Gateway answers 504 at 29 s, but the invocation goes on, the
       container finishes loading and stays warm, and the page retries. With 30 s such a load would be
       killed every time and the service would never come up. (``load_on_import`` stays false because the
       init phase of on-demand functions is capped at about 10 s.)

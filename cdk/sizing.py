@@ -10,8 +10,9 @@ alarm goes off as the collection nears it.
 
 The per-image figures are the fit ``python -m bench.reindex`` wrote to ``bench/results/reindex_fit.json``
 (peak RSS and file sizes, measured from 10^4 to 10^6 vectors) and the search process's resident memory with
-the CPU-only torch wheel (``python -m bench.memory``, docs/benchmarks.md "Memory"); the drain's allowance
-comes from ``python -m bench.ingest`` (``bench/results/ingest.json``) and ``bench/results/reindex.json``.
+the CPU-only torch wheel (``python -m bench.memory``, docs/benchmarks.md "Memory"), plus the costliest
+request's decode (``python -m bench.request_memory``); the drain's allowance comes from
+``python -m bench.ingest`` (``bench/results/ingest.json``) and ``bench/results/reindex.json``.
 tests/cdk/test_sizing.py fails when a rerun of the benchmarks moves them past what is written here.
 docs/scaling.md explains the limits and what takes over past them.
 """
@@ -51,6 +52,9 @@ MODEL_ALLOWANCE_MIB = 128
 
 # The search process's resident memory with the CPU-only wheel before any index (fp32 model, 240 images).
 SEARCH_BASE_MIB = 388
+# What one request's decode may add on top: the costliest image the decode limits admit
+# (``python -m bench.request_memory``, bench/results/request_memory.json; docs/benchmarks.md "Request memory").
+DECODE_ALLOWANCE_MIB = 288
 
 # Margin on every estimate: the fit is linear and measured on one machine.
 HEADROOM = 1.10
@@ -77,8 +81,9 @@ def _mib(n_bytes: float) -> float:
 # ``sizes_for`` solves for a size and ``capacity`` for a number of images.
 _BUILD_MIB_PER_IMAGE = _mib(INDEX_BYTES_PER_IMAGE + KEYS_BYTES_PER_IMAGE)
 _NEEDS: dict[str, tuple[float, float]] = {
-    # One index resident: during a swap the old build's pages are evicted as the new one's are read.
-    "search_memory_mb": (SEARCH_BASE_MIB, _BUILD_MIB_PER_IMAGE),
+    # One index resident (during a swap the old build's pages are evicted as the new one's are read), and the
+    # costliest request's decode beside it.
+    "search_memory_mb": (SEARCH_BASE_MIB + DECODE_ALLOWANCE_MIB, _BUILD_MIB_PER_IMAGE),
     # Two builds side by side while a swap holds both, plus the model.
     "search_ephemeral_storage_mb": (MODEL_ALLOWANCE_MIB, 2 * _BUILD_MIB_PER_IMAGE),
     # The merge and the Annoy build, and room to drain the photos that waited for a model first.

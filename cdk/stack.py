@@ -14,6 +14,7 @@ from cdk.api import SearchApi
 from cdk.artifacts import Artifacts
 from cdk.backfill import Backfill
 from cdk.ingest import Ingest
+from cdk.model_signing import ModelSigning
 from cdk.monitoring import Monitoring
 from cdk.reindex import Reindex
 from cdk.search_function import SNAP_START_MAX_EPHEMERAL_STORAGE_MB, SearchFunction
@@ -39,7 +40,8 @@ class DeepFoodStack(cdk.Stack):
     given in ``function_options`` or ``reindex_options`` win over it. The CollectionSize alarm goes off when
     the live build nears what the deployed sizes hold. ``memory_quota_mb`` is the most memory the account may
     give a function (a new account's 3,008 MB by default); a function sized above it is refused here, naming the
-    quota to ask AWS for, rather than failing the deploy.
+    quota to ask AWS for, rather than failing the deploy. ``model_signing_key`` (``create`` or a KMS key ARN)
+    makes every function run only models that key signed, with ``kms:Verify`` as their only use of it.
 
     ``vector_store="s3vectors"`` (``-c vectorStore=s3vectors``) keeps the vectors in Amazon S3 Vectors instead
     (``cdk.vectors``): ingest writes each batch into the model's index, search queries it (a small ``/tmp``,
@@ -72,6 +74,7 @@ class DeepFoodStack(cdk.Stack):
         memory_quota_mb: int = NEW_ACCOUNT_MEMORY_MB,
         vector_store: str = ANNOY,
         vector_dimension: int = DEFAULT_VECTOR_DIMENSION,
+        model_signing_key: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
@@ -159,6 +162,11 @@ class DeepFoodStack(cdk.Stack):
                     )
                 ],
             )
+        # One key binds all three: none of them may run a model the others would refuse.
+        signing = ModelSigning(self, "ModelSigning", key=model_signing_key) if model_signing_key else None
+        if signing is not None:
+            for function in (search.function, ingest.function, reindex.function):
+                signing.allow_verify(function)
         # Largest first, so the quota a refusal asks for covers every function.
         sized = sorted({"search": search, "ingest": ingest, "reindex": reindex}.items(), key=lambda f: -f[1].memory_mb)
         for name, function in sized:
@@ -231,8 +239,16 @@ class DeepFoodStack(cdk.Stack):
             value=(
                 "python -m ops.upload --artifacts artifacts/ --images <DIR> "
                 f"--bucket {artifacts.bucket.bucket_name} --prefix {artifacts.prefix}"
+                + (f" --signing-key {signing.key.key_arn}" if signing is not None else "")
             ),
         )
+        if signing is not None:
+            cdk.CfnOutput(
+                self,
+                "ModelSigningKeyArn",
+                value=signing.key.key_arn,
+                description="Models must be signed with it (ops.upload --signing-key); the publisher needs kms:Sign",
+            )
         cdk.CfnOutput(
             self,
             "DashboardUrl",

@@ -9,12 +9,18 @@ Order matters, so that a reader never sees a manifest that points at objects tha
 2. model, index and key map under ``<prefix>/builds/<build id>/`` (content-addressed: an upload never
    overwrites what a running service is reading);
 3. ``<prefix>/manifest.json`` last, naming those build files: this one small PUT switches readers over
-   (``lambda_fn.storage.publish``, the contract the reindex function publishes by too).
+   (``lambda_fn.storage.publish``, the contract the reindex function publishes by too). It is conditional on
+   the manifest read before step 1: when a reindex published a newer build meanwhile, that build stays live,
+   the upload says so and exits non-zero, and a re-run (which uploads nothing twice) publishes this one.
 
     python -m ops.upload --new-model artifacts/model.pt --bucket B --prefix deepfood
 
 announces a new model to a deployment whose collection keeps itself indexed instead (``models/``); the live
 build keeps serving until a backfill has re-embedded the collection with it and a reindex publishes it.
+
+With ``--signing-key KEY`` (a KMS asymmetric key the publisher may ``kms:Sign`` with), either run first signs
+the model's sha256 and writes ``models/<sha256>/signature.json`` (``lambda_fn.storage.signing``), before the
+manifest or pointer names the model: a deployment with ``model_signing_key`` runs no model without it.
 """
 
 from __future__ import annotations
@@ -42,9 +48,10 @@ from lambda_fn.contract.manifest import (
     read_keys,
 )
 from lambda_fn.storage.errors import ArtifactError
-from lambda_fn.storage.publish import publish_build
-from lambda_fn.storage.records import POINTER_FILE, ModelPointer, model_key
-from lambda_fn.storage.store import S3Store, s3_client
+from lambda_fn.storage.publish import NO_MANIFEST, build_folder, publish_build
+from lambda_fn.storage.records import POINTER_FILE, ModelPointer, model_key, read_manifest, read_pointer
+from lambda_fn.storage.signing import sign_model, signature_key
+from lambda_fn.storage.store import PreconditionFailed, S3Store, s3_client
 from lambda_fn.vision.engine import load_model
 from training.build_index import Sources, named_source
 from training.cli import run
@@ -52,6 +59,37 @@ from training.cli import run
 # An upload from a workstation retries a passing throttle more often than a Lambda function would.
 UPLOAD_ATTEMPTS = 5
 TRANSFER = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=16 << 20, max_concurrency=8)
+
+
+class NewerBuildWon(RuntimeError):
+    """The live manifest changed while the upload ran: the newer build stays live, nothing was overwritten."""
+
+    def __init__(self, store: S3Store, ours: Manifest):
+        published = read_manifest(store, missing_ok=True)
+        theirs = (
+            f"build {published[0].build_id} ({published[0].count} images, built {published[0].built_at})"
+            if published
+            else "a change (the manifest was removed)"
+        )
+        super().__init__(
+            f"a newer build won: {theirs} was published to {store.describe(MANIFEST_FILE)} while this upload ran, "
+            f"and stays live; nothing was overwritten. This build ({ours.build_id}, {ours.count} images) is "
+            f"uploaded under {store.describe(build_folder(ours))} but not published: run the upload again to "
+            "publish it over the newer one (nothing is uploaded twice), or leave the newer build live"
+        )
+
+
+class NewerModelWon(RuntimeError):
+    """``models/current.json`` changed while the model uploaded: the model announced meanwhile stays."""
+
+    def __init__(self, store: S3Store, ours: str):
+        theirs = read_pointer(store)
+        named = f"model {theirs.model_sha256[:12]}…" if theirs else "a change (the pointer was removed)"
+        super().__init__(
+            f"another model was announced meanwhile: {named} in {store.describe(POINTER_FILE)} stays; nothing "
+            f"was overwritten. Model {ours[:12]}… is uploaded to {store.describe(model_key(ours))} but not "
+            "announced: run the command again to announce it over the other one"
+        )
 
 
 @dataclass
@@ -127,38 +165,72 @@ def verify_local(artifacts: Path) -> Manifest:
     return manifest
 
 
+def sign(store: S3Store, sha256: str, signing_key: str, kms=None) -> None:
+    """The publisher's signature over the model, where every function looks for it."""
+    signature = sign_model(sha256, signing_key, kms=kms)
+    store.put(signature_key(sha256), signature.model_dump_json(indent=2).encode())
+
+
 def upload(
-    artifacts: Path, images: Path | Sources | None, bucket: str, prefix: str, *, client=None, workers: int = 8
+    artifacts: Path,
+    images: Path | Sources | None,
+    bucket: str,
+    prefix: str,
+    *,
+    client=None,
+    workers: int = 8,
+    signing_key: str | None = None,
+    kms=None,
 ) -> UploadReport:
-    """Upload a build; with ``images`` (the folder, or the sources, it was built from) its images first."""
+    """Upload a build; with ``images`` (the folder, or the sources, it was built from) its images first. The
+    manifest is published only if it is still the one read before the upload began; else ``NewerBuildWon``."""
     prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
     manifest = verify_local(artifacts)
     client = client or s3_client(max_attempts=UPLOAD_ATTEMPTS)
+    store = S3Store(bucket, prefix, client)
+    live = store.head(MANIFEST_FILE)  # the version this upload replaces: only its ETag, so a broken one may be fixed
     report = UploadReport()
+    if signing_key:
+        sign(store, manifest.model_sha256, signing_key, kms)
     if images is not None:
         entries = read_keys(artifacts / manifest.keys_file)
         sources = images if isinstance(images, Sources) else Sources.folder(images)
         upload_images(client, bucket, prefix, sources, entries, workers, report)
     total = sum((artifacts / name).stat().st_size for _, name, _ in manifest.files(with_collection=True))
     with tqdm(total=total, desc="artifacts", unit="B", unit_scale=True, dynamic_ncols=True) as bar:
-        _, published = publish_build(S3Store(bucket, prefix, client), artifacts, manifest, progress=bar.update)
+        try:
+            _, published = publish_build(
+                store, artifacts, manifest, expected_etag=live.etag if live else NO_MANIFEST, progress=bar.update
+            )
+        except PreconditionFailed:
+            raise NewerBuildWon(store, manifest) from None
     report.uploaded_artifacts, report.skipped_artifacts = published.uploaded, published.skipped
     report.manifest_key = prefix + MANIFEST_FILE
     return report
 
 
-def announce_model(model: Path, bucket: str, prefix: str, *, client) -> ModelPointer:
+def announce_model(
+    model: Path, bucket: str, prefix: str, *, client, signing_key: str | None = None, kms=None
+) -> ModelPointer:
     """Upload a new model to ``models/<sha256>/model.pt`` and name it in ``models/current.json``.
 
     The live build keeps serving; ingest embeds new photos with both models from now on, a backfill
     re-embeds the collection with the new one, and the reindex after it publishes the new model's build.
+    Like a build's manifest, the pointer is written only over the one read first: ``NewerModelWon`` otherwise.
     """
     load_model(model)  # refuse a file the service could not load before anyone depends on it
     sha = file_sha256(model)
     store = S3Store(bucket, prefix, client)
+    current = store.head(POINTER_FILE)
     store.upload_file(model, model_key(sha))
+    if signing_key:
+        sign(store, sha, signing_key, kms)
     pointer = ModelPointer(model_file=model_key(sha), model_sha256=sha)
-    store.put(POINTER_FILE, pointer.model_dump_json(indent=2).encode())
+    condition = {"if_match": current.etag} if current else {"if_none_match": True}
+    try:
+        store.put(POINTER_FILE, pointer.model_dump_json(indent=2).encode(), **condition)
+    except PreconditionFailed:
+        raise NewerModelWon(store, sha) from None
     return pointer
 
 
@@ -191,6 +263,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="instead of a build: announce this exported model for a deployment whose collection keeps "
         "itself indexed (then run the backfill); the live build serves until the new one covers it",
     )
+    p.add_argument(
+        "--signing-key",
+        default=None,
+        metavar="KMS_KEY",
+        help="sign the model with this KMS asymmetric key (ARN or alias/NAME; needs kms:Sign on it), as a "
+        "deployment with DEEPFOOD_MODEL_SIGNING_KEY requires; the stack's ModelSigningKeyArn output names it",
+    )
     return p
 
 
@@ -199,14 +278,22 @@ def main(args: argparse.Namespace) -> int:
     if args.new_model is not None:
         if not args.new_model.is_file():
             raise FileNotFoundError(f"model {args.new_model} does not exist; export one with training.export")
-        pointer = announce_model(args.new_model, args.bucket, args.prefix, client=client)
+        pointer = announce_model(args.new_model, args.bucket, args.prefix, client=client, signing_key=args.signing_key)
         print(
             f"model {pointer.model_sha256[:12]}… uploaded to s3://{args.bucket}/{args.prefix.strip('/')}/"
             f"{pointer.model_file}; run the backfill (python -m ops.backfill) to re-embed the collection"
         )
         return 0
     images = Sources.parse(args.images) if args.images else None
-    report = upload(args.artifacts, images, args.bucket, args.prefix, client=client, workers=args.workers)
+    report = upload(
+        args.artifacts,
+        images,
+        args.bucket,
+        args.prefix,
+        client=client,
+        workers=args.workers,
+        signing_key=args.signing_key,
+    )
     print(
         f"uploaded {report.uploaded_images} images ({report.skipped_images} already there), "
         f"{report.uploaded_artifacts} artifacts ({report.skipped_artifacts} already there); "
@@ -216,6 +303,11 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ClientError) and exc.operation_name == "Sign":
+        return (
+            f"KMS did not sign the model: {exc}. --signing-key must name an ECC_NIST_P256 SIGN_VERIFY key that "
+            "your credentials may use with kms:Sign; nothing was published."
+        )
     if isinstance(exc, ClientError | BotoCoreError):
         return (
             f"S3 upload failed: {exc}. Check the bucket name, credentials and --endpoint-url; "
@@ -225,7 +317,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    expected = (FileNotFoundError, ValueError, ClientError, BotoCoreError, ArtifactError)
+    expected = (FileNotFoundError, ValueError, ClientError, BotoCoreError, ArtifactError, NewerBuildWon, NewerModelWon)
     return run(main, get_args_parser(), argv, expected, _describe)
 
 

@@ -24,6 +24,7 @@ from tests.helpers import (
     SAMPLE_PER_CLASS,
     SAMPLE_SIZE,
     UploadedBuild,
+    build_index,
     tiny_train_args,
 )
 
@@ -76,26 +77,8 @@ def model_path(checkpoint_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def artifacts_dir(model_path, sample_dir, tmp_path_factory) -> Path:
-    from training.build_index import get_args_parser, main
-
     out = tmp_path_factory.mktemp("artifacts")
-    args = get_args_parser().parse_args(
-        [
-            "--images",
-            str(sample_dir),
-            "--model",
-            str(model_path),
-            "--out",
-            str(out),
-            "--workers",
-            "0",
-            "--n-trees",
-            str(INDEX_TREES),
-            "--save-embeddings",
-        ]
-    )
-    assert main(args) == 0
-    return out
+    return build_index(sample_dir, model_path, out, "--n-trees", str(INDEX_TREES), "--save-embeddings")
 
 
 @pytest.fixture(scope="session")

@@ -144,8 +144,8 @@ class FlakyStore(Store):
     def copy(self, source, destination):
         return self.inner.copy(source, destination)
 
-    def delete(self, key):
-        return self.inner.delete(key)
+    def delete(self, key, **kw):
+        return self.inner.delete(key, **kw)
 
     def list(self, prefix=""):
         return self.inner.list(prefix)

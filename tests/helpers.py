@@ -1,5 +1,6 @@
 """Helpers shared by the test suites: the session fixtures' facts, saved events, sample images, the tiny
-training run, ``python -m``, the JSON error check and the uploaded-build handle.
+training run, an index build, a collection holding a copy of one photo, ``python -m``, the JSON error check and
+the uploaded-build handle.
 
 Free ports, the local server as a subprocess and the Lambda context are in ``bench.harness``; fakes that
 really run (a slow TCP proxy, a flaky S3 client) are in ``tests.fakes``.
@@ -130,3 +131,27 @@ class UploadedBuild:
     def key(self, name: str) -> str:
         """The object key of ``name`` (a manifest file name, or ``manifest.json``) under the prefix."""
         return f"{self.prefix}/{name}"
+
+
+def with_copy(sample_dir: Path, images: Path) -> tuple[str, str]:
+    """Eight sample photos in ``images``, plus a re-encoded, shrunk and 5% cropped copy of the first."""
+    keys = sorted(p.relative_to(sample_dir) for p in sample_dir.rglob("*.jpg"))[::7][:8]
+    for key in keys:
+        (images / key).parent.mkdir(parents=True, exist_ok=True)
+        (images / key).write_bytes((sample_dir / key).read_bytes())
+    original = Image.open(sample_dir / keys[0]).convert("RGB")
+    w, h = original.size
+    copy = original.crop((w // 40, h // 40, w - w // 40, h - h // 40)).resize((w * 3 // 4, h * 3 // 4))
+    buf = io.BytesIO()
+    copy.save(buf, "JPEG", quality=70)
+    (images / keys[0].parent / "copy.jpg").write_bytes(buf.getvalue())
+    return keys[0].as_posix(), f"{keys[0].parent.as_posix()}/copy.jpg"
+
+
+def build_index(images: Path, model: Path, out: Path, *extra: str) -> Path:
+    """``training.build_index`` of the folder ``images`` with ``model`` into ``out``, in this process."""
+    from training.build_index import get_args_parser, main
+
+    args = ["--images", str(images), "--model", str(model), "--out", str(out), "--workers", "0", *extra]
+    assert main(get_args_parser().parse_args(args)) == 0
+    return out

@@ -9,11 +9,12 @@ with the labels of its metadata, any other folder every image under it labelled 
 the image's path relative to its source (Food-101: to the folder holding ``meta/``), after ``NAME/`` for a
 named source, so keys from different sources cannot collide; ``keys.json`` records each image's source.
 
-Writes ``index.ann``, ``keys.json`` (id -> key, label, source), ``collection.npz`` (the embeddings with each
-file's MD5 and time, which a reindex in AWS merges new photos into), optionally ``embeddings.npy``, copies
-the model in when it is elsewhere, and writes ``manifest.json`` last (``lambda_fn.vision.indexing.write_build``,
-which the reindex function builds with too). Ids are dense 0..n-1 in sorted key order; a file that cannot
-be read is skipped and listed, never fatal; an image its metadata lists but that is not on disk is reported.
+Writes ``index.ann``, ``keys.json`` (id -> key, label, source, perceptual hash), ``collection.npz`` (the
+embeddings with each file's MD5, time and hash, which a reindex in AWS merges new photos into), optionally
+``embeddings.npy``, copies the model in when it is elsewhere, and writes ``manifest.json`` last
+(``lambda_fn.vision.indexing.write_build``, which the reindex function builds with too). Ids are dense 0..n-1
+in sorted key order; a file that cannot be read is skipped and listed, never fatal; an image its metadata
+lists but that is not on disk is reported.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from lambda_fn.contract.shards import Added, EventOrder, Shard
 from lambda_fn.storage.artifacts import ArtifactError
 from lambda_fn.vision.engine import load_model
 from lambda_fn.vision.indexing import DEFAULT_N_TREES, DEFAULT_SEARCH_K, DEFAULT_SEED, write_build
+from lambda_fn.vision.phash import perceptual_hash, to_hex
 from training.cli import run
 from training.data import Sample, detect_layout, eval_transform, food101_base, list_images, load_labelled, make_loader
 
@@ -186,32 +188,34 @@ def scan_collection(root: Path) -> Collection:
 @torch.inference_mode()
 def embed_collection(
     model, resize_size: int, crop_size: int, paths: list[Path], *, batch_size: int, workers: int
-) -> tuple[np.ndarray, list[int], list[str]]:
-    """Embed ``paths`` in order; returns (vectors, positions embedded, paths skipped)."""
+) -> tuple[np.ndarray, list[int], list[str], list[str]]:
+    """Embed ``paths`` in order; returns (vectors, positions embedded, paths skipped, the perceptual hash of each
+    embedded image's prepared crop)."""
     samples = [Sample(p, i) for i, p in enumerate(paths)]  # label slot carries the position
     loader = make_loader(
         samples, eval_transform(resize_size, crop_size), batch_size=batch_size, workers=workers, shuffle=False
     )
-    chunks, kept, skipped = [], [], []
+    chunks, kept, skipped, hashes = [], [], [], []
     with tqdm(total=len(paths), desc="embedding", unit="img", dynamic_ncols=True) as bar:
         for images, positions, _, bad in loader:
             skipped += bad
             if images is not None:
                 chunks.append(model(images).numpy().astype(np.float32, copy=False))
                 kept += positions.tolist()
+                hashes += [to_hex(perceptual_hash(a)) for a in images.numpy()]
             bar.update(len(bad) + (0 if images is None else len(images)))
     dim = chunks[0].shape[1] if chunks else 0
-    return (np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)), kept, skipped
+    return (np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)), kept, skipped, hashes
 
 
-def collection_shard(collection: Collection, kept: list[int], vectors: np.ndarray) -> Shard:
-    """The build's collection as an embedding shard: each file's MD5 (its S3 ETag once uploaded) and
-    modification time, so a later reindex in AWS merges new uploads into it by the same rules."""
+def collection_shard(collection: Collection, kept: list[int], vectors: np.ndarray, hashes: list[str]) -> Shard:
+    """The build's collection as an embedding shard: each file's MD5 (its S3 ETag once uploaded), modification
+    time and perceptual hash, so a later reindex in AWS merges new uploads into it by the same rules."""
     added = []
-    for i in kept:
+    for i, phash in zip(kept, hashes, strict=True):
         path, entry = collection.paths[i], collection.entries[i]
         order = EventOrder.at(path.stat().st_mtime)
-        added.append(Added(entry.key, entry.label, file_digest(path, "md5"), order, entry.source))
+        added.append(Added(entry.key, entry.label, file_digest(path, "md5"), order, entry.source, phash))
     return Shard(added=added, vectors=vectors)
 
 
@@ -276,7 +280,7 @@ def main(args: argparse.Namespace) -> int:
     collection = scan_sources(sources)
     log.info("embedding %d images from %s at %dpx", len(collection.paths), collection.sources, meta.crop_size)
     start = time.perf_counter()
-    vectors, kept, skipped = embed_collection(
+    vectors, kept, skipped, hashes = embed_collection(
         model, meta.resize_size, meta.crop_size, collection.paths, batch_size=args.batch_size, workers=args.workers
     )
     embed_s = time.perf_counter() - start
@@ -286,7 +290,7 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"none of the {len(collection.paths)} images of {collection.sources} could be read")
     entries = [collection.entries[i] for i in kept]
 
-    shard = collection_shard(collection, kept, vectors)
+    shard = collection_shard(collection, kept, vectors, hashes)
     start = time.perf_counter()
     with tqdm(total=len(entries), desc="indexing", unit="vec", dynamic_ncols=True, leave=False) as bar:
         write_build(
@@ -303,6 +307,7 @@ def main(args: argparse.Namespace) -> int:
             save_embeddings=args.save_embeddings,
             versions={"torch": torch.__version__, "model_weights_sha256": meta.weights_sha256},
             progress=bar.update,
+            hashes=hashes,
         )
     build_s = time.perf_counter() - start
     size = (args.out / INDEX_FILE).stat().st_size

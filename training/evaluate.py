@@ -6,9 +6,12 @@
 Reports, for labelled collections, precision@k and mAP@k of same-label neighbours (a query that is itself
 in the index is left out of its own results), overall and per source; Annoy recall@10 against exact
 brute-force search over the same vectors at several ``search_k`` values, with per-query latency; a contact
-sheet PNG; a JSON report. Without ``--queries`` every indexed image is used as a query. It also lists the
-near-duplicate groups in the index: images whose cosine is above the service's dedupe threshold, which the
-search collapses into one result.
+sheet PNG; a JSON report. Without ``--queries`` every indexed image is used as a query.
+
+Beside the exact ranking it reports what users get: precision and mAP of the search service's own ranking
+(``lambda_fn.search.pipeline.rank``) with its default options, copies of one picture collapsed, and with
+``dedupe=false``; on a collection without true duplicates the two are equal. It also lists the groups of
+indexed images the service's dedupe treats as one picture (``lambda_fn.vision.phash.same_picture``).
 
 Each source keeps its own taxonomy: a neighbour is relevant when it has the query's source and label, or
 when ``--label-map`` pairs the two labels. That file is CSV with the header
@@ -29,11 +32,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
-from lambda_fn.contract.config import DEFAULT_DEDUPE_SIMILARITY
+from lambda_fn.contract.config import Settings
 from lambda_fn.contract.manifest import EMBEDDINGS_FILE
+from lambda_fn.search.pipeline import SearchOptions, rank
 from lambda_fn.storage.artifacts import ArtifactError, fetch
 from lambda_fn.vision.engine import Engine
 from lambda_fn.vision.indexing import exact_top_k, recall_at_k
+from lambda_fn.vision.phash import same_picture
 from training.build_index import Sources, embed_collection, named_source, scan_sources
 from training.cli import run
 from training.data import MetadataError
@@ -144,11 +149,42 @@ def annoy_sweep(
     return rows
 
 
-def near_duplicates(
-    engine: Engine, threshold: float = DEFAULT_DEDUPE_SIMILARITY, neighbours: int = 10, listed: int = 20
-) -> dict:
-    """Groups of indexed images joined by a cosine above ``threshold`` (each image against its ``neighbours``
-    nearest in the index), largest first; prints them as the report's near-duplicate section."""
+def service_ranking(
+    engine: Engine, queries: np.ndarray, exclude: list[int | None], options: SearchOptions, settings: Settings
+) -> np.ndarray:
+    """The ids the search service answers each query with (``rank``, the code every endpoint uses), shape
+    (queries, k); -1 where a page came back shorter than k."""
+    out = np.full((len(queries), options.k), -1, dtype=np.int64)
+    for q, (vector, ex) in enumerate(zip(queries, exclude, strict=True)):
+        found = [nb.id for nb in rank(engine, vector, options, settings, exclude=ex).neighbours]
+        out[q, : len(found)] = found
+    return out
+
+
+def service_quality(
+    engine: Engine,
+    queries: np.ndarray,
+    exclude: list[int | None],
+    taxa: tuple[list[Taxon], list[Taxon]],
+    settings: Settings,
+    label_map: set[tuple[Taxon, Taxon]] = frozenset(),
+) -> dict[str, dict[str, float]]:
+    """P@k and mAP@k of the service's ranking with its default options (dedupe on) and with ``dedupe=false``;
+    ``taxa`` is (index taxa, query taxa)."""
+    out = {}
+    for name, dedupe in (("defaults", True), ("dedupe_off", False)):
+        ids = service_ranking(engine, queries, exclude, SearchOptions(k=max(KS), dedupe=dedupe), settings)
+        relevant, n_relevant = relevance(*taxa, np.maximum(ids, 0), exclude, label_map)
+        out[name] = retrieval_quality(relevant & (ids >= 0), n_relevant)
+    return out
+
+
+def near_duplicates(engine: Engine, settings: Settings, neighbours: int = 10, listed: int = 20) -> dict:
+    """Groups of indexed images the service's dedupe treats as one picture (``same_picture`` of each image and
+    its ``neighbours`` nearest), largest first; prints them as the report's near-duplicate section."""
+    if engine.dedupe_off is not None:
+        print(f"near-duplicates: the search collapses none ({engine.dedupe_off})")
+        return {"enabled": False, "reason": engine.dedupe_off, "groups": 0, "images": 0, "largest": []}
     count = engine.manifest.count
     parent = list(range(count))
 
@@ -158,33 +194,32 @@ def near_duplicates(
             i = parent[i]
         return i
 
-    closest: dict[int, float] = {}
+    joined: set[int] = set()
     for i in range(count):
-        ids, distances = engine.index.get_nns_by_item(i, neighbours + 1, include_distances=True)
-        for j, d in zip(ids, distances, strict=True):
-            cos = 1.0 - d * d / 2.0
-            if j != i and cos > threshold:
+        ids = [j for j in engine.index.get_nns_by_item(i, neighbours + 1) if j != i]
+        for j in ids:
+            pair = engine.picture_hashes([i, j])
+            vectors = np.stack([engine.vector(i), engine.vector(j)])
+            kw = {"max_distance": settings.dedupe_max_distance, "min_similarity": settings.dedupe_similarity}
+            if same_picture(pair, vectors, **kw)[1] is not None:
                 parent[root(i)] = root(j)
-                for member in (i, j):
-                    closest[member] = max(closest.get(member, -1.0), cos)
+                joined |= {i, j}
     members: dict[int, list[int]] = {}
-    for i in closest:
+    for i in joined:
         members.setdefault(root(i), []).append(i)
     groups = sorted((sorted(g) for g in members.values()), key=lambda g: (-len(g), g[0]))
-    rows = [
-        {"keys": [engine.keys[i].key for i in g], "max_similarity": round(max(closest[i] for i in g), 4)}
-        for g in groups
-    ]
+    rows = [{"keys": [engine.keys[i].key for i in g]} for g in groups]
     print(
-        f"near-duplicates (cosine > {threshold:g}, the search collapses them): {len(groups)} groups, "
+        f"near-duplicates (the same picture: perceptual hash within {settings.dedupe_max_distance} bits, cosine >= "
+        f"{settings.dedupe_similarity:g}; the search collapses them): {len(groups)} groups, "
         f"{sum(len(g) for g in groups)} images"
     )
     for row in rows[:listed]:
-        print(
-            f"  {row['max_similarity']:.4f}  " + ", ".join(row["keys"][:6]) + (" ..." if len(row["keys"]) > 6 else "")
-        )
+        print("  " + ", ".join(row["keys"][:6]) + (" ..." if len(row["keys"]) > 6 else ""))
     return {
-        "threshold": threshold,
+        "enabled": True,
+        "max_distance": settings.dedupe_max_distance,
+        "min_similarity": settings.dedupe_similarity,
         "groups": len(groups),
         "images": sum(len(g) for g in groups),
         "largest": rows[:listed],
@@ -255,6 +290,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
+    settings = Settings(artifacts_uri=str(args.artifacts))  # the service's settings (DEEPFOOD_* variables)
     label_map = read_label_map(args.label_map) if args.label_map else set()
     fetched = fetch(str(args.artifacts), args.artifacts)
     engine = Engine.from_files(fetched.manifest, fetched.model, fetched.index, fetched.keys)
@@ -271,7 +307,7 @@ def main(args: argparse.Namespace) -> int:
         collection = scan_sources(Sources.parse(args.queries))
         chosen = spread([e.source or "" for e in collection.entries], args.max_queries)
         paths = [collection.paths[i] for i in chosen]
-        queries, kept, _ = embed_collection(
+        queries, kept, _, _ = embed_collection(
             engine.model, engine.meta.resize_size, engine.meta.crop_size, paths, batch_size=32, workers=0
         )
         entries = [collection.entries[chosen[i]] for i in kept]
@@ -297,6 +333,7 @@ def main(args: argparse.Namespace) -> int:
     ladder = [int(s) for s in args.search_k.split(",") if s] or sorted(
         {m.n_trees * k_max, 500, 1000, 2000, 5000, 10000, 20000, 50000, m.search_k}
     )
+    served = service_quality(engine, queries, exclude, (index_taxa, q_taxa), settings, label_map)
     sweep = annoy_sweep(engine, queries, exclude, exact, ladder, k_max)
     t0 = time.perf_counter()
     for q in queries[:200]:
@@ -308,16 +345,22 @@ def main(args: argparse.Namespace) -> int:
         "n_trees": m.n_trees,
         "default_search_k": m.search_k,
         "retrieval": quality,
+        "service_retrieval": served,
         "retrieval_by_source": by_source,
         "label_map": _label_map_report(args.label_map, label_map, set(index_taxa) | set(q_taxa)),
         "annoy": sweep,
         "exact_p_mean_ms": exact_ms,
     }
-    report["near_duplicates"] = near_duplicates(engine)
+    report["near_duplicates"] = near_duplicates(engine, settings)
     out = args.out or args.artifacts / "evaluation.json"
     out.write_text(json.dumps(report, indent=2))
     print(f"{len(queries)} queries against {m.count} images (n_trees={m.n_trees})")
-    print("  " + "  ".join(f"{k}={v:.3f}" for k, v in quality.items()))
+    for name, row in (
+        ("exact", quality),
+        ("service, defaults", served["defaults"]),
+        ("service, no dedupe", served["dedupe_off"]),
+    ):
+        print(f"  {name + ':':<20}" + "  ".join(f"{k}={v:.3f}" for k, v in row.items()))
     if len(by_source) > 1 or "(none)" not in by_source:
         for source, row in by_source.items():
             metrics = "  ".join(f"{k}={v:.3f}" for k, v in row.items() if k != "queries")

@@ -6,6 +6,7 @@ Distributed Map batches; ``ingest_with_settings`` picks its models and limits) a
 
 - Each image is decoded with the same ``prepare()`` as queries and indexing, and embedded with the live
   model, and also with the model named in ``models/current.json`` when a new one is waiting to go live.
+  The prepared crop's perceptual hash (``lambda_fn.vision.phash``) is recorded with it, for the dedupe.
 - A batch whose shard already exists (same events, same model) is recognised and not embedded again, so
   at-least-once delivery and re-run backfills add nothing twice.
 - A corrupt, unsupported or oversized image is *skipped* with its reason, recorded in the shard, and never
@@ -41,6 +42,7 @@ from lambda_fn.storage.store import NotFound, Store
 from lambda_fn.storage.vectors import VectorStoreError
 from lambda_fn.vision.imaging import ImageError, load_for_model
 from lambda_fn.vision.models import LoadedModel, target_models
+from lambda_fn.vision.phash import perceptual_hash, to_hex
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +208,12 @@ def ingest(
                 arrays.append(decoded)
                 kept.append(change)
         vectors = _embed(model, arrays)
+        hashes = [to_hex(perceptual_hash(a)) for a in arrays]
         shard = Shard(
-            added=[Added(c.key, c.label or label_of(c.key), c.etag, c.order) for c in kept],
+            added=[
+                Added(c.key, c.label or label_of(c.key), c.etag, c.order, phash=h)
+                for c, h in zip(kept, hashes, strict=True)
+            ],
             vectors=vectors,
             removed=[Removed(c.key, c.order) for c in removed],
             skipped=model_skipped,
@@ -251,13 +257,18 @@ def ingest_for_targets(
     max_bytes: int,
     max_pixels: int,
     trusted_model_sha256: str | None = None,
+    model_signing_key: str | None = None,
     newest_model_only: bool = False,
     writer: VectorWriter | None = None,
 ) -> IngestReport:
     """``ingest`` with the models new embeddings are made with now (``target_models``): the live one and an
     announced one, or with ``newest_model_only`` (a backfill) only the model that is to go live."""
     models = target_models(
-        artifacts, cache_dir, trusted_model_sha256=trusted_model_sha256, newest_only=newest_model_only
+        artifacts,
+        cache_dir,
+        trusted_model_sha256=trusted_model_sha256,
+        model_signing_key=model_signing_key,
+        newest_only=newest_model_only,
     )
     return ingest(
         changes,
@@ -289,6 +300,7 @@ def ingest_with_settings(
         max_bytes=settings.max_ingest_bytes,
         max_pixels=settings.max_image_pixels,
         trusted_model_sha256=settings.trusted_model_sha256,
+        model_signing_key=settings.model_signing_key,
         newest_model_only=newest_model_only,
         writer=writer,
     )
@@ -349,6 +361,7 @@ def ingest_pending(
     max_bytes: int,
     max_pixels: int,
     trusted_model_sha256: str | None = None,
+    model_signing_key: str | None = None,
 ) -> set[str]:
     """Changes that waited for a model (``lambda_fn.collection.pending.drain``), ingested with the models new
     events get now; returns the keys that failed for a reason that may pass."""
@@ -361,5 +374,6 @@ def ingest_pending(
         max_bytes=max_bytes,
         max_pixels=max_pixels,
         trusted_model_sha256=trusted_model_sha256,
+        model_signing_key=model_signing_key,
     )
     return set(report.failed)

@@ -41,7 +41,7 @@ import numpy as np
 from annoy import AnnoyIndex
 
 from lambda_fn.collection import pending
-from lambda_fn.contract.manifest import BUILDS_PREFIX, LOCKS_PREFIX, Manifest, read_keys
+from lambda_fn.contract.manifest import BUILDS_PREFIX, LOCKS_PREFIX, Manifest, read_keys, read_keys_and_hashes
 from lambda_fn.contract.shards import SHARD_SUFFIX, Added, Collection, EventOrder, Shard, listing_digest, namespace
 from lambda_fn.storage.cache import download_verified
 from lambda_fn.storage.publish import NO_MANIFEST, publish_build
@@ -69,6 +69,7 @@ class ReindexReport:
     pending_images: int = 0  # photos recorded before a model existed, still waiting after this run
     drained: int = 0  # of those, handled by this run: embedded, removed, or found in the live build
     deleted_files: int = 0
+    unhashed: int = 0  # images of the build without a perceptual hash (embedded before hashes): never collapsed
     search_k: int | None = None  # what the published build measured it needs (lambda_fn.vision.indexing.tune_search_k)
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
@@ -119,13 +120,22 @@ class Lease:
             return False
 
     def release(self) -> None:
-        """Delete the lease if it is still ours (a run that overran its lease must not free another's)."""
+        """Delete the lease only while it is the version this run wrote: a run that overran its lease and was
+        taken over must not free the new holder's. S3 checks that atomically (``If-Match`` on DeleteObject, on
+        general purpose buckets since 2025); the ETag is also compared first, which is all that protects on an
+        S3-compatible server that ignores the header (a takeover between that read and the delete then wins)."""
+        etag, self.etag = self.etag, None
+        if etag is None:
+            return
         try:
-            body, _ = self.store.get(LEASE_FILE)
-            if json.loads(body).get("owner") == self.owner:
-                self.store.delete(LEASE_FILE)
-        except (NotFound, ValueError):
+            if self.store.get(LEASE_FILE)[1] == etag:
+                self.store.delete(LEASE_FILE, if_match=etag)
+                return
+        except NotFound:
+            return
+        except PreconditionFailed:
             pass
+        log.warning("reindex lease was taken over by another run; left to it", extra={"owner": self.owner})
 
 
 def shard_listing(store: Store, model_sha256: str) -> list[str]:
@@ -151,10 +161,10 @@ def base_collection(store: Store, manifest: Manifest, workdir: Path) -> tuple[Co
     keys_path = download_verified(store, manifest.keys_file, manifest.keys_sha256, workdir / "base-keys.json")
     index = AnnoyIndex(manifest.dim, manifest.metric)
     index.load(str(index_path))
-    entries = read_keys(keys_path)
+    entries, hashes = read_keys_and_hashes(keys_path)
     vectors = np.array([index.get_item_vector(i) for i in range(len(entries))], dtype=np.float32)
     index.unload()
-    added = [Added(e.key, e.label, "", EventOrder(), e.source) for e in entries]
+    added = [Added(e.key, e.label, "", EventOrder(), e.source, h) for e, h in zip(entries, hashes, strict=True)]
     collection.apply(Shard(added=added, vectors=vectors))
     return collection, set()
 
@@ -302,6 +312,7 @@ def reindex(
             collection=collection.to_shard(merged | set(shards), stacked=stacked),
             shards_digest=listing_digest(shards),
             tune_recall=True,
+            hashes=collection.hashes(stacked),
         )
         report.timings["build_s"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
@@ -313,6 +324,12 @@ def reindex(
             keep_model=True,
         )
         report.timings["publish_s"] = round(time.perf_counter() - t0, 3)
+        report.unhashed = remote.count - remote.hashed
+        if report.unhashed:
+            log.warning(
+                "images without a perceptual hash are never collapsed as duplicates; the backfill re-embeds them",
+                extra={"unhashed": report.unhashed, "count": remote.count},
+            )
         report.status, report.build_id = "published", remote.build_id
         report.model_sha256, report.count, report.search_k = target_sha, remote.count, remote.search_k
         log.info("build published", extra=report.as_dict())

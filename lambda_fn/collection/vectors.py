@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from lambda_fn.contract.shards import Added
-from lambda_fn.contract.vectors import DEFAULT_RETIRE_AFTER_S, LABEL, MODEL, SOURCE, index_name
+from lambda_fn.contract.vectors import DEFAULT_RETIRE_AFTER_S, LABEL, MODEL, PHASH, SOURCE, index_name
 from lambda_fn.storage import records
 from lambda_fn.storage.records import LiveIndex, RetiredIndex
 from lambda_fn.storage.store import Store
@@ -58,7 +58,7 @@ class VectorWriter:
         if len(added):
             index.put(
                 [
-                    VectorRecord(a.key, v, {LABEL: a.label, SOURCE: a.source, MODEL: model_sha256})
+                    VectorRecord(a.key, v, {LABEL: a.label, SOURCE: a.source, MODEL: model_sha256, PHASH: a.phash})
                     for a, v in zip(added, vectors, strict=True)
                 ]
             )

@@ -21,8 +21,10 @@ from lambda_fn.contract.vectors import ANNOY, DEFAULT_RETIRE_AFTER_S, S3VECTORS,
 ENV_PREFIX = "DEEPFOOD_"
 # API Gateway + Lambda accept a 6 MB payload, and binary bodies arrive base64-encoded (x4/3): ~4.5 MB raw.
 DEFAULT_MAX_UPLOAD_BYTES = 4_500_000
-# Cosine similarity above which two results are near-duplicates (dedupe); measured in docs/benchmarks.md.
-DEFAULT_DEDUPE_SIMILARITY = 0.99
+# Two results are one picture (dedupe) when their perceptual hashes differ in at most this many of 64 bits and
+# their embeddings' cosine is at least this high; both chosen in docs/benchmarks.md (bench.dedupe).
+DEFAULT_DEDUPE_MAX_DISTANCE = 8
+DEFAULT_DEDUPE_SIMILARITY = 0.8
 # How long browsers may cache a CORS preflight answer, from the app locally and from API Gateway in AWS.
 CORS_MAX_AGE_S = 3600
 
@@ -59,6 +61,15 @@ class Settings(BaseSettings):
         "is refused before the model is downloaded (503 `not_ready` at a cold start; during a swap the live build "
         "keeps serving), and ingest skips it. Unset: any model the manifest names. See docs/deploy.md, Trust model",
     )
+    model_signing_key: str | None = Field(
+        None,
+        min_length=1,
+        description="KMS asymmetric key (its ARN) whose signature every model must carry "
+        "(`models/<sha256>/signature.json`): a model without a valid one is refused before it is downloaded "
+        "(503 `not_ready` at a cold start; during a swap the live build keeps serving), and ingest skips it. The "
+        "functions only verify (kms:Verify); the publisher signs (`python -m ops.upload --signing-key`). Unset: "
+        "no signature needed. See docs/deploy.md, Trust model",
+    )
     num_threads: int | None = Field(None, ge=1, description="Torch intra-op threads; default: the CPUs we may use")
     search_k: int | None = Field(None, ge=1, description="Override the manifest's Annoy search_k")
     load_on_import: bool = Field(False, description="Load model and index at import (Lambda init) instead of first use")
@@ -93,8 +104,21 @@ class Settings(BaseSettings):
     url_allow_http: bool = Field(False, description="Fetch plain http:// image URLs too (default: https only)")
     url_allow_private: bool = Field(
         False,
-        description="Fetch from loopback and private addresses too (the tests' local servers); cloud metadata and "
-        "link-local addresses stay refused. Never in a deployment",
+        description="Fetch from loopback and private addresses too, on any port (the tests' local servers); cloud "
+        "metadata and link-local addresses stay refused. Never in a deployment",
+    )
+    url_allowed_ports: Annotated[list[int], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated ports a URL fetch may connect to besides 443 (and 80 with `url_allow_http`); "
+        "links naming any other port are refused",
+    )
+    dedupe_max_distance: int = Field(
+        DEFAULT_DEDUPE_MAX_DISTANCE,
+        ge=0,
+        le=64,
+        description="Bits (of 64) in which a result's perceptual hash may differ from a higher-ranked one's for it to "
+        "be the same picture and be collapsed (`dedupe=false` turns collapsing off per request; a build without "
+        "hashes collapses nothing); chosen in docs/benchmarks.md",
     )
     vector_store: VectorStoreKind = Field(
         ANNOY,
@@ -113,10 +137,10 @@ class Settings(BaseSettings):
     )
     dedupe_similarity: float = Field(
         DEFAULT_DEDUPE_SIMILARITY,
-        ge=0,
+        ge=-1,
         le=1,
-        description="Cosine above which a result is a near-duplicate of a higher-ranked one and is collapsed "
-        "(`dedupe=false` turns it off per request); chosen in docs/benchmarks.md",
+        description="Cosine a result must also have with that higher-ranked one to be collapsed: a guard against "
+        "hash collisions, never the test of sameness on its own; chosen in docs/benchmarks.md",
     )
 
     @field_validator("cors_origins", mode="before")
@@ -124,6 +148,21 @@ class Settings(BaseSettings):
     def _split_origins(cls, value):
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("url_allowed_ports", mode="before")
+    @classmethod
+    def _split_ports(cls, value):
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("url_allowed_ports")
+    @classmethod
+    def _ports_in_range(cls, value: list[int]) -> list[int]:
+        bad = [p for p in value if not 1 <= p <= 65535]
+        if bad:
+            raise ValueError(f"ports must be between 1 and 65535, not {bad}")
         return value
 
     @model_validator(mode="after")

@@ -5,8 +5,9 @@ embedding dim and Annoy metric, and the search settings chosen from a measured r
 is uploaded last, so a reader never sees one that points at objects that are not there yet.
 
 Image ids are dense ints 0..n-1 (Annoy allocates memory for max id + 1); ``keys.json`` maps each id to its
-key (the image's path relative to the collection root, POSIX separators) and its label. The same key,
-under ``images/``, is the image's S3 object key.
+key (the image's path relative to the collection root, POSIX separators), its label and, in builds that
+have one, its perceptual hash (``phash``, 16 hex digits; the manifest names the hash). The same key, under
+``images/``, is the image's S3 object key.
 """
 
 from __future__ import annotations
@@ -132,6 +133,12 @@ class Manifest(BaseModel):
     collection_file: BuildFile | None = Field(None, description="Merged embedding shard this build was made from")
     collection_sha256: Sha256 | None = None
     shards_digest: Sha256 | None = Field(None, description="Digest of the embedding shards merged into this build")
+    perceptual_hash: str | None = Field(
+        None,
+        description="The perceptual hash keys.json carries per image (lambda_fn.vision.phash.HASH_NAME); None: a "
+        "build made without hashes, whose results are never collapsed as duplicates",
+    )
+    hashed: int = Field(0, description="Images of the build that have a perceptual hash")
     built_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     versions: dict[str, str] = {}
 
@@ -161,18 +168,29 @@ class Manifest(BaseModel):
         Path(path).write_text(self.model_dump_json(indent=2) + "\n")
 
 
-def read_keys(path: Path) -> list[KeyEntry]:
+def read_keys_and_hashes(path: Path) -> tuple[list[KeyEntry], list[str | None]]:
+    """Each id's entry, and its perceptual hash as stored (16 hex digits; None where the build has none)."""
     sources: dict[str, str] = {}  # json.loads makes a string per occurrence; keep one per distinct source
-    entries = []
+    entries, hashes = [], []
     for e in json.loads(Path(path).read_text()):
         source = e.get("source")
         entries.append(KeyEntry(str(e["key"]), e.get("label"), sources.setdefault(source, source) if source else None))
-    return entries
+        hashes.append(e.get("phash"))
+    return entries, hashes
 
 
-def write_keys(path: Path, entries: list[KeyEntry]) -> None:
-    """One ``{"key", "label"}`` object per id, with ``"source"`` only when set (one-folder maps are unchanged)."""
-    rows = [{"key": e.key, "label": e.label} | ({"source": e.source} if e.source else {}) for e in entries]
+def read_keys(path: Path) -> list[KeyEntry]:
+    return read_keys_and_hashes(path)[0]
+
+
+def write_keys(path: Path, entries: list[KeyEntry], hashes: list[str | None] | None = None) -> None:
+    """One ``{"key", "label"}`` object per id, with ``"source"`` and ``"phash"`` only when set (maps without
+    them are unchanged)."""
+    hashes = hashes or [None] * len(entries)
+    rows = [
+        {"key": e.key, "label": e.label} | ({"source": e.source} if e.source else {}) | ({"phash": h} if h else {})
+        for e, h in zip(entries, hashes, strict=True)
+    ]
     Path(path).write_text(json.dumps(rows, ensure_ascii=False))
 
 

@@ -1,7 +1,8 @@
 """Embedding shards: what ingest writes and reindex merges.
 
 A shard is one ``.npz`` object under ``embeddings/<model sha256>/`` holding, for a batch of collection events:
-- ``added``: key, label, source ETag, event time, and one L2-normalised float32 vector each;
+- ``added``: key, label, source ETag, event time, perceptual hash (``lambda_fn.vision.phash``; None in shards
+  written before hashes), and one L2-normalised float32 vector each;
 - ``removed``: key and event time of deleted images;
 - ``skipped``: key, ETag and the reason an image could not be embedded (corrupt, unsupported, too large).
 
@@ -62,6 +63,7 @@ class Added:
     etag: str
     order: EventOrder
     source: str | None = None  # the dataset of a collection built from several (KeyEntry.source)
+    phash: str | None = None  # the picture's perceptual hash, 16 hex digits (lambda_fn.vision.phash.to_hex)
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ class Shard:
     def _save(self, fileobj) -> None:
         meta = {
             "format": FORMAT_VERSION,
-            "added": [[a.key, a.label, a.etag, a.order.time, a.order.sequencer, a.source] for a in self.added],
+            "added": [[a.key, a.label, a.etag, a.order.time, a.order.sequencer, a.source, a.phash] for a in self.added],
             "removed": [[r.key, r.order.time, r.order.sequencer] for r in self.removed],
             "skipped": [[s.key, s.etag, s.reason, s.order.time, s.order.sequencer] for s in self.skipped],
             "merged_shards": self.merged_shards,
@@ -244,3 +246,8 @@ class Collection:
     def key_entries(self, stacked: tuple[list[Added], np.ndarray] | None = None) -> tuple[list[KeyEntry], np.ndarray]:
         added, vectors = stacked or self.stacked()
         return [KeyEntry(a.key, a.label, a.source) for a in added], vectors
+
+    def hashes(self, stacked: tuple[list[Added], np.ndarray] | None = None) -> list[str | None]:
+        """The perceptual hash of each searchable image, in ``key_entries`` order."""
+        added, _ = stacked or self.stacked()
+        return [a.phash for a in added]

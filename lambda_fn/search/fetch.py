@@ -3,6 +3,7 @@
 Every hop, the URL and then each redirect (at most ``url_max_redirects``), is checked the same way:
 
 - https only (http too with ``url_allow_http``), no ``user:password@``, a host name or a literal address;
+- port 443, 80 where http is allowed, or one of ``url_allowed_ports`` (``allowed_ports``);
 - the host is resolved once (``resolve``) and every answer must be a public address (``refusal``): loopback,
   private, link-local, multicast, reserved and cloud metadata addresses are refused, in any spelling
   (``2130706433``, ``::ffff:127.0.0.1``, a name that resolves to them);
@@ -13,7 +14,9 @@ Every hop, the URL and then each redirect (at most ``url_max_redirects``), is ch
 The body is read in chunks and the reading stops once it passes the upload limit (``max_upload_bytes``); the
 content type must be ``image/*``. Connecting, each read and the whole fetch have their own time limits. Each
 refusal is an ``ApiError``: ``url_not_allowed`` (where it points), ``url_unreachable`` (nothing usable came
-back), ``too_large``, ``unsupported_type`` or ``empty_image``.
+back), ``too_large``, ``unsupported_type`` or ``empty_image``. Every refusal of an address or a port answers
+the same message (``refused_address``; the reason goes to the log only), so the fetch tells a client nothing
+about which addresses a name has or which ports a host opens.
 """
 
 from __future__ import annotations
@@ -56,6 +59,24 @@ def _not_allowed(message: str) -> ApiError:
 
 def _unreachable(message: str) -> ApiError:
     return ApiError(ErrorCode.URL_UNREACHABLE, message)
+
+
+def allowed_ports(settings: Settings) -> list[int]:
+    """The ports a fetch may connect to: 443, 80 where http is allowed, and ``url_allowed_ports``."""
+    return sorted({443, *((80,) if settings.url_allow_http else ()), *settings.url_allowed_ports})
+
+
+def address_refusal_message(settings: Settings) -> str:
+    """The one public answer to a link whose address or port is refused, whatever the reason."""
+    ports = allowed_ports(settings)
+    listed = ", ".join(map(str, ports[:-1])) + (" or " if len(ports) > 1 else "") + str(ports[-1])
+    return f"the link's address or port is not one the service fetches from: only public hosts, on port {listed}"
+
+
+def refused_address(settings: Settings, host: str, port: int, reason: str) -> ApiError:
+    """``url_not_allowed`` with the one public message; the reason (which may name a resolved address) is logged."""
+    log.info("url refused", extra={"host": host, "port": port, "reason": reason})
+    return _not_allowed(address_refusal_message(settings))
 
 
 def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
@@ -171,6 +192,8 @@ class _Hop:
             raise ApiError(ErrorCode.INVALID_PARAMETERS, f"not a valid host name: {parts.hostname[:200]!r}") from exc
         self.url, self.scheme = url, scheme
         self.port = port or (443 if scheme == "https" else 80)
+        if not settings.url_allow_private and self.port not in allowed_ports(settings):
+            raise refused_address(settings, self.host, self.port, f"port {self.port} is not allowed")
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.target = quote(target, safe=_TARGET_SAFE)
 
@@ -187,7 +210,7 @@ class _Hop:
             reason = refusal(ipaddress.ip_address(answer.split("%")[0]), allow_private=settings.url_allow_private)
             if reason:
                 where = self.host if literal is not None else f"{self.host} (resolves to {answer})"
-                raise _not_allowed(f"{where} is {reason}; only public addresses are fetched")
+                raise refused_address(settings, self.host, self.port, f"{where} is {reason}")
         return answers[0]
 
 

@@ -1,8 +1,9 @@
 """The query pipeline: decode -> embed -> nearest neighbours -> response, with per-stage timings.
 
-The neighbours are ranked once for every endpoint (``rank``): nearest first, only the wanted labels,
-near-duplicates of a higher-ranked result collapsed, then the page ``offset .. offset+k-1`` of that ranking
-with the results below ``min_similarity`` cut off.
+The neighbours are ranked once for every endpoint (``rank``): nearest first, only the wanted labels, copies
+of the same picture as a higher-ranked result collapsed (``lambda_fn.vision.phash.same_picture``: perceptual
+hash and embedding; a build without hashes collapses nothing), then the page ``offset .. offset+k-1`` of that
+ranking with the results below ``min_similarity`` cut off.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from lambda_fn.search.schemas import MAX_LISTED_LABELS, ErrorCode, Match, Predic
 from lambda_fn.search.urls import ImageLinker
 from lambda_fn.vision.engine import Engine
 from lambda_fn.vision.imaging import ImageError, ImageTooLarge, UnsupportedImage, load_for_model
+from lambda_fn.vision.phash import same_picture
 from lambda_fn.vision.vector_store import Hit, VectorStore
 
 
@@ -118,12 +120,13 @@ def rank(
     """The page of neighbours ``options`` asks for (its labels known: ``check_labels``); see the module's
     docstring. A store with a top-k limit returns at most that many: the ranking then ends there."""
     end = options.offset + options.k
-    n = end + 1 + (int(end * _DEDUPE_MARGIN) + 2 if options.dedupe else 0)  # one more tells of a next page
+    dedupe = options.dedupe and store.dedupe_off is None
+    n = end + 1 + (int(end * _DEDUPE_MARGIN) + 2 if dedupe else 0)  # one more tells of a next page
     for _ in range(_RANK_TRIES):
         if store.max_top_k is not None:
             n = min(n, store.max_top_k)
         found = store.search(vector, n, exclude=exclude, labels=options.labels)
-        kept, collapsed = _collapse(store, found, options, end, settings.dedupe_similarity)
+        kept, collapsed = _collapse(store, found, options.offset, end, settings) if dedupe else (found[: end + 1], 0)
         if len(kept) > end or len(found) < n or n == store.max_top_k:
             break
         n *= 2  # duplicates took the room: ask for more (bounded tries; a page may come back short)
@@ -135,25 +138,28 @@ def rank(
     return Ranked(shown, end if more else None, len(page) - len(shown), collapsed)
 
 
-def _collapse(
-    store: VectorStore, found: list[Hit], options: SearchOptions, end: int, threshold: float
-) -> tuple[list[Hit], int]:
-    """Up to end+1 of ``found``, nearest first, leaving out each one whose cosine to a result kept before it
-    is above ``threshold``; and how many were left out from the page's ranks (offset .. end-1)."""
-    if not options.dedupe or not found:
-        return found[: end + 1], 0
+def _collapse(store: VectorStore, found: list[Hit], offset: int, end: int, settings: Settings) -> tuple[list[Hit], int]:
+    """Up to end+1 of ``found``, nearest first, leaving out each one that is the same picture as a result kept
+    before it (``same_picture``); and how many were left out from the page's ranks (offset .. end-1)."""
+    # Only results with a hash can be compared, so only their vectors are read (on S3 Vectors: one GetVectors).
+    hashed = [nb.key for nb in found if nb.phash is not None]
+    got = store.vectors(hashed) if len(hashed) > 1 else {}
+    dim = len(next(iter(got.values()))) if got else 1
+    none = np.zeros(dim, np.float32)  # no vector read: its hash never matched, or the image is gone
+    vectors = np.stack([got.get(nb.key, none) for nb in found]) if found else np.zeros((0, dim), np.float32)
+    copy_of = same_picture(
+        [nb.phash for nb in found],
+        vectors,
+        max_distance=settings.dedupe_max_distance,
+        min_similarity=settings.dedupe_similarity,
+    )
     kept: list[Hit] = []
-    found_vectors = store.vectors([nb.key for nb in found])
-    vectors = np.empty((end + 1, len(next(iter(found_vectors.values())))), dtype=np.float32)
     collapsed = 0
-    for nb in found:
-        v = np.array(found_vectors[nb.key], dtype=np.float32)
-        v /= max(float(np.linalg.norm(v)), 1e-12)
-        if kept and float(np.max(vectors[: len(kept)] @ v)) > threshold:
-            if options.offset <= len(kept) < end:
+    for nb, original in zip(found, copy_of, strict=True):
+        if original is not None:
+            if offset <= len(kept) < end:
                 collapsed += 1
             continue
-        vectors[len(kept)] = v
         kept.append(nb)
         if len(kept) > end:
             break

@@ -12,7 +12,7 @@ for every chunk it receives, so in a thread the fetch competed with the imports 
 by about as much as it hid (docs/benchmarks.md, "Cold start"). The child imports only this module's
 dependencies (boto3, pydantic; never torch), on the other core.
 
-The fetch is the one ``ServiceState`` would make (``records.read_manifest``, ``check_trusted`` before any
+The fetch is the one ``ServiceState`` would make (``records.read_manifest``, ``signing.check_model`` before any
 download, ``fetch_build``), so a failure is the same ``ArtifactError``: the child writes its detail and public
 message, and ``result()`` raises it again in the service, whose first load reports it as its own (503 with
 the public message, the detail in the log, the backoff). A prefetch is used once: later attempts fetch for
@@ -33,26 +33,34 @@ from lambda_fn.contract.config import Settings
 from lambda_fn.contract.manifest import Manifest
 from lambda_fn.contract.vectors import ANNOY
 from lambda_fn.storage.artifacts import FetchedArtifacts, fetch_build
-from lambda_fn.storage.errors import ArtifactError, UntrustedModel, check_trusted
+from lambda_fn.storage.errors import ArtifactError, UnsignedModel, UntrustedModel
 from lambda_fn.storage.records import read_manifest
+from lambda_fn.storage.signing import check_model, remember_verified
 from lambda_fn.storage.store import open_store
 
 
-def fetch(uri: str, cache_dir: Path, trusted_model_sha256: str | None) -> FetchedArtifacts:
-    """The build the manifest names, verified in the cache (or the folder)."""
+def fetch(
+    uri: str, cache_dir: Path, trusted_model_sha256: str | None, model_signing_key: str | None = None
+) -> FetchedArtifacts:
+    """The build the manifest names, its model checked (pin, signature) before anything is downloaded, and
+    verified in the cache (or the folder)."""
     store = open_store(uri)
     manifest, stamp = read_manifest(store)
-    check_trusted(manifest, trusted_model_sha256)
+    check_model(
+        store, manifest.model_sha256, trusted_model_sha256=trusted_model_sha256, model_signing_key=model_signing_key
+    )
     return fetch_build(store, cache_dir, manifest, stamp)
 
 
-def _answer(uri: str, cache_dir: str, trusted: str) -> dict:
+def _answer(uri: str, cache_dir: str, trusted: str, signing_key: str = "") -> dict:
     """What the child writes: the fetched build, or the error in words the service can raise again."""
     started = time.perf_counter()
     try:
-        fetched = fetch(uri, Path(cache_dir), trusted or None)
+        fetched = fetch(uri, Path(cache_dir), trusted or None, signing_key or None)
     except UntrustedModel as exc:
         answer = {"untrusted": {"published": exc.published, "trusted": exc.trusted}}
+    except UnsignedModel as exc:
+        answer = {"unsigned": {"published": exc.published, "detail": exc.detail}}
     except ArtifactError as exc:
         answer = {"artifact_error": {"detail": str(exc), "public": exc.public}}
     except Exception as exc:
@@ -63,6 +71,7 @@ def _answer(uri: str, cache_dir: str, trusted: str) -> dict:
             "stamp": fetched.stamp,
             "cached": fetched.cached,
             "paths": [str(p) for p in fetched.paths],
+            "signed_by": signing_key,
         }
     return answer | {"seconds": time.perf_counter() - started}
 
@@ -82,7 +91,12 @@ class Prefetch:
             return None
         # The child resolves modules as this process does (Lambda's task root, a test's repository).
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        argv = [settings.artifacts_uri, str(settings.cache_dir), settings.trusted_model_sha256 or ""]
+        argv = [
+            settings.artifacts_uri,
+            str(settings.cache_dir),
+            settings.trusted_model_sha256 or "",
+            settings.model_signing_key or "",
+        ]
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "lambda_fn.search.prefetch", *argv],
@@ -97,7 +111,7 @@ class Prefetch:
         return cls(proc)
 
     def result(self) -> FetchedArtifacts:
-        """The fetched build; raises what the fetch raised (``ArtifactError``, ``UntrustedModel``), or a
+        """The fetched build; raises what the fetch raised (``ArtifactError``, ``RefusedModel``), or a
         RuntimeError when the child failed unexpectedly."""
         out, err = self._proc.communicate()
         try:
@@ -109,14 +123,18 @@ class Prefetch:
         self.seconds = answer["seconds"]
         if "untrusted" in answer:
             raise UntrustedModel(**answer["untrusted"])
+        if "unsigned" in answer:
+            raise UnsignedModel(**answer["unsigned"])
         if "artifact_error" in answer:
             raise ArtifactError(**answer["artifact_error"])
         if "unexpected" in answer:
             raise RuntimeError(f"the prefetch failed: {answer['unexpected']}")
         model, index, keys = (Path(p) for p in answer["paths"])
         manifest = Manifest.model_validate_json(answer["manifest"])
+        if answer.get("signed_by"):  # verified there: this process need not ask KMS again for a swap
+            remember_verified(manifest.model_sha256, answer["signed_by"])
         return FetchedArtifacts(manifest, model, index, keys, stamp=answer["stamp"], cached=answer["cached"])
 
 
 if __name__ == "__main__":
-    print(json.dumps(_answer(*sys.argv[1:4])), flush=True)
+    print(json.dumps(_answer(*sys.argv[1:5])), flush=True)

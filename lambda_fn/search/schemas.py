@@ -132,7 +132,9 @@ class SearchResponse(BaseModel):
         0, description="Results of this page left out because their similarity is below `min_similarity`"
     )
     duplicates_collapsed: int = Field(
-        0, description="Near-duplicates of a higher-ranked result left out of this page (`dedupe=true`)"
+        0,
+        description="Copies of the same picture as a higher-ranked result left out of this page (`dedupe=true`; "
+        "always 0 on a build without perceptual hashes, see /health `dedupe`)",
     )
     build_id: str = Field(
         description="The index build that answered; ids are only meaningful within it (pass it back as `build`)"
@@ -187,6 +189,19 @@ class IndexInfo(BaseModel):
     )
 
 
+class DedupeInfo(BaseModel):
+    enabled: bool = Field(
+        description="Whether searches with `dedupe=true` (the default) collapse copies of the same picture"
+    )
+    reason: str | None = Field(None, description="Why collapsing is off for this build")
+    perceptual_hash: str | None = Field(None, description="The hash the build's images carry")
+    hashed_images: int | None = Field(
+        0, description="Images with a hash; one without is never collapsed. Null on S3 Vectors (not counted)"
+    )
+    max_distance: int = Field(description="Bits of 64 two hashes may differ in for one picture")
+    min_similarity: float = Field(description="Cosine the two embeddings must also have")
+
+
 class BuildInfo(BaseModel):
     id: str = Field(
         description="The live build: the <id> of builds/<id>/ (on S3 Vectors, the index's name); every search "
@@ -219,6 +234,7 @@ class HealthResponse(BaseModel):
     updates: UpdatesInfo | None = None
     model: ModelInfo | None = None
     index: IndexInfo | None = None
+    dedupe: DedupeInfo | None = None
     runtime: RuntimeInfo | None = None
     limits: dict[str, int] = Field(default_factory=dict, description="default_k, max_k, max_upload_bytes")
     versions: dict[str, str] = Field(default_factory=dict)

@@ -13,6 +13,7 @@ paths, the underlying error) goes to the JSON log, with the request id.
 
 With ``trusted_model_sha256`` set, a manifest that names another model is refused before anything of the
 build is downloaded or loaded: at cold start with a 503 that says so, during a swap by keeping the live build.
+With ``model_signing_key`` set, so is a model without its publisher's signature (``lambda_fn.storage.signing``).
 
 A new build is picked up without a redeploy: once ``manifest_check_s`` has passed since the last check, a
 request starts one on the swap thread and goes on with the live engine. The check is one conditional read
@@ -49,8 +50,9 @@ from lambda_fn.search.prefetch import Prefetch
 from lambda_fn.storage import artifacts, records
 from lambda_fn.storage.artifacts import FetchedArtifacts
 from lambda_fn.storage.cache import clean_partials
-from lambda_fn.storage.errors import ArtifactError, UntrustedModel, check_trusted
+from lambda_fn.storage.errors import ArtifactError, RefusedModel, UntrustedModel
 from lambda_fn.storage.records import LiveIndex
+from lambda_fn.storage.signing import check_model
 from lambda_fn.storage.store import Store, open_store
 from lambda_fn.storage.vectors import VectorIndex, known_labels, s3vectors_client
 from lambda_fn.vision.engine import Engine
@@ -100,8 +102,10 @@ class Backoff:
 def _log_fields(exc: Exception) -> dict:
     """What the log says about a failure, beyond the public message."""
     fields = {"reason": str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"}
+    if isinstance(exc, RefusedModel):
+        fields["model_sha256"] = exc.published
     if isinstance(exc, UntrustedModel):
-        fields |= {"model_sha256": exc.published, "trusted_model_sha256": exc.trusted}
+        fields["trusted_model_sha256"] = exc.trusted
     return fields
 
 
@@ -177,12 +181,20 @@ class ServiceState:
                 self.prefetch_wait_s = time.perf_counter() - waited
         store = self._store(fresh=True)
         manifest, stamp = records.read_manifest(store)
-        check_trusted(manifest, self.settings.trusted_model_sha256)
+        self._check_model(store, manifest.model_sha256)
         return artifacts.fetch_build(store, self.settings.cache_dir, manifest, stamp)
+
+    def _check_model(self, store: Store, sha256: str) -> None:
+        check_model(
+            store,
+            sha256,
+            trusted_model_sha256=self.settings.trusted_model_sha256,
+            model_signing_key=self.settings.model_signing_key,
+        )
 
     def _vector_engine(self, store: Store, live: LiveIndex, reuse: Engine | None = None) -> Engine:
         """An engine on the S3 Vectors index ``live`` names, with its model (``reuse``'s, when it is the same)."""
-        check_trusted(live, self.settings.trusted_model_sha256)
+        self._check_model(store, live.model_sha256)
         if reuse is not None and reuse.model_sha256 == live.model_sha256:
             model, meta = reuse.model, reuse.meta
         else:
@@ -398,7 +410,7 @@ class ServiceState:
                 return
             manifest, stamp = published
             new_id = manifest.build_id
-            check_trusted(manifest, self.settings.trusted_model_sha256)
+            self._check_model(store, manifest.model_sha256)
             self.swapping = True
             log.info("new build published; loading it", extra={"build_id": new_id, "live_build_id": live.build_id})
             fetched = artifacts.fetch_build(store, self.settings.cache_dir, manifest, stamp, have=old)
@@ -426,7 +438,7 @@ class ServiceState:
                     f"checking for a new build failed; build {live.build_id} keeps serving, "
                     f"the next check is in {interval:g} s"
                 )
-            elif isinstance(exc, UntrustedModel):
+            elif isinstance(exc, RefusedModel):
                 self.check_error = (
                     f"build {new_id} was not swapped in: {exc.public}. Build {live.build_id} keeps serving"
                 )
@@ -435,7 +447,7 @@ class ServiceState:
                     f"build {new_id} could not be loaded (its files are missing, corrupt or do not belong "
                     f"together); build {live.build_id} keeps serving, the next check retries in {interval:g} s"
                 )
-            (log.error if isinstance(exc, UntrustedModel) else log.warning)(
+            (log.error if isinstance(exc, RefusedModel) else log.warning)(
                 "new build not swapped in; the live build keeps serving",
                 extra=_log_fields(exc)
                 | {"artifacts_uri": self.settings.artifacts_uri, "build_id": new_id, "live_build_id": live.build_id},

@@ -7,7 +7,7 @@ from __future__ import annotations
 from botocore.exceptions import ClientError
 
 from lambda_fn.contract.config import env_name
-from lambda_fn.contract.manifest import COLLECTION_FILE, INDEX_FILE, KEYS_FILE, MANIFEST_FILE, MODEL_FILE, Manifest
+from lambda_fn.contract.manifest import COLLECTION_FILE, INDEX_FILE, KEYS_FILE, MANIFEST_FILE, MODEL_FILE
 
 # What a client reads when the raiser gave no public text: the engine's own checks (dims, counts, TorchScript),
 # whose messages name files and quote library errors, so they go to the logs only.
@@ -40,26 +40,52 @@ class ArtifactError(RuntimeError):
         self.public = public or GENERIC_PUBLIC
 
 
-class UntrustedModel(ArtifactError):
+class RefusedModel(ArtifactError):
+    """A model this deployment will not run, whatever retries: ``published`` is its sha256."""
+
+    def __init__(self, published: str, detail: str, public: str):
+        super().__init__(detail, public)
+        self.published = published
+
+
+class UntrustedModel(RefusedModel):
     """The manifest names a model other than the one this deployment pins (``trusted_model_sha256``)."""
 
     def __init__(self, published: str, trusted: str):
         setting = env_name("trusted_model_sha256")
         super().__init__(
+            published,
             f"the manifest names model sha256 {published}, not the one this deployment trusts: {setting} pins "
             f"{trusted}",
             f"the published model (sha256 {published[:12]}…) is not the one this deployment trusts ({setting} "
             f"{trusted[:12]}…): if that model is yours, deploy again with {setting} set to its sha256; "
             "otherwise publish the trusted model's build again",
         )
-        self.published, self.trusted = published, trusted
+        self.trusted = trusted
 
 
-def check_trusted(manifest: Manifest, trusted: str | None) -> None:
-    """Raise ``UntrustedModel`` when ``trusted`` is set and the manifest names another model. Called before
-    the model is downloaded, hashed or loaded: a TorchScript file is a program."""
-    if trusted and manifest.model_sha256 != trusted:
-        raise UntrustedModel(manifest.model_sha256, trusted)
+# Says neither which key, nor where the signature is, nor what KMS answered: those go to the logs.
+UNSIGNED_PUBLIC = (
+    "the published model is not signed by this deployment's model publisher, so it is not run; the publisher "
+    "signs it when publishing it (`python -m ops.upload --signing-key`, docs/deploy.md)"
+)
+
+
+class UnsignedModel(RefusedModel):
+    """The model carries no valid signature by this deployment's publisher (``model_signing_key``)."""
+
+    def __init__(self, published: str, detail: str):
+        super().__init__(
+            published, f"model sha256 {published} is not signed by the publisher: {detail}", UNSIGNED_PUBLIC
+        )
+        self.detail = detail
+
+
+def check_trusted(sha256: str, trusted: str | None) -> None:
+    """Raise ``UntrustedModel`` when ``trusted`` is set and the model is another. Called before the model is
+    downloaded, hashed or loaded: a TorchScript file is a program."""
+    if trusted and sha256 != trusted:
+        raise UntrustedModel(sha256, trusted)
 
 
 def missing(what: str, role: str) -> ArtifactError:

@@ -6,8 +6,9 @@ relative to the store's root (``s3://bucket/<prefix>/`` or the folder), with POS
 
 Conditional writes make the reindex lease safe without a database: ``put(..., if_none_match=True)`` creates
 an object only if it does not exist (S3's ``If-None-Match: *``), ``put(..., if_match=etag)`` replaces it only
-if nobody changed it since it was read (S3's ``If-Match``). The folder store gives the same guarantees with
-``O_EXCL`` and a lock file.
+if nobody changed it since it was read (S3's ``If-Match``), and ``delete(..., if_match=etag)`` removes it only
+if it is still that version (S3's conditional delete). The folder store gives the same guarantees with a lock
+file.
 
 ``open_store`` takes the one spelling of a location every setting and CLI uses (``s3://bucket/prefix/`` or a
 folder, parsed by ``Location``), and ``s3_client`` is the one S3 client factory (timeouts, retries, signing).
@@ -138,7 +139,9 @@ class Store:
     def copy(self, source: str, destination: str) -> None:
         raise NotImplementedError
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        """Remove ``key`` (nothing when absent). With ``if_match``, only while its ETag is still that: raises
+        PreconditionFailed when it changed or is gone."""
         raise NotImplementedError
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
@@ -242,8 +245,15 @@ class S3Store(Store):
             Config=TRANSFER,
         )
 
-    def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        extra = {"IfMatch": f'"{if_match}"'} if if_match is not None else {}
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key, **extra)
+        except ClientError as exc:
+            # with If-Match, S3 answers 412 for another version and 404 for none
+            if if_match is not None and _error_code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+                raise PreconditionFailed(key) from exc
+            raise
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         for page in self.client.get_paginator("list_objects_v2").paginate(
@@ -350,8 +360,15 @@ class FolderStore(Store):
     def copy(self, source: str, destination: str) -> None:
         self.upload_file(self._path(source), destination)
 
-    def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        path = self._path(key)
+        if if_match is None:
+            path.unlink(missing_ok=True)
+            return
+        with self._locked():
+            if not path.is_file() or _md5(path.read_bytes()) != if_match:
+                raise PreconditionFailed(key)
+            path.unlink()
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         if not self.root.is_dir():

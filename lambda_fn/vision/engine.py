@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from annoy import AnnoyIndex
 
-from lambda_fn.contract.manifest import MODEL_META_FILE, KeyEntry, Manifest, ModelMeta, read_keys
+from lambda_fn.contract.manifest import MODEL_META_FILE, KeyEntry, Manifest, ModelMeta, read_keys_and_hashes
 from lambda_fn.storage.errors import ArtifactError
 from lambda_fn.vision.labels import LabelIndex, item_vectors
+from lambda_fn.vision.phash import HASH_NAME
 from lambda_fn.vision.vector_store import AnnoyStore, VectorStore
 
 # torch 2.14 marks TorchScript deprecated with a FutureWarning on every script/save/load. It still works and
@@ -89,6 +90,24 @@ def _check_dim(manifest: Manifest, meta: ModelMeta) -> None:
         )
 
 
+def _picture_hashes(
+    manifest: Manifest, hashes: list[str | None] | None, count: int
+) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+    """(hash per id as uint64, whether each id has one, why the dedupe is off or None). Nothing is guessed: a
+    build without hashes, or with another kind of hash, collapses no result."""
+    if manifest.perceptual_hash is None or not hashes or not any(hashes):
+        return None, None, "the build has no perceptual hashes: rebuild it, or re-embed the collection and reindex"
+    if manifest.perceptual_hash != HASH_NAME:
+        return None, None, f"the build's hashes are {manifest.perceptual_hash!r}; this service compares {HASH_NAME!r}"
+    if len(hashes) != count:
+        raise ArtifactError(f"the key map has {len(hashes)} perceptual hashes for {count} images")
+    try:
+        values = np.array([int(h, 16) if h else 0 for h in hashes], dtype=np.uint64)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ArtifactError(f"the key map holds a perceptual hash that is not 16 hex digits: {exc}") from exc
+    return values, np.array([bool(h) for h in hashes]), None
+
+
 @dataclass
 class Neighbour:
     id: int
@@ -111,8 +130,10 @@ class Engine:
         *,
         search_k: int | None = None,
         vectors: np.ndarray | None = None,
+        hashes: list[str | None] | None = None,
     ):
-        """``vectors``: the index's item vectors read in place (``labels.item_vectors``), for exact label scans."""
+        """``vectors``: the index's item vectors read in place (``labels.item_vectors``), for exact label scans;
+        ``hashes``: each id's perceptual hash as keys.json stores it (None where it has none)."""
         _check_dim(manifest, meta)
         if index.get_n_items() != manifest.count or len(keys) != manifest.count:
             raise ArtifactError(
@@ -127,6 +148,7 @@ class Engine:
         self.ids = {entry.key: i for i, entry in enumerate(keys)}
         self.item_vectors = vectors
         self.labels = LabelIndex(keys, index, manifest.n_trees, vectors=vectors)
+        self._hashes, self._hashed, self.dedupe_off = _picture_hashes(manifest, hashes, len(keys))
         self.store: VectorStore = AnnoyStore(self)
         self.model_sha256, self.built_at = manifest.model_sha256, manifest.built_at
 
@@ -140,10 +162,23 @@ class Engine:
         engine.model, engine.meta, engine.store = model, meta, store
         engine.index = engine.manifest = engine.labels = engine.item_vectors = engine.search_k = None
         engine.keys, engine.ids = [], {}
+        # each result's hash comes with it, in the vector's metadata: nothing build-wide to turn dedupe off
+        engine._hashes = engine._hashed = engine.dedupe_off = None
         engine.has_head = bool(meta.class_names)
         engine.build_id = store.build_id
         engine.model_sha256, engine.built_at = model_sha256, built_at
         return engine
+
+    @property
+    def hashed(self) -> int:
+        """Images with a perceptual hash the dedupe can compare (0 when it is off: ``dedupe_off`` says why)."""
+        return int(self._hashed.sum()) if self._hashed is not None else 0
+
+    def picture_hashes(self, ids: list[int]) -> list[int | None]:
+        """The perceptual hash of each id (None: it has none, or the build's hashes are not comparable)."""
+        if self._hashes is None:
+            return [None] * len(ids)
+        return [int(self._hashes[i]) if self._hashed[i] else None for i in ids]
 
     @classmethod
     def from_files(
@@ -165,7 +200,8 @@ class Engine:
         _check_dim(manifest, meta)  # before loading: Annoy's own complaint about a wrong dim is cryptic
         index = load_index(index_path, manifest.dim, manifest.metric)
         vectors = item_vectors(index_path, index, manifest.dim) if manifest.metric == "angular" else None
-        return cls(model, meta, index, manifest, read_keys(keys_path), search_k=search_k, vectors=vectors)
+        keys, hashes = read_keys_and_hashes(keys_path)
+        return cls(model, meta, index, manifest, keys, search_k=search_k, vectors=vectors, hashes=hashes)
 
     @torch.inference_mode()
     def embed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -43,6 +43,13 @@ PIL_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 # (6 for grey), Photoshop's "progressive" 3 to 5. 32 leaves room for unusual encoders and refuses the
 # hand-made hundreds.
 MAX_JPEG_SCANS = 32
+# A progressive or multi-scan JPEG keeps every DCT coefficient (2 bytes a sample) in memory until its last
+# scan, whatever the output scale; a baseline JPEG is decoded a row of blocks at a time. Such files may hold
+# at most this many samples (pixels x components, each component at its own sampled resolution): 256 MiB of
+# coefficients, so the usual 4:2:0 colour passes up to 64 MP, 4:4:4 up to 44 MP, CMYK up to 33 MP.
+MAX_BUFFERED_JPEG_SAMPLES = 128 * 2**20
+# BMP compressions Pillow decodes in Python, a pixel at a time: RLE8 and RLE4 (no camera or browser writes them).
+_BMP_SLOW_COMPRESSIONS = {1: "RLE8", 2: "RLE4"}
 # Pillow's WebP decoder holds about five bytes per pixel beyond the image while it decodes (1 GB for 64 MP,
 # measured by bench/request_memory.py), so WebP gets a lower pixel cap: 16 MP is a large phone photo.
 FORMAT_MAX_PIXELS = {"WEBP": 16_000_000}
@@ -128,15 +135,45 @@ def jpeg_scan_count(data: bytes, *, stop_after: int = MAX_JPEG_SCANS) -> int:
     return scans
 
 
+def jpeg_buffered_samples(img: Image.Image) -> int:
+    """The samples whose coefficients libjpeg keeps for a progressive or multi-scan JPEG: per component, its
+    8x8 blocks at its sampling factors (rounded up to whole blocks per MCU, as libjpeg allocates them), x 64.
+    Raises ImageError for a frame header libjpeg would refuse (no components, a sampling factor outside 1-4)."""
+    if not img.layer or any(not (1 <= h <= 4 and 1 <= v <= 4) for _, h, v, _ in img.layer):
+        raise ImageError("the JPEG's frame header is corrupt (its components or their sampling factors)")
+    h_max = max(h for _, h, _, _ in img.layer)
+    v_max = max(v for _, _, v, _ in img.layer)
+    blocks = 0
+    for _, h, v, _ in img.layer:
+        across = math.ceil(math.ceil(img.width * h / h_max) / 8)
+        down = math.ceil(math.ceil(img.height * v / v_max) / 8)
+        blocks += (-(-across // h) * h) * (-(-down // v) * v)
+    return blocks * 64
+
+
 def _check_decode_work(img: Image.Image, source: bytes | str | Path) -> None:
-    if img.format not in ("JPEG", "MPO") or not img.info.get("progressive", img.info.get("progression")):
+    if img.format == "BMP" and img.info.get("compression") in _BMP_SLOW_COMPRESSIONS:
+        kind = _BMP_SLOW_COMPRESSIONS[img.info["compression"]]
+        raise UnsupportedImage(f"{kind}-compressed BMP files are not supported; save the picture as PNG or JPEG")
+    if img.format not in ("JPEG", "MPO"):
         return
     data = bytes(source) if isinstance(source, bytes | bytearray) else Path(source).read_bytes()
-    scans = jpeg_scan_count(data)
-    if scans > MAX_JPEG_SCANS:
+    progressive = bool(img.info.get("progressive", img.info.get("progression")))
+    scans = jpeg_scan_count(data, stop_after=MAX_JPEG_SCANS if progressive else 1)
+    if progressive and scans > MAX_JPEG_SCANS:
         raise ImageTooComplex(
             f"the JPEG has more than {MAX_JPEG_SCANS} progressive scans, each of which costs a full decoding "
             "pass (cameras and common encoders write at most 10). Save it again as a baseline JPEG."
+        )
+    if not (progressive or scans > 1):
+        return
+    samples = jpeg_buffered_samples(img)
+    if samples > MAX_BUFFERED_JPEG_SAMPLES:
+        kind = "progressive" if progressive else "multi-scan"
+        raise ImageTooComplex(
+            f"the {kind} JPEG is {img.width}x{img.height} with {len(img.layer)} components: {samples:,} samples, "
+            f"all held in memory while it decodes; the limit for such files is {MAX_BUFFERED_JPEG_SAMPLES:,} "
+            "(64 MP in ordinary 4:2:0 colour). Save it as a baseline JPEG, or smaller."
         )
 
 
@@ -144,7 +181,9 @@ def open_image(source: bytes | str | Path, *, max_pixels: int | None = None) -> 
     """Open an image lazily (header only) and refuse what we will not decode.
 
     Only the formats in ``PIL_FORMATS`` are parsed. Raises ImageTooLarge before any pixel is decoded when
-    width*height exceeds ``max_pixels`` or a progressive JPEG has more scans than ``MAX_JPEG_SCANS``.
+    width*height exceeds ``max_pixels``, a progressive JPEG has more scans than ``MAX_JPEG_SCANS`` or a
+    progressive or multi-scan one more samples than ``MAX_BUFFERED_JPEG_SAMPLES``; UnsupportedImage for a
+    format (or a BMP compression) not decoded.
     """
     fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
     try:

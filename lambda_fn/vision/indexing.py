@@ -29,6 +29,7 @@ from lambda_fn.contract.manifest import (
     write_keys,
 )
 from lambda_fn.contract.shards import Shard
+from lambda_fn.vision.phash import HASH_NAME
 
 # Chosen from the recall table in docs/benchmarks.md (bench/ann.py): the cheapest setting with
 # recall@10 >= 0.98 against exact search at 10^5 synthetic clustered 512-d vectors.
@@ -171,6 +172,7 @@ def write_build(
     versions: dict[str, str] | None = None,
     progress: Callable[[int], None] | None = None,
     tune_recall: bool = False,
+    hashes: list[str | None] | None = None,
 ) -> Manifest:
     """Write model, index, key map (and the collection shard the next reindex starts from) into ``out``,
     then ``manifest.json`` last: a folder with a manifest always holds a complete build.
@@ -180,9 +182,14 @@ def write_build(
 
     ``model`` is a model file to copy in, or, with ``model_sha256``, the store key of a model already
     published (the manifest then names that key; see ``publish_build(keep_model=True)``).
+
+    ``hashes``: each image's perceptual hash (``lambda_fn.vision.phash.to_hex``; None where unknown), stored in
+    the key map; a build without any collapses no duplicates.
     """
     if len(entries) != len(vectors):
         raise ValueError(f"{len(entries)} keys but {len(vectors)} vectors")
+    if hashes is not None and len(hashes) != len(entries):
+        raise ValueError(f"{len(entries)} keys but {len(hashes)} perceptual hashes")
     if not entries:
         raise ValueError("no images to index: the collection is empty")
     out.mkdir(parents=True, exist_ok=True)
@@ -204,7 +211,8 @@ def write_build(
             "search_k measured",
             extra={"search_k": search_k, "floor": floor, "recall_at_10": round(recall, 4), "count": len(vectors)},
         )
-    write_keys(out / KEYS_FILE, entries)
+    write_keys(out / KEYS_FILE, entries, hashes)
+    hashed = sum(h is not None for h in hashes or [])
     if collection is not None:
         collection.write(out / COLLECTION_FILE)
     if save_embeddings:
@@ -224,6 +232,8 @@ def write_build(
         collection_sha256=file_sha256(out / COLLECTION_FILE) if collection is not None else None,
         embeddings_file=EMBEDDINGS_FILE if save_embeddings else None,
         shards_digest=shards_digest,
+        perceptual_hash=HASH_NAME if hashed else None,
+        hashed=hashed,
         versions={**library_versions(), **(versions or {})},
     )
     manifest.write(out / MANIFEST_FILE)

@@ -6,8 +6,9 @@ one is announced by ``models/current.json``
 re-embedded with it (a backfill) and a reindex publishes a build for it, the live build keeps serving, and
 ingest embeds new photos with both models so neither namespace misses them.
 
-A deployment that pins its model (``trusted_model_sha256``) loads no other: an untrusted live or announced
-model is skipped with a logged error before it is downloaded, as the search service refuses it.
+A deployment that pins its model (``trusted_model_sha256``) loads no other, and one that names its publisher's
+key (``model_signing_key``) loads only models that key signed (``lambda_fn.storage.signing``): a refused live or
+announced model is skipped with a logged error before it is downloaded, as the search service refuses it.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import TYPE_CHECKING
 
 from lambda_fn.contract.manifest import MODEL_FILE, ModelMeta
 from lambda_fn.storage.cache import cache_path, download_verified
-from lambda_fn.storage.errors import ROLES, UntrustedModel
+from lambda_fn.storage.errors import ROLES, RefusedModel
 from lambda_fn.storage.records import read_live_index, read_manifest, read_pointer
+from lambda_fn.storage.signing import check_model
 from lambda_fn.storage.store import Store
 
 if TYPE_CHECKING:
@@ -57,14 +59,20 @@ def load_verified(store: Store, key: str, sha256: str, cache_dir: Path) -> Loade
 
 
 def target_models(
-    store: Store, cache_dir: Path, *, trusted_model_sha256: str | None = None, newest_only: bool = False
+    store: Store,
+    cache_dir: Path,
+    *,
+    trusted_model_sha256: str | None = None,
+    model_signing_key: str | None = None,
+    newest_only: bool = False,
 ) -> list[LoadedModel]:
     """The live model, then the announced new one when it differs: what ingest embeds with; with
     ``newest_only``, only the model that is to go live (the announced one, else the live one), which is what a
     backfill embeds the collection with. With ``trusted_model_sha256`` set, any other model is skipped (logged
-    as an error) before it is downloaded; when that leaves none of the models asked for, ``UntrustedModel`` is
-    raised, so the changes are retried rather than acknowledged unembedded (or a backfill embedding the
-    collection with another model than the one it is for)."""
+    as an error) before it is downloaded, and so is, with ``model_signing_key`` set, a model its publisher did
+    not sign; when that leaves none of the models asked for, that ``RefusedModel`` is raised, so the changes are
+    retried rather than acknowledged unembedded (or a backfill embedding the collection with another model than
+    the one it is for)."""
     # on the S3 Vectors store the live-index record names the live model (a manifest there is not served)
     manifest, _ = read_live_index(store) or read_manifest(store, missing_ok=True) or (None, None)
     pointer = read_pointer(store)
@@ -77,12 +85,14 @@ def target_models(
         newest = pointer.model_sha256 if pointer is not None else manifest.model_sha256
         wanted = {newest: wanted[newest]}
     refused = None
-    if trusted_model_sha256:
-        for sha in [sha for sha in wanted if sha != trusted_model_sha256]:
-            refused = UntrustedModel(sha, trusted_model_sha256)
+    for sha in list(wanted):
+        try:
+            check_model(store, sha, trusted_model_sha256=trusted_model_sha256, model_signing_key=model_signing_key)
+        except RefusedModel as exc:
+            refused = exc
             log.error(
-                f"model not loaded: {refused.public}",
-                extra={"model_sha256": sha, "key": wanted.pop(sha), "trusted_model_sha256": trusted_model_sha256},
+                f"model not loaded: {exc.public}",
+                extra={"model_sha256": sha, "key": wanted.pop(sha), "reason": str(exc)},
             )
     if refused is not None and not wanted:
         raise refused

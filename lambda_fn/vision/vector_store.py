@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from lambda_fn.contract import metrics
-from lambda_fn.contract.vectors import ANNOY, LABEL, MAX_TOP_K, S3VECTORS, SOURCE
+from lambda_fn.contract.vectors import ANNOY, LABEL, MAX_TOP_K, PHASH, S3VECTORS, SOURCE
 from lambda_fn.storage.vectors import VectorIndex
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ class Hit:
     label: str | None = None
     source: str | None = None
     id: int | None = None  # the dense per-build id (Annoy only)
+    phash: int | None = None  # the picture's perceptual hash, for the dedupe (None: unknown, never collapsed)
     metadata: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -50,6 +51,7 @@ class VectorStore(Protocol):
     kind: str
     build_id: str
     max_top_k: int | None  # the most neighbours one query returns; None: no limit
+    dedupe_off: str | None  # why no result can be collapsed (a build without comparable hashes); None: it can
 
     def search(
         self, vector: np.ndarray, k: int, *, exclude: str | None = None, labels: Collection[str] = ()
@@ -79,9 +81,13 @@ class AnnoyStore:
         self.engine = engine
         self.build_id = engine.build_id
 
+    @property
+    def dedupe_off(self) -> str | None:
+        return self.engine.dedupe_off
+
     def _hit(self, image_id: int, distance: float) -> Hit:
         entry = self.engine.keys[image_id]
-        return Hit(entry.key, distance, entry.label, entry.source, image_id)
+        return Hit(entry.key, distance, entry.label, entry.source, image_id, self.engine.picture_hashes([image_id])[0])
 
     def search(self, vector, k, *, exclude=None, labels=()):
         excluded = self.engine.ids.get(exclude) if exclude is not None else None
@@ -104,6 +110,14 @@ class AnnoyStore:
         return self.engine.labels.names
 
 
+def _hash(value: object) -> int | None:
+    """The perceptual hash ingest stored (16 hex digits), or None when there is none or it does not parse."""
+    try:
+        return int(value, 16) if isinstance(value, str) and len(value) == 16 else None
+    except ValueError:
+        return None
+
+
 def _angular(cosine_distance: float) -> float:
     """S3 Vectors' cosine distance (1 - cos) as the angular distance the API reports, sqrt(2 - 2 cos)."""
     return math.sqrt(max(0.0, 2.0 * cosine_distance))
@@ -115,6 +129,7 @@ class S3VectorsStore:
 
     kind = S3VECTORS
     max_top_k = MAX_TOP_K
+    dedupe_off = None  # each vector's hash is in its metadata
 
     def __init__(self, index: VectorIndex, *, labels: Callable[[], list[str]] = list, labels_ttl_s: float = 60.0):
         """``labels`` is read again once ``labels_ttl_s`` has passed since it was last read."""
@@ -124,7 +139,7 @@ class S3VectorsStore:
         self._label_cache: tuple[float, list[str]] | None = None
 
     def _hit(self, key: str, distance: float, metadata: dict) -> Hit:
-        return Hit(key, distance, metadata.get(LABEL), metadata.get(SOURCE), None, metadata)
+        return Hit(key, distance, metadata.get(LABEL), metadata.get(SOURCE), None, _hash(metadata.get(PHASH)), metadata)
 
     def search(self, vector, k, *, exclude=None, labels=()):
         top_k = min(k + (1 if exclude is not None else 0), MAX_TOP_K)

@@ -21,6 +21,7 @@ FIT = json.loads((RESULTS / "reindex_fit.json").read_text())["scaling"]
 MEASURED_1E6 = json.loads((RESULTS / "reindex_1e6.json").read_text())["sizes"][0]
 REINDEX_RUNS = json.loads((RESULTS / "reindex.json").read_text())["sizes"]
 INGEST_PEAKS = json.loads((RESULTS / "ingest.json").read_text())["results"]
+REQUEST_MEMORY = json.loads((RESULTS / "request_memory.json").read_text())["images"]
 FP32_MODEL_MIB = 85
 
 
@@ -66,6 +67,17 @@ def test_a_million_images_get_what_the_measured_million_needed():
     # what the defaults could not hold
     assert sizes.reindex_memory_mb > sizing.REINDEX_MEMORY_FLOOR_MB
     assert sizes.search_ephemeral_storage_mb > sizing.SEARCH_EPHEMERAL_FLOOR_MB
+
+
+def test_search_memory_holds_the_costliest_decode_the_limits_admit():
+    # A rerun of bench.request_memory whose worst admitted image outgrows the allowance (or falls far below it)
+    # fails here; refused images cost a few MiB and say nothing about the limit.
+    decoded = [r["growth_mib"] for r in REQUEST_MEMORY.values() if r.get("outcome") == "decoded"]
+    assert max(decoded) <= sizing.DECODE_ALLOWANCE_MIB <= max(decoded) * 1.05
+    sizes = sizing.sizes_for(1_000_000)
+    files = MEASURED_1E6["build_files_bytes"]
+    held = sizing.SEARCH_BASE_MIB + files["index"] / 2**20 + max(decoded)
+    assert held < sizes.search_memory_mb
 
 
 @pytest.mark.parametrize("images", [1, 10_000, 101_000, 300_000, 500_000, 1_000_000])

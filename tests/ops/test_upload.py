@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from lambda_fn.contract.manifest import Manifest, read_keys
 from ops.upload import upload
 from tests.helpers import SAMPLE_COUNT, run_module
@@ -67,3 +69,64 @@ def test_cli_missing_bucket_is_readable(s3_endpoint, artifacts_dir):
         timeout=120,
     )
     assert proc.returncode == 2 and "NoSuchBucket" in proc.stderr and "Traceback" not in proc.stderr
+
+
+class _PublishedMeanwhile:
+    """The test's S3 client, except that another publisher (a reindex) writes ``newer`` as the manifest (or the
+    object whose key ends with ``suffix``) just before this upload's own PUT of it reaches S3."""
+
+    def __init__(self, client, newer: bytes, suffix: str = "/manifest.json"):
+        self._client, self.newer, self.suffix = client, newer, suffix
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def put_object(self, **kw):
+        if kw["Key"].endswith(self.suffix):
+            self._client.put_object(Bucket=kw["Bucket"], Key=kw["Key"], Body=self.newer)
+        return self._client.put_object(**kw)
+
+
+def _live(s3, bucket, prefix) -> bytes:
+    return s3.get_object(Bucket=bucket, Key=f"{prefix}/manifest.json")["Body"].read()
+
+
+def test_a_build_published_meanwhile_wins_and_the_upload_says_so(s3, bucket, artifacts_dir, monkeypatch, capsys):
+    from ops import upload as upload_module
+
+    upload(artifacts_dir, None, bucket, "race", client=s3)
+    ours = Manifest.read(artifacts_dir / "manifest.json")
+    newer = Manifest.model_validate_json(_live(s3, bucket, "race")).model_copy(update={"count": ours.count + 1})
+    racing = _PublishedMeanwhile(s3, newer.model_dump_json().encode())
+    monkeypatch.setattr(upload_module, "s3_client", lambda **_: racing)
+    status = upload_module.cli(["--artifacts", str(artifacts_dir), "--bucket", bucket, "--prefix", "race"])
+    err = capsys.readouterr().err
+    assert status != 0 and "Traceback" not in err
+    assert "a newer build won" in err and f"{newer.count} images" in err and "nothing was overwritten" in err
+    assert "run the upload again" in err
+    assert _live(s3, bucket, "race") == racing.newer  # the newer build is not lost
+    assert f"race/builds/{ours.build_id}/index.ann" in _objects(s3, bucket)  # ours is there for a re-run
+    again = upload(artifacts_dir, None, bucket, "race", client=s3)  # the operator's informed re-run
+    assert again.uploaded_artifacts == 0
+    assert Manifest.model_validate_json(_live(s3, bucket, "race")).count == ours.count
+
+
+def test_the_first_upload_leaves_a_manifest_that_appeared_meanwhile(s3, bucket, artifacts_dir):
+    from ops.upload import NewerBuildWon
+
+    ours = Manifest.read(artifacts_dir / "manifest.json")
+    racing = _PublishedMeanwhile(s3, ours.model_copy(update={"count": 1}).model_dump_json().encode())
+    with pytest.raises(NewerBuildWon, match="a newer build won"):
+        upload(artifacts_dir, None, bucket, "empty", client=racing)
+    assert _live(s3, bucket, "empty") == racing.newer
+
+
+def test_a_model_announced_meanwhile_stays_announced(s3, bucket, artifacts_dir):
+    from lambda_fn.storage.records import ModelPointer, model_key
+    from ops.upload import NewerModelWon, announce_model
+
+    theirs = ModelPointer(model_file=model_key("c" * 64), model_sha256="c" * 64).model_dump_json().encode()
+    racing = _PublishedMeanwhile(s3, theirs, suffix="/models/current.json")
+    with pytest.raises(NewerModelWon, match="another model was announced meanwhile: model cccccccccccc"):
+        announce_model(artifacts_dir / "model.pt", bucket, "ann", client=racing)
+    assert s3.get_object(Bucket=bucket, Key="ann/models/current.json")["Body"].read() == theirs

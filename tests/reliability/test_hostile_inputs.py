@@ -24,6 +24,7 @@ from PIL import Image
 from lambda_fn.contract.config import DEFAULT_MAX_UPLOAD_BYTES
 from lambda_fn.search import fetch
 from lambda_fn.search.schemas import STATUS, ErrorCode
+from support.hostile_images import flat_jpeg, rle_bmp
 from tests.helpers import SAMPLE_COUNT, assert_json_error, jpeg_bytes, png_bomb
 
 
@@ -127,6 +128,21 @@ def _corpus() -> list[Case]:
         Case("10x10000 strip", 200, kwargs=_raw(_save(Image.new("L", (10, 10000), 7), "PNG"), "image/png")),
         Case("greyscale+alpha PNG", 200, kwargs=_raw(_save(Image.new("LA", (20, 20), (9, 100)), "PNG"), "image/png")),
         Case("BMP", 200, kwargs=_raw(_save(Image.new("RGB", (20, 20), (9, 9, 9)), "BMP"), "image/bmp")),
+        Case("BMP, 1 bit", 200, kwargs=_raw(_save(Image.new("1", (40, 30), 1), "BMP"), "image/bmp")),
+        Case("RLE8 BMP 8000x8000, 33 kB", 415, "unsupported_type", kwargs=_raw(rle_bmp(8000), "image/bmp")),
+        Case("RLE4 BMP 8000x8000, 32 kB", 415, "unsupported_type", kwargs=_raw(rle_bmp(8000, 4), "image/bmp")),
+        Case(
+            "progressive 4:4:4 JPEG 8000x8000", 413, "too_large", kwargs=_raw(flat_jpeg(8000, 8000, progressive=True))
+        ),
+        Case(
+            "progressive CMYK JPEG 6000x6000",
+            413,
+            "too_large",
+            kwargs=_raw(flat_jpeg(6000, 6000, components=4, progressive=True)),
+        ),
+        Case("multi-scan JPEG 8000x8000", 413, "too_large", kwargs=_raw(flat_jpeg(8000, 8000, interleaved=False))),
+        Case("progressive 4:2:0 JPEG", 200, kwargs=_raw(flat_jpeg(160, 120, sampling=(2, 2), progressive=True))),
+        Case("multi-scan JPEG", 200, kwargs=_raw(flat_jpeg(160, 120, interleaved=False))),
         Case("WebP", 200, kwargs=_raw(_save(_photo((40, 30)), "WEBP"), "image/webp")),
         Case("WebP with alpha", 200, kwargs=_raw(_save(Image.new("RGBA", (40, 30), (9, 9, 9, 90)), "WEBP"))),
         Case("JPEG as octet-stream", 200, kwargs=_raw(jpeg, "application/octet-stream")),

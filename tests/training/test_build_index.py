@@ -2,9 +2,12 @@ import shutil
 
 import numpy as np
 
-from lambda_fn.contract.manifest import Manifest, file_sha256, read_keys
+from lambda_fn.contract.manifest import Manifest, file_sha256, read_keys, read_keys_and_hashes
+from lambda_fn.contract.shards import Shard
 from lambda_fn.storage.artifacts import fetch
-from lambda_fn.vision.engine import Engine, load_index
+from lambda_fn.vision.engine import Engine, load_index, load_model
+from lambda_fn.vision.imaging import load_for_model
+from lambda_fn.vision.phash import HASH_NAME, from_hex, perceptual_hash
 from tests.helpers import EMBED_DIM, INDEX_TREES, SAMPLE_COUNT, SAMPLE_PER_CLASS, run_module
 from training.build_index import get_args_parser, main
 
@@ -24,6 +27,18 @@ def test_manifest_describes_the_build(artifacts_dir, model_path):
     assert m.keys_sha256 == file_sha256(artifacts_dir / "keys.json")
     assert m.embeddings_file == "embeddings.npy" and m.search_k > 0
     assert {"torch", "annoy", "numpy"} <= set(m.versions)
+
+
+def test_every_image_carries_the_perceptual_hash_of_its_prepared_crop(artifacts_dir, sample_dir):
+    m = Manifest.read(artifacts_dir / "manifest.json")
+    assert m.perceptual_hash == HASH_NAME and m.hashed == m.count
+    entries, hashes = read_keys_and_hashes(artifacts_dir / "keys.json")
+    meta = load_model(artifacts_dir / "model.pt")[1]
+    for i in (0, 17, len(entries) - 1):
+        pixels = load_for_model(sample_dir / entries[i].key, meta.resize_size, meta.crop_size)
+        assert from_hex(hashes[i]) == perceptual_hash(pixels)
+    shard = Shard.from_bytes((artifacts_dir / "collection.npz").read_bytes())  # what the next reindex starts from
+    assert {a.key: a.phash for a in shard.added} == {e.key: h for e, h in zip(entries, hashes, strict=True)}
 
 
 def test_ids_are_dense_in_sorted_key_order_with_folder_labels(artifacts_dir, sample_dir):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lambda_fn.vision.indexing import exact_top_k, recall_at_k
-from tests.helpers import SAMPLE_COUNT
+from tests.helpers import SAMPLE_COUNT, build_index, with_copy
 from training.evaluate import average_precision_at_k, get_args_parser, main, precision_at_k
 
 
@@ -53,7 +53,28 @@ def test_evaluate_reports_full_recall_when_search_k_covers_everything(artifacts_
     assert 0 <= report["retrieval"]["precision@10"] <= 1 and "mAP@5" in report["retrieval"]
     # with one result, average precision is precision
     assert report["retrieval"]["precision@1"] == pytest.approx(report["retrieval"]["mAP@1"])
+    # the sample set holds no two copies of one picture: what users get (dedupe on) is the whole ranking
+    served = report["service_retrieval"]
+    assert report["near_duplicates"]["enabled"] and report["near_duplicates"]["groups"] == 0
+    assert served["defaults"] == served["dedupe_off"]
+    assert served["dedupe_off"]["precision@10"] == pytest.approx(report["retrieval"]["precision@10"])
     from PIL import Image
 
     with Image.open(sheet) as im:
         assert im.width > 500 and im.height > 500
+
+
+def test_evaluate_reports_what_dedupe_takes_from_a_collection_with_a_copy(model_path, sample_dir, tmp_path):
+    images, out = tmp_path / "images", tmp_path / "build"
+    key, copy_key = with_copy(sample_dir, images)
+    for photo in sorted(sample_dir.rglob("*.jpg"))[-2:]:  # 11 images: evaluate ranks 10 results
+        (images / photo.relative_to(sample_dir)).write_bytes(photo.read_bytes())
+    build_index(images, model_path, out, "--n-trees", "4")
+    report_path = tmp_path / "report.json"
+    args = ["--artifacts", str(out), "--images", str(images), "--out", str(report_path), "--sheet-rows", "1"]
+    assert main(get_args_parser().parse_args(args)) == 0
+    report = json.loads(report_path.read_text())
+    assert [row["keys"] for row in report["near_duplicates"]["largest"]] == [sorted([key, copy_key])]
+    served = report["service_retrieval"]
+    # a classmate of the photo finds the photo and its copy among all 10 others without dedupe, the photo once with it
+    assert served["defaults"]["precision@10"] < served["dedupe_off"]["precision@10"]

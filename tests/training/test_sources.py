@@ -101,7 +101,7 @@ def test_search_results_name_their_source(mixed, make_client, tmp_path):
 
 def test_a_one_folder_collection_is_unchanged(artifacts_dir, sample_dir):
     rows = json.loads((artifacts_dir / "keys.json").read_text())
-    assert all(set(row) == {"key", "label"} for row in rows)  # no source field: same bytes as before
+    assert all(set(row) == {"key", "label", "phash"} for row in rows)  # no source field, as before sources
     assert all(e.source is None for e in read_keys(artifacts_dir / "keys.json"))
     sources = Sources.parse([sample_dir])
     assert sources.path(rows[0]["key"]) == sample_dir / rows[0]["key"]

@@ -53,6 +53,7 @@ def embed_pending(events: list[PendingEvent]) -> set[str]:
         max_bytes=settings.max_ingest_bytes,
         max_pixels=settings.max_image_pixels,
         trusted_model_sha256=settings.trusted_model_sha256,
+        model_signing_key=settings.model_signing_key,
     )
 
 

@@ -18,6 +18,7 @@ from lambda_fn.search.pipeline import max_k
 from lambda_fn.search.schemas import (
     MAX_LISTED_LABELS,
     BuildInfo,
+    DedupeInfo,
     ErrorDetail,
     HealthResponse,
     IndexInfo,
@@ -26,6 +27,7 @@ from lambda_fn.search.schemas import (
     UpdatesInfo,
 )
 from lambda_fn.vision.engine import runtime_info
+from lambda_fn.vision.phash import HASH_NAME
 
 router = APIRouter(tags=["health"])
 
@@ -84,4 +86,12 @@ async def health(state: StateDep):
             search_k=engine.search_k,
         )
     body.index.label_count, body.index.labels = len(labels), labels[:MAX_LISTED_LABELS]
+    body.dedupe = DedupeInfo(
+        enabled=engine.dedupe_off is None,
+        reason=engine.dedupe_off,
+        perceptual_hash=m.perceptual_hash if m is not None else HASH_NAME,
+        hashed_images=engine.hashed if m is not None else None,
+        max_distance=settings.dedupe_max_distance,
+        min_similarity=settings.dedupe_similarity,
+    )
     return body

@@ -79,8 +79,9 @@ def refine(
     dedupe: Annotated[
         bool,
         Query(
-            description="Collapse near-duplicates: a result nearly identical to a higher-ranked one (cosine "
-            "above the service's `dedupe_similarity`) is left out; `duplicates_collapsed` counts them"
+            description="Collapse copies: a result that is the same picture as a higher-ranked one (re-encoded, "
+            "resized, slightly cropped: perceptual hash and embedding agree) is left out; `duplicates_collapsed` "
+            "counts them. A build without perceptual hashes collapses nothing (/health `dedupe`)"
         ),
     ] = True,
 ) -> Refine:

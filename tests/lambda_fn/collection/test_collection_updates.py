@@ -14,6 +14,9 @@ from lambda_fn.collection.ingest import ingest
 from lambda_fn.collection.reindex import LEASE_FILE, Lease, reindex
 from lambda_fn.contract.manifest import Manifest
 from lambda_fn.contract.shards import Shard, namespace
+from lambda_fn.vision.imaging import load_for_model
+from lambda_fn.vision.phash import from_hex, perceptual_hash
+from support.hostile_images import flat_jpeg, rle_bmp
 from tests.deployment import FlakyStore, embed_bytes, sqs_event, unique_photo
 from tests.helpers import SAMPLE_COUNT
 from tests.lambda_fn.builds import resaved_model
@@ -55,6 +58,20 @@ def test_added_photos_become_searchable_and_a_removed_one_goes(deployment, tmp_p
     assert gone not in {e.key for e in d.engine().keys}
 
 
+def test_ingest_and_reindex_carry_each_photos_perceptual_hash(deployment, tmp_path):
+    d = deployment
+    photos = {f"hashed/{i}.jpg": unique_photo(40 + i) for i in range(2)}
+    report = _ingest(d, sqs_event(*(d.put_image(k, v) for k, v in photos.items()), bucket=d.bucket))
+    meta = d.models()[0].meta
+    expected = {k: perceptual_hash(load_for_model(v, meta.resize_size, meta.crop_size)) for k, v in photos.items()}
+    shard = Shard.from_bytes(d.artifacts.get(report.shards[0])[0])
+    assert {a.key: from_hex(a.phash) for a in shard.added} == expected
+    assert _reindex(d, tmp_path).unhashed == 0
+    engine = d.engine()
+    assert engine.dedupe_off is None and engine.manifest.hashed == engine.hashed == SAMPLE_COUNT + 2
+    assert engine.picture_hashes([engine.ids[k] for k in photos]) == list(expected.values())
+
+
 def test_the_same_message_twice_adds_nothing_twice(deployment, tmp_path):
     d = deployment
     event = sqs_event(d.put_image("dup/one.jpg", unique_photo(7)), bucket=d.bucket)
@@ -82,6 +99,24 @@ def test_a_corrupt_image_is_skipped_with_its_reason_and_the_batch_succeeds(deplo
     assert _ingest(d, event).reused == 1  # a skip is final: the batch is not embedded again
     result = _reindex(d, tmp_path)
     assert result.count == SAMPLE_COUNT + 1 and result.skipped == 1
+
+
+def test_images_too_costly_to_decode_are_skipped_with_the_rule_they_break(deployment):
+    # Ingest decodes with the search's rules: each of these cost seconds or hundreds of MiB before they existed.
+    d = deployment
+    good = d.put_image("costly/good.jpg", unique_photo(12))
+    costly = {
+        "costly/rle.bmp": (rle_bmp(8000), "RLE8-compressed BMP"),
+        "costly/multiscan.jpg": (flat_jpeg(8000, 8000, interleaved=False), "multi-scan JPEG"),
+        "costly/cmyk.jpg": (flat_jpeg(6000, 6000, components=4, progressive=True), "progressive JPEG"),
+    }
+    objects = [d.put_image(key, data) for key, (data, _) in costly.items()]
+    report = _ingest(d, sqs_event(good, *objects, bucket=d.bucket))
+    assert report.failed == {} and report.embedded == 1
+    reasons = {s.key: s.reason for s in report.skipped}
+    assert set(reasons) == set(costly)
+    for key, (_, says) in costly.items():
+        assert says in reasons[key]
 
 
 def test_a_transient_error_fails_only_its_message(deployment):

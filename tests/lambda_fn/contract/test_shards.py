@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+
 import numpy as np
 import pytest
 
@@ -30,7 +33,7 @@ def test_event_times_from_every_source_compare_as_strings():
 
 def test_round_trip_keeps_everything():
     shard = Shard(
-        added=[Added("a/1.jpg", "a", "e1", T1, "mine"), Added("b/2.jpg", None, "e2", T2)],
+        added=[Added("a/1.jpg", "a", "e1", T1, "mine", "00ff00ff00ff00ff"), Added("b/2.jpg", None, "e2", T2)],
         vectors=np.stack([_vec(0), _vec(1)]),
         removed=[Removed("c/3.jpg", T3)],
         skipped=[Skipped("d/4.jpg", "e4", "corrupt", T1)],
@@ -39,8 +42,20 @@ def test_round_trip_keeps_everything():
     back = Shard.from_bytes(shard.to_bytes())
     assert back.added == shard.added and back.removed == shard.removed and back.skipped == shard.skipped
     assert back.merged_shards == ["x.npz"] and np.array_equal(back.vectors, shard.vectors)
+    assert [a.phash for a in back.added] == ["00ff00ff00ff00ff", None]
+    merged = Collection()
+    merged.apply(back)
+    assert merged.hashes() == ["00ff00ff00ff00ff", None]  # in key_entries order, for the build's key map
     with pytest.raises(ValueError, match="not an embedding shard"):
         Shard.from_bytes(b"garbage")
+
+
+def test_a_shard_written_before_hashes_reads_with_none():
+    meta = {"format": 1, "added": [["a/1.jpg", "a", "e1", T1.time, "", None]], "removed": [], "skipped": []}
+    buf = io.BytesIO()
+    np.savez(buf, vectors=_vec(0)[None], meta=np.array(json.dumps(meta)))
+    (added,) = Shard.from_bytes(buf.getvalue()).added
+    assert added.key == "a/1.jpg" and added.phash is None
 
 
 def test_the_name_depends_on_the_events_not_their_order_or_outcome():

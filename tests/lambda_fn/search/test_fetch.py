@@ -18,7 +18,7 @@ import pytest
 from lambda_fn.contract.config import Settings
 from lambda_fn.search import fetch
 from lambda_fn.search.errors import ApiError
-from lambda_fn.search.fetch import fetch_image, refusal
+from lambda_fn.search.fetch import address_refusal_message, fetch_image, refusal
 from lambda_fn.search.schemas import ErrorCode
 from tests.helpers import assert_json_error, jpeg_bytes, png_bomb
 from tests.lambda_fn.links import TLS_NAME, LinkServer, public_address, self_signed_cert
@@ -39,6 +39,11 @@ def settings(**overrides) -> Settings:
         "url_fetch_timeout_s": 5,
     }
     return Settings(**(values | overrides))
+
+
+def refusal_reasons(caplog) -> str:
+    """The reasons the fetch logged for its refusals (the public message gives none)."""
+    return " | ".join(r.reason for r in caplog.records if r.getMessage() == "url refused")
 
 
 def refused(code: ErrorCode, url: str, config: Settings) -> str:
@@ -193,9 +198,12 @@ def test_links_that_are_not_https_urls_are_refused_before_any_lookup(url, code, 
         ("240.0.0.1", "a reserved address"),
     ],
 )
-def test_addresses_that_are_not_public_are_refused_without_connecting(host, says, loopback_only):
-    message = refused(ErrorCode.URL_NOT_ALLOWED, f"https://{host}/a.jpg", settings(url_allow_private=False))
-    assert says in message and "only public addresses" in message
+def test_addresses_that_are_not_public_are_refused_without_connecting(host, says, loopback_only, caplog):
+    config = settings(url_allow_private=False)
+    with caplog.at_level("INFO", logger=fetch.log.name):
+        message = refused(ErrorCode.URL_NOT_ALLOWED, f"https://{host}/a.jpg", config)
+    assert message == address_refusal_message(config)  # the one public answer; the reason is only logged
+    assert says not in message and says in refusal_reasons(caplog)
     assert loopback_only == []
 
 
@@ -208,26 +216,26 @@ def test_allowing_private_addresses_never_allows_metadata_or_link_local(address)
 
 def test_a_public_host_is_fetched_from_the_address_that_was_checked(dns, http_server, loopback_only):
     dns["photos.example"] = [PUBLIC]
-    url = f"http://photos.example:{http_server.port}/img.jpg"
-    assert fetch_image(url, settings(url_allow_private=False)) == IMAGE
-    assert loopback_only == [(PUBLIC, http_server.port)]
-    assert http_server.requests[-1] == ("/img.jpg", f"photos.example:{http_server.port}")
+    assert fetch_image("http://photos.example/img.jpg", settings(url_allow_private=False)) == IMAGE
+    assert loopback_only == [(PUBLIC, 80)]
+    assert http_server.requests[-1] == ("/img.jpg", "photos.example")
 
 
 def test_a_dns_answer_that_changes_cannot_swap_the_address(dns, http_server, loopback_only):
     # DNS rebinding: public when checked, loopback when looked up again for the connection. The fetch looks
     # the name up once per hop and connects to the address it checked.
     dns["photos.example"] = [[PUBLIC], ["127.0.0.1"]]
-    url = f"http://photos.example:{http_server.port}/img.jpg"
-    assert fetch_image(url, settings(url_allow_private=False)) == IMAGE
+    assert fetch_image("http://photos.example/img.jpg", settings(url_allow_private=False)) == IMAGE
     assert dns.lookups == ["photos.example"]
-    assert loopback_only == [(PUBLIC, http_server.port)]
+    assert loopback_only == [(PUBLIC, 80)]
 
 
-def test_a_name_with_one_private_answer_among_public_ones_is_refused(dns, loopback_only):
+def test_a_name_with_one_private_answer_among_public_ones_is_refused(dns, loopback_only, caplog):
     dns["photos.example"] = [PUBLIC, "10.1.2.3"]
-    message = refused(ErrorCode.URL_NOT_ALLOWED, "http://photos.example/img.jpg", settings(url_allow_private=False))
-    assert "resolves to 10.1.2.3" in message and "a private address" in message
+    with caplog.at_level("INFO", logger=fetch.log.name):
+        message = refused(ErrorCode.URL_NOT_ALLOWED, "http://photos.example/img.jpg", settings(url_allow_private=False))
+    assert "10.1.2.3" not in message  # what an internal name resolves to is not told to the client
+    assert "resolves to 10.1.2.3" in refusal_reasons(caplog) and "a private address" in refusal_reasons(caplog)
     assert loopback_only == []
 
 
@@ -241,19 +249,88 @@ def test_a_name_with_one_private_answer_among_public_ones_is_refused(dns, loopba
         ("http://2130706433/", "a loopback address"),
     ],
 )
-def test_a_redirect_is_checked_like_the_link_itself(dns, http_server, loopback_only, target, says):
+def test_a_redirect_is_checked_like_the_link_itself(dns, http_server, loopback_only, target, says, caplog):
     dns["photos.example"] = [PUBLIC]
     dns["internal.example"] = ["192.168.0.10"]
-    url = f"http://photos.example:{http_server.port}/redirect?to={target}"
-    message = refused(ErrorCode.URL_NOT_ALLOWED, url, settings(url_allow_private=False))
-    assert says in message
-    assert loopback_only == [(PUBLIC, http_server.port)]  # only the first hop was connected to
+    config = settings(url_allow_private=False)
+    with caplog.at_level("INFO", logger=fetch.log.name):
+        message = refused(ErrorCode.URL_NOT_ALLOWED, f"http://photos.example/redirect?to={target}", config)
+    assert message == address_refusal_message(config) and says in refusal_reasons(caplog)
+    assert loopback_only == [(PUBLIC, 80)]  # only the first hop was connected to
 
 
-def test_a_redirect_to_metadata_is_refused_even_with_private_addresses_allowed(http_server, loopback_only):
+def test_a_redirect_to_metadata_is_refused_even_with_private_addresses_allowed(http_server, loopback_only, caplog):
     url = http_server.url("/redirect?to=http://169.254.169.254/latest/meta-data/")
-    assert "a cloud metadata address" in refused(ErrorCode.URL_NOT_ALLOWED, url, settings())
+    with caplog.at_level("INFO", logger=fetch.log.name):
+        refused(ErrorCode.URL_NOT_ALLOWED, url, settings())
+    assert "a cloud metadata address" in refusal_reasons(caplog)
     assert [address for address, _ in loopback_only] == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize(
+    ("url", "extra", "fetched"),
+    [
+        ("https://photos.example:8443/img.jpg", [], False),
+        ("https://photos.example:22/img.jpg", [], False),
+        ("http://photos.example:80/img.jpg", [], True),  # http is allowed in these settings, so is its port
+        ("http://photos.example:8080/img.jpg", [], False),
+        ("http://photos.example:8080/img.jpg", [8080], True),
+        ("http://photos.example:9090/img.jpg", [8080], False),
+    ],
+)
+def test_only_443_80_and_the_configured_ports_are_fetched(dns, loopback_only, url, extra, fetched):
+    dns["photos.example"] = [PUBLIC]
+    config = settings(url_allow_private=False, url_allowed_ports=extra)
+    if fetched:
+        assert fetch_image(url, config) == IMAGE
+        return
+    assert refused(ErrorCode.URL_NOT_ALLOWED, url, config) == address_refusal_message(config)
+    assert dns.lookups == [] and loopback_only == []  # refused before any lookup or connection
+
+
+def test_port_80_needs_http_allowed(dns, loopback_only):
+    dns["photos.example"] = [PUBLIC]
+    config = settings(url_allow_private=False, url_allow_http=False)
+    assert address_refusal_message(config).endswith("on port 443")
+    assert refused(ErrorCode.URL_NOT_ALLOWED, "https://photos.example:80/a.jpg", config) == address_refusal_message(
+        config
+    )
+
+
+def test_a_redirect_to_another_port_is_refused(dns, http_server, loopback_only):
+    dns["photos.example"] = [PUBLIC]
+    config = settings(url_allow_private=False)
+    url = "http://photos.example/redirect?to=http://photos.example:6379/"
+    assert refused(ErrorCode.URL_NOT_ALLOWED, url, config) == address_refusal_message(config)
+    assert loopback_only == [(PUBLIC, 80)]
+
+
+def test_every_refused_address_or_port_answers_the_same(dns, loopback_only):
+    # Distinct answers would make the fetch a prober: of ports on public hosts, of what internal names resolve to.
+    dns["photos.example"] = [PUBLIC]
+    dns["internal.example"] = ["10.9.8.7"]
+    config = settings(url_allow_private=False, url_allowed_ports=[8443])
+    links = [
+        "https://photos.example:22/",
+        "https://photos.example:6379/",
+        "https://internal.example/",
+        "https://internal.example:8443/",
+        "https://127.0.0.1/",
+        "https://[::1]:8443/",
+        "https://169.254.169.254/",
+        "https://10.0.0.1:25/",
+    ]
+    messages = {refused(ErrorCode.URL_NOT_ALLOWED, link, config) for link in links}
+    assert messages == {address_refusal_message(config)}
+    assert "8443" in address_refusal_message(config) and loopback_only == []
+
+
+def test_extra_ports_are_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("DEEPFOOD_URL_ALLOWED_PORTS", "8443, 8080")
+    assert Settings(artifacts_uri="unused").url_allowed_ports == [8443, 8080]
+    monkeypatch.setenv("DEEPFOOD_URL_ALLOWED_PORTS", "70000")
+    with pytest.raises(ValueError, match="between 1 and 65535"):
+        Settings(artifacts_uri="unused")
 
 
 def test_a_redirect_from_https_to_http_is_refused(https_server, trusted, monkeypatch):

@@ -1,16 +1,25 @@
-"""What shapes a page of results: the similarity cut-off, near-duplicate collapsing, and offset paging."""
+"""What shapes a page of results: the similarity cut-off, collapsing copies of one picture, and offset paging."""
 
 from __future__ import annotations
 
-import io
+import json
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from lambda_fn.contract.manifest import read_keys
-from tests.helpers import assert_json_error
+from lambda_fn.contract.manifest import (
+    KEYS_FILE,
+    MANIFEST_FILE,
+    Manifest,
+    file_sha256,
+    read_keys,
+    read_keys_and_hashes,
+    write_keys,
+)
+from tests.helpers import assert_json_error, build_index, with_copy
 
 
 @pytest.fixture(scope="module")
@@ -45,65 +54,69 @@ def test_min_similarity_outside_minus_one_to_one_is_422(client, value):
     assert_json_error(client.get(f"/images/1/similar?min_similarity={value}"), 422, "invalid_parameters")
 
 
-def greedy(embeddings: np.ndarray, order: list[int], threshold: float) -> list[int]:
+def greedy(embeddings: np.ndarray, hashes: list[str | None], order: list[int], bits: int, cosine: float) -> list[int]:
+    """The collapse rule written out: keep a result unless its hash is within ``bits`` of a kept one's and their
+    cosine is at least ``cosine``."""
     kept: list[int] = []
     for i in order:
-        if all(float(embeddings[i] @ embeddings[j]) <= threshold for j in kept):
+        if hashes[i] is None or not any(
+            hashes[j] is not None
+            and bin(int(hashes[i], 16) ^ int(hashes[j], 16)).count("1") <= bits
+            and float(embeddings[i] @ embeddings[j]) >= cosine
+            for j in kept
+        ):
             kept.append(i)
     return kept
 
 
-@pytest.mark.parametrize("quantile", [50, 90])
-def test_dedupe_leaves_out_results_too_close_to_a_higher_ranked_one(client, make_client, embeddings, quantile):
+@pytest.fixture(scope="module")
+def hashes(artifacts_dir) -> list[str | None]:
+    return read_keys_and_hashes(artifacts_dir / "keys.json")[1]
+
+
+def test_a_build_without_true_duplicates_loses_nothing_to_dedupe(client, hashes):
+    assert all(hashes)  # training.build_index hashed every image
+    for image_id in (3, 13, 41):
+        raw, deduped = similar(client, image_id, k=20, dedupe="false"), similar(client, image_id, k=20)
+        assert ids(deduped) == ids(raw) and deduped["duplicates_collapsed"] == 0
+
+
+@pytest.mark.parametrize("bits", [24, 28])
+def test_dedupe_leaves_out_results_whose_picture_matches_a_higher_ranked_one(
+    client, make_client, embeddings, hashes, bits
+):
     raw = similar(client, k=59, dedupe="false")  # every other image, nearest first
-    top = embeddings[ids(raw)[:12]]
-    # a threshold some pairs of the nearest results are above (the tests' tiny model puts photos close)
-    threshold = float(np.percentile((top @ top.T)[np.triu_indices(12, 1)], quantile))
-    with make_client(dedupe_similarity=threshold) as deduped:
-        body = similar(deduped, k=8)
-    kept = greedy(embeddings, ids(raw), threshold)
+    # looser than the default, so the synthetic set (no true duplicates) has pairs to collapse
+    with make_client(dedupe_max_distance=bits, dedupe_similarity=0.0) as loose:
+        body = similar(loose, k=8)
+    kept = greedy(embeddings, hashes, ids(raw), bits, 0.0)
     assert ids(body) == kept[:8]
     within = ids(raw)[: ids(raw).index(kept[7]) + 1]
     assert body["duplicates_collapsed"] == len(within) - 8 > 0
-    pairs = embeddings[ids(body)] @ embeddings[ids(body)].T
-    assert pairs[np.triu_indices(8, 1)].max() <= threshold + 1e-6
+    with make_client(dedupe_max_distance=bits, dedupe_similarity=1.0) as guarded:  # the embeddings must agree too
+        assert ids(similar(guarded, k=8)) == ids(raw)[:8]
 
 
-def test_dedupe_false_keeps_near_duplicates(client):
-    body = similar(client, k=12, dedupe="false")
-    assert body["duplicates_collapsed"] == 0 and len(body["results"]) == 12
+def test_dedupe_false_keeps_near_duplicates(copy_client):
+    client, photo, key, copy_key = copy_client
+    body = client.post("/search?k=3&dedupe=false", files={"image": ("q.jpg", photo)}).json()
+    assert body["duplicates_collapsed"] == 0 and {key, copy_key} <= {m["key"] for m in body["results"]}
 
 
 @pytest.fixture(scope="module")
-def copy_client(make_client, model_path, sample_dir, tmp_path_factory):
-    """A build of eight sample photos plus a re-encoded, shrunk and slightly cropped copy of the first."""
-    from training.build_index import get_args_parser, main
-
+def copy_build(model_path, sample_dir, tmp_path_factory) -> tuple[Path, Path, str, str]:
     images = tmp_path_factory.mktemp("with-copy")
-    keys = sorted(p.relative_to(sample_dir) for p in sample_dir.rglob("*.jpg"))[::7][:8]
-    for key in keys:
-        (images / key).parent.mkdir(parents=True, exist_ok=True)
-        (images / key).write_bytes((sample_dir / key).read_bytes())
-    original = Image.open(sample_dir / keys[0]).convert("RGB")
-    w, h = original.size
-    copy = original.crop((w // 40, h // 40, w - w // 40, h - h // 40)).resize((w * 3 // 4, h * 3 // 4))
-    buf = io.BytesIO()
-    copy.save(buf, "JPEG", quality=70)
-    (images / keys[0].parent / "copy.jpg").write_bytes(buf.getvalue())
-    out = tmp_path_factory.mktemp("with-copy-build")
-    args = ["--images", str(images), "--model", str(model_path), "--out", str(out), "--workers", "0", "--n-trees", "4"]
-    assert main(get_args_parser().parse_args([*args, "--save-embeddings"])) == 0
-    vectors = np.load(out / "embeddings.npy")
-    names = [e.key for e in read_keys(out / "keys.json")]
-    first, twin = names.index(keys[0].as_posix()), names.index(f"{keys[0].parent.as_posix()}/copy.jpg")
-    s = vectors @ vectors.T
-    # a threshold between the copy's cosine and the closest pair of different photos
-    others = max(s[i, j] for i in range(len(names)) for j in range(i) if {i, j} != {first, twin})
-    assert s[first, twin] > others, (s[first, twin], others)
-    with make_client(
-        artifacts_uri=str(out), images_uri=str(images), dedupe_similarity=(s[first, twin] + others) / 2
-    ) as client:
-        yield client, (sample_dir / keys[0]).read_bytes(), keys[0].as_posix(), f"{keys[0].parent.as_posix()}/copy.jpg"
+    key, copy_key = with_copy(sample_dir, images)
+    out = build_index(images, model_path, tmp_path_factory.mktemp("with-copy-build"), "--n-trees", "4")
+    return out, images, key, copy_key
+
+
+@pytest.fixture(scope="module")
+def copy_client(make_client, copy_build):
+    """The service, default settings, on a build of eight sample photos and a copy of the first."""
+    out, images, key, copy_key = copy_build
+    with make_client(artifacts_uri=str(out), images_uri=str(images)) as client:
+        yield client, (images / key).read_bytes(), key, copy_key
 
 
 def test_an_upload_finds_the_photo_once_not_also_its_copy(copy_client):
@@ -114,6 +127,27 @@ def test_an_upload_finds_the_photo_once_not_also_its_copy(copy_client):
     found = [m["key"] for m in once["results"]]
     assert found[0] == key and copy_key not in found
     assert once["duplicates_collapsed"] == 1 and len(once["results"]) == 3
+    dedupe = client.get("/health").json()["dedupe"]
+    assert dedupe["enabled"] and dedupe["hashed_images"] == 9 and dedupe["reason"] is None
+
+
+def test_a_build_made_before_hashes_collapses_nothing_and_health_says_so(make_client, copy_build, tmp_path):
+    out, images, key, copy_key = copy_build
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    entries = read_keys(old / KEYS_FILE)
+    write_keys(old / KEYS_FILE, entries)  # the key map as builds wrote it before hashes
+    manifest = Manifest.read(old / MANIFEST_FILE).model_dump()
+    for field in ("perceptual_hash", "hashed"):
+        manifest.pop(field)
+    manifest["keys_sha256"] = file_sha256(old / KEYS_FILE)
+    (old / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with make_client(artifacts_uri=str(old), images_uri=str(images)) as client:
+        body = client.post("/search?k=3", files={"image": ("q.jpg", (images / key).read_bytes())}).json()
+        assert [m["key"] for m in body["results"][:2]] == [key, copy_key] and body["duplicates_collapsed"] == 0
+        dedupe = client.get("/health").json()["dedupe"]
+    assert not dedupe["enabled"] and dedupe["hashed_images"] == 0 and dedupe["perceptual_hash"] is None
+    assert "no perceptual hashes" in dedupe["reason"]
 
 
 @pytest.mark.parametrize("dedupe", ["false", "true"])

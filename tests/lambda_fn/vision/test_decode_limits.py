@@ -13,16 +13,20 @@ from PIL import Image
 
 from lambda_fn.vision import imaging
 from lambda_fn.vision.imaging import (
+    MAX_BUFFERED_JPEG_SAMPLES,
     MAX_JPEG_SCANS,
+    ImageError,
     ImageTooComplex,
     ImageTooLarge,
     UnsupportedImage,
+    jpeg_buffered_samples,
     jpeg_scan_count,
     load_for_model,
     open_image,
     orient,
     prepare,
 )
+from support.hostile_images import flat_jpeg, rle_bmp
 from tests.helpers import assert_json_error
 
 
@@ -149,3 +153,111 @@ def test_a_shrunk_large_image_embeds_like_the_full_resize(monkeypatch):
     monkeypatch.setattr(imaging, "_SHRINK_ABOVE_PIXELS", 1000)
     shrunk = prepare(img.copy(), 72, 64)
     assert np.abs(full.astype(int) - shrunk.astype(int)).mean() < 2.0
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_rle_bmp_is_refused_before_decoding(bits):
+    # Pillow decodes RLE BMPs in Python, a pixel at a time: 33 kB at 8000x8000 took 7.5 s (docs/benchmarks.md).
+    data = rle_bmp(8000, bits)
+    assert len(data) < 40_000
+    with pytest.raises(UnsupportedImage, match=f"RLE{bits}-compressed BMP"):
+        open_image(data, max_pixels=64_000_000)
+
+
+@pytest.mark.parametrize("mode", ["1", "P", "RGB"])
+def test_uncompressed_bmp_still_decodes(mode):
+    buf = io.BytesIO()
+    _photo((90, 70)).convert(mode).save(buf, "BMP")
+    assert load_for_model(buf.getvalue(), 72, 64).shape == (64, 64, 3)
+
+
+def test_rle_bmp_gets_415_through_the_api(client):
+    r = client.post("/search", content=rle_bmp(8000), headers={"Content-Type": "image/bmp"})
+    assert "PNG or JPEG" in assert_json_error(r, 415, "unsupported_type")["message"]
+
+
+@pytest.mark.parametrize(
+    ("size", "layout", "expected"),
+    [
+        # (width, height), flat_jpeg arguments, samples libjpeg buffers (whole blocks, whole MCUs per component)
+        ((8000, 8000), {}, 3 * 64_000_000),
+        ((8000, 8000), {"sampling": (2, 2)}, 96_000_000),  # 4:2:0: the chroma planes at a quarter
+        ((8000, 8000), {"components": 4}, 4 * 64_000_000),
+        ((8000, 8000), {"components": 1}, 64_000_000),
+        ((101, 77), {"sampling": (2, 2)}, (14 * 10 + 2 * 7 * 5) * 64),  # luma rounded up to MCUs of 2x2 blocks
+        ((101, 77), {"sampling": (2, 1)}, (14 * 10 + 2 * 7 * 10) * 64),
+    ],
+)
+def test_buffered_samples_follow_the_components_and_their_sampling(size, layout, expected):
+    with Image.open(io.BytesIO(flat_jpeg(*size, progressive=True, **layout))) as img:
+        assert jpeg_buffered_samples(img) == expected
+
+
+def test_buffered_samples_of_an_encoders_file():
+    with Image.open(io.BytesIO(_jpeg(_photo((333, 201)), progressive=True, subsampling=2))) as img:
+        assert img.layer[0][1:3] == (2, 2)
+        assert jpeg_buffered_samples(img) == (42 * 26 + 2 * 21 * 13) * 64
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("progressive 4:4:4, 64 MP", flat_jpeg(8000, 8000, progressive=True)),
+        ("progressive CMYK, 36 MP", flat_jpeg(6000, 6000, components=4, progressive=True)),
+        ("progressive 4:4:4, 45 MP", flat_jpeg(6696, 6696, progressive=True)),
+        ("sequential, a scan per component, 64 MP", flat_jpeg(8000, 8000, interleaved=False)),
+        ("sequential CMYK, a scan per component, 36 MP", flat_jpeg(6000, 6000, components=4, interleaved=False)),
+    ],
+)
+def test_jpegs_that_keep_every_coefficient_are_capped_by_samples(name, data):
+    # Each of these decoded at +370 to +490 MiB before the cap (docs/benchmarks.md, "Request memory").
+    assert len(data) < 1_500_000
+    with pytest.raises(ImageTooComplex, match="samples"):
+        open_image(data, max_pixels=64_000_000)
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("progressive 4:2:0 (what encoders write), 64 MP", flat_jpeg(8000, 8000, sampling=(2, 2), progressive=True)),
+        ("progressive grey, 64 MP", flat_jpeg(8000, 8000, components=1, progressive=True)),
+        ("progressive 4:4:4 just under the cap", flat_jpeg(6688, 6688, progressive=True)),
+        ("baseline 4:4:4, 64 MP: decoded a row of blocks at a time", flat_jpeg(8000, 8000)),
+        ("baseline CMYK, 64 MP", flat_jpeg(8000, 8000, components=4)),
+    ],
+)
+def test_jpegs_under_the_sample_cap_or_decoded_in_rows_keep_the_pixel_limit(name, data):
+    with open_image(data, max_pixels=64_000_000) as img:
+        assert img.width * img.height <= 64_000_000
+    assert 6688 * 6688 * 3 <= MAX_BUFFERED_JPEG_SAMPLES < 6696 * 6696 * 3
+
+
+def test_small_progressive_and_multi_scan_jpegs_decode():
+    for data in (
+        flat_jpeg(120, 90, progressive=True),
+        flat_jpeg(120, 90, interleaved=False),
+        flat_jpeg(120, 90, components=4, interleaved=False),
+    ):
+        assert load_for_model(data, 72, 64).shape == (64, 64, 3)
+
+
+def test_a_multi_scan_jpeg_gets_413_through_the_api(client):
+    r = client.post("/search", content=flat_jpeg(8000, 8000, interleaved=False), headers={"Content-Type": "image/jpeg"})
+    message = assert_json_error(r, 413, "too_large")["message"]
+    assert "multi-scan JPEG is 8000x8000 with 3 components" in message and "baseline" in message
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "ffc20011080030004003011100020000031100",  # a sampling factor of 0
+        "ffc20008080030244003011100021700031100",  # a frame header too short to list its components
+    ],
+)
+def test_a_corrupt_frame_header_is_not_an_image_not_a_crash(frame):
+    # Regression (found by mutating the frame header): the sample count divided by zero, or took max() of nothing.
+    data = flat_jpeg(64, 48, progressive=True)
+    at = data.index(b"\xff\xc2")
+    corrupt = data[:at] + bytes.fromhex(frame) + data[at + len(frame) // 2 :]
+    with pytest.raises(ImageError):
+        load_for_model(corrupt, 72, 64, max_pixels=64_000_000)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lambda_fn.contract.manifest import MODEL_META_FILE, Manifest, read_keys
+from lambda_fn.contract.manifest import MODEL_META_FILE, Manifest, read_keys, read_keys_and_hashes
 from lambda_fn.storage.artifacts import ArtifactError, fetch
 from lambda_fn.vision.engine import Engine, Neighbour, load_index, load_model
 from tests.helpers import EMBED_DIM, SAMPLE_CLASSES, SAMPLE_COUNT, TEST_CROP
@@ -116,3 +116,17 @@ def test_a_key_map_of_another_size_is_refused(engine):
     keys = engine.keys[:-1]
     with pytest.raises(ArtifactError, match=f"{SAMPLE_COUNT} images, index has {SAMPLE_COUNT}, key map {len(keys)}"):
         Engine(engine.model, engine.meta, engine.index, engine.manifest, keys)
+
+
+def test_images_without_a_hash_are_never_compared_and_nothing_is_guessed(engine, artifacts_dir):
+    _, hashes = read_keys_and_hashes(artifacts_dir / "keys.json")
+    partial = [None if i % 2 else h for i, h in enumerate(hashes)]  # a build merged from old and new shards
+    mixed = Engine(engine.model, engine.meta, engine.index, engine.manifest, engine.keys, hashes=partial)
+    assert mixed.dedupe_off is None and mixed.hashed == (SAMPLE_COUNT + 1) // 2
+    assert mixed.picture_hashes([0, 1]) == [int(hashes[0], 16), None]
+    other = engine.manifest.model_copy(update={"perceptual_hash": "dct256-whole"})
+    off = Engine(engine.model, engine.meta, engine.index, other, engine.keys, hashes=hashes)
+    assert off.hashed == 0 and "'dct256-whole'" in off.dedupe_off and off.picture_hashes([0]) == [None]
+    bad = ["not hex", *hashes[1:]]
+    with pytest.raises(ArtifactError, match="not 16 hex digits"):
+        Engine(engine.model, engine.meta, engine.index, engine.manifest, engine.keys, hashes=bad)
