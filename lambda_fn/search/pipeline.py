@@ -3,7 +3,8 @@
 The neighbours are ranked once for every endpoint (``rank``): nearest first, only the wanted labels, copies
 of the same picture as a higher-ranked result collapsed (``lambda_fn.vision.phash.same_picture``: perceptual
 hash and embedding; a build without hashes collapses nothing), then the page ``offset .. offset+k-1`` of that
-ranking with the results below ``min_similarity`` cut off.
+ranking with the results below ``min_similarity`` cut off. A search with liked and disliked images ranks by one
+vector made from the query and them (``lambda_fn.search.feedback``), and never returns them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from lambda_fn.contract.config import Settings
 from lambda_fn.search.errors import ApiError
+from lambda_fn.search.feedback import NoPositiveSignal, rocchio
 from lambda_fn.search.schemas import MAX_LISTED_LABELS, ErrorCode, Match, Prediction, SearchResponse, Timings
 from lambda_fn.search.urls import ImageLinker
 from lambda_fn.vision.engine import Engine, Neighbour
@@ -65,6 +67,8 @@ class SearchOptions:
     labels: tuple[str, ...] = ()
     min_similarity: float | None = None
     dedupe: bool = True
+    liked: tuple[int, ...] = ()
+    disliked: tuple[int, ...] = ()
 
 
 @dataclass
@@ -76,9 +80,11 @@ class Ranked:
     cut: int
     collapsed: int
 
-    def fields(self, options: SearchOptions) -> dict:
+    def fields(self, options: SearchOptions, engine: Engine) -> dict:
         """The SearchResponse fields that describe the page."""
         return {
+            "liked": [engine.keys[i].key for i in options.liked],
+            "disliked": [engine.keys[i].key for i in options.disliked],
             "k": options.k,
             "offset": options.offset,
             "next_offset": self.next_offset,
@@ -107,18 +113,35 @@ _DEDUPE_MARGIN = 0.25
 _RANK_TRIES = 4
 
 
+def query_vector(engine: Engine, query: np.ndarray | None, options: SearchOptions) -> np.ndarray:
+    """The vector a search ranks by: the query's own, or with liked and disliked images, Rocchio's combination."""
+    if query is not None and not options.liked and not options.disliked:
+        return query
+    liked = np.stack([engine.vector(i) for i in options.liked]) if options.liked else None
+    disliked = np.stack([engine.vector(i) for i in options.disliked]) if options.disliked else None
+    try:
+        return rocchio(query, liked, disliked, dim=engine.manifest.dim)
+    except NoPositiveSignal as exc:
+        raise ApiError(
+            ErrorCode.NO_POSITIVE_EXAMPLE, f"{exc}: give a query (an image or `key=`) or a `like=` key"
+        ) from None
+
+
 def rank(
     engine: Engine, vector: np.ndarray, options: SearchOptions, settings: Settings, exclude: int | None = None
 ) -> Ranked:
-    """The page of neighbours ``options`` asks for (its labels known: ``check_labels``); see the module's
-    docstring."""
+    """The page of neighbours ``options`` asks for (its labels known: ``check_labels``), leaving out ``exclude``
+    and the liked and disliked images; see the module's docstring."""
     end = options.offset + options.k
     dedupe = options.dedupe and engine.dedupe_off is None
     n = end + 1 + (int(end * _DEDUPE_MARGIN) + 2 if dedupe else 0)  # one more tells of a next page
+    judged = set(options.liked) | set(options.disliked)
     for _ in range(_RANK_TRIES):
-        found = engine.search(vector, n, exclude=exclude, labels=options.labels)
+        # ask for as many more as could be judged ones: they are left out after the search
+        asked = engine.search(vector, n + len(judged), exclude=exclude, labels=options.labels)
+        found = [nb for nb in asked if nb.id not in judged][:n]
         kept, collapsed = _collapse(engine, found, options.offset, end, settings) if dedupe else (found[: end + 1], 0)
-        if len(kept) > end or len(found) < n:
+        if len(kept) > end or len(asked) < n + len(judged):
             break
         n *= 2  # duplicates took the room: ask for more (bounded tries; a page may come back short)
     page = kept[options.offset : end]
@@ -162,7 +185,7 @@ def search_image(
     t1 = time.perf_counter()
     vectors, probs = engine.embed(pixels[None])
     t2 = time.perf_counter()
-    ranked = rank(engine, vectors[0], options, settings)
+    ranked = rank(engine, query_vector(engine, vectors[0], options), options, settings)
     t3 = time.perf_counter()
     predictions = (
         [Prediction(label=label, probability=round(p, 6)) for label, p in engine.predictions(probs[0])]
@@ -171,7 +194,7 @@ def search_image(
     )
     matches = to_matches(engine, ranked.neighbours, linker)
     return SearchResponse(
-        **ranked.fields(options),
+        **ranked.fields(options, engine),
         build_id=engine.build_id,
         results=matches,
         predictions=predictions,
@@ -194,29 +217,35 @@ def check_build(engine: Engine, build: str | None) -> None:
         )
 
 
-def image_id_of(key: str, engine: Engine) -> int:
+def image_id_of(key: str, engine: Engine, role: str = "") -> int:
+    """The id of the image with ``key`` in the live build; ``role`` ("liked ") names it in the 404's message."""
     try:
         return engine.ids[key]
     except KeyError:
-        raise ApiError(ErrorCode.UNKNOWN_IMAGE, f"no image with key {key!r} in build {engine.build_id}") from None
+        raise ApiError(
+            ErrorCode.UNKNOWN_IMAGE, f"no {role}image with key {key[:1024]!r} in build {engine.build_id}"
+        ) from None
 
 
 def search_similar(
-    image_id: int, options: SearchOptions, engine: Engine, settings: Settings, linker: ImageLinker
+    image_id: int | None, options: SearchOptions, engine: Engine, settings: Settings, linker: ImageLinker
 ) -> SearchResponse:
-    if not 0 <= image_id < engine.manifest.count:
+    """Neighbours of an indexed image (left out of its own results), or with ``image_id`` None, of the liked
+    images alone."""
+    if image_id is not None and not 0 <= image_id < engine.manifest.count:
         raise ApiError(
             ErrorCode.UNKNOWN_IMAGE, f"no image with id {image_id}; ids run from 0 to {engine.manifest.count - 1}"
         )
     t0 = time.perf_counter()
-    ranked = rank(engine, engine.vector(image_id), options, settings, exclude=image_id)
+    query = engine.vector(image_id) if image_id is not None else None
+    ranked = rank(engine, query_vector(engine, query, options), options, settings, exclude=image_id)
     t1 = time.perf_counter()
     return SearchResponse(
-        **ranked.fields(options),
+        **ranked.fields(options, engine),
         build_id=engine.build_id,
         results=to_matches(engine, ranked.neighbours, linker),
         predictions=[],
         query_id=image_id,
-        query=to_matches(engine, [Neighbour(image_id, 0.0)], linker)[0],
+        query=to_matches(engine, [Neighbour(image_id, 0.0)], linker)[0] if image_id is not None else None,
         timings=Timings(decode_ms=0.0, embed_ms=0.0, search_ms=_ms(t1 - t0), total_ms=_ms(time.perf_counter() - t0)),
     )

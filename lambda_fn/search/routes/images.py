@@ -8,10 +8,10 @@ from fastapi import APIRouter, Depends, Path, Query
 from starlette.concurrency import run_in_threadpool
 
 from lambda_fn.search.deps import EngineDep, LinkerDep, SettingsDep
-from lambda_fn.search.errors import ERROR_RESPONSES
+from lambda_fn.search.errors import ERROR_RESPONSES, ApiError
 from lambda_fn.search.pipeline import check_build, image_id_of, search_similar
-from lambda_fn.search.routes.params import Refine, refine
-from lambda_fn.search.schemas import ErrorResponse, SearchResponse
+from lambda_fn.search.routes.params import MAX_KEY_LENGTH, Refine, refine
+from lambda_fn.search.schemas import ErrorCode, ErrorResponse, SearchResponse
 
 router = APIRouter(tags=["images"])
 
@@ -51,19 +51,34 @@ async def similar(
 @router.get(
     "/similar",
     response_model=SearchResponse,
-    responses={**ERROR_RESPONSES, 404: {"model": ErrorResponse, "description": "Unknown key (code: `unknown_image`)"}},
+    responses={
+        **ERROR_RESPONSES,
+        404: {"model": ErrorResponse, "description": "Unknown key, liked or disliked key (code: `unknown_image`)"},
+    },
 )
 async def similar_by_key(
+    *,
     engine: EngineDep,
     settings: SettingsDep,
     linker: LinkerDep,
     key: Annotated[
-        str,
-        Query(min_length=1, max_length=1024, description="The image's `key` in the collection; valid in every build"),
-    ],
+        str | None,
+        Query(
+            min_length=1,
+            max_length=MAX_KEY_LENGTH,
+            description="The image's `key` in the collection; valid in every build. Without it, the `like=` "
+            "images are the query (422 `no_positive_example` without either)",
+        ),
+    ] = None,
     options: Annotated[Refine, Depends(refine)],
 ) -> SearchResponse:
-    """Find the images most similar to an indexed image named by its key, leaving the image itself out."""
-    image_id = image_id_of(key, engine)
+    """Find the images most similar to an indexed image named by its key, leaving the image itself out; or to the
+    liked images, away from the disliked ones."""
+    image_id = image_id_of(key, engine) if key is not None else None
     chosen = options.options(engine, settings)
+    if image_id is None and not chosen.liked:
+        raise ApiError(
+            ErrorCode.NO_POSITIVE_EXAMPLE,
+            "nothing to search from: give the `key` of an image, or at least one `like=` key",
+        )
     return await run_in_threadpool(search_similar, image_id, chosen, engine, settings, linker)

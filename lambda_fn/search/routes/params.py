@@ -10,7 +10,7 @@ from pydantic import StringConstraints
 
 from lambda_fn.contract.config import Settings
 from lambda_fn.search.errors import ApiError
-from lambda_fn.search.pipeline import SearchOptions, check_labels
+from lambda_fn.search.pipeline import SearchOptions, check_labels, image_id_of
 from lambda_fn.search.schemas import ErrorCode
 from lambda_fn.search.uploads import parse_k
 from lambda_fn.vision.engine import Engine
@@ -18,24 +18,29 @@ from lambda_fn.vision.engine import Engine
 # Labels one request may filter by, and the longest label accepted.
 MAX_FILTER_LABELS = 20
 MAX_LABEL_LENGTH = 200
+# Longest image key accepted (as for `GET /similar?key=`).
+MAX_KEY_LENGTH = 1024
 
 K = Annotated[str | None, Query(description="Number of results (default and maximum: `limits` in /health)")]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL_LENGTH)]
+Key = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH)]
 
 
 @dataclass(frozen=True)
 class Refine:
-    """k, offset, label, min_similarity and dedupe from the query string."""
+    """k, offset, label, min_similarity, dedupe, like and dislike from the query string."""
 
     k: str | None
     offset: int
     labels: tuple[str, ...]
     min_similarity: float | None
     dedupe: bool
+    like: tuple[str, ...] = ()
+    dislike: tuple[str, ...] = ()
 
     def options(self, engine: Engine, settings: Settings, body_k: str | None = None) -> SearchOptions:
-        """The search options with k checked (the query's, else the body's), offset + k within max_k and every
-        label known to ``engine``: before any fetching or model work."""
+        """The search options with k checked (the query's, else the body's), offset + k within max_k, every
+        label known to ``engine`` and every liked and disliked key looked up: before any fetching or model work."""
         k_value = parse_k(self.k if self.k else body_k, settings)  # an empty ?k= does not hide the body's k
         if self.offset + k_value > settings.max_k:
             raise ApiError(
@@ -44,7 +49,30 @@ class Refine:
                 "a search returns at most max_k results in all",
             )
         check_labels(engine, self.labels)
-        return SearchOptions(k_value, self.offset, self.labels, self.min_similarity, self.dedupe)
+        liked, disliked = self.feedback(engine, settings)
+        return SearchOptions(
+            k_value, self.offset, self.labels, self.min_similarity, self.dedupe, liked=liked, disliked=disliked
+        )
+
+    def feedback(self, engine: Engine, settings: Settings) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The ids of the liked and disliked keys: at most ``max_feedback_images`` in all, none both, all known."""
+        count = len(self.like) + len(self.dislike)
+        if count > settings.max_feedback_images:
+            raise ApiError(
+                ErrorCode.INVALID_PARAMETERS,
+                f"a search may carry at most {settings.max_feedback_images} liked and disliked images in all "
+                f"(this one has {count}): keep the most telling ones",
+            )
+        both = set(self.like) & set(self.dislike)
+        if both:
+            raise ApiError(
+                ErrorCode.INVALID_PARAMETERS,
+                f"the image {min(both)[:200]!r} is both liked and disliked: give it as one of them only",
+            )
+        return (
+            tuple(image_id_of(key, engine, role="liked ") for key in self.like),
+            tuple(image_id_of(key, engine, role="disliked ") for key in self.dislike),
+        )
 
 
 def refine(
@@ -83,6 +111,30 @@ def refine(
             "counts them. A build without perceptual hashes collapses nothing (/health `dedupe`)"
         ),
     ] = True,
+    like: Annotated[
+        list[Key] | None,
+        Query(
+            description="The key of a result to see more like; repeat for several. The search ranks by the query "
+            "plus the mean liked image minus the mean disliked one, and leaves them out of the results. With no "
+            "query image (`GET /similar` without `key`) the liked images alone are the query. An unknown key is a "
+            "404 `unknown_image`; at most `max_feedback_images` liked and disliked keys in all",
+        ),
+    ] = None,
+    dislike: Annotated[
+        list[Key] | None,
+        Query(
+            description="The key of a result to see less like; repeat for several. Disliked images alone are no "
+            "query: 422 `no_positive_example`",
+        ),
+    ] = None,
 ) -> Refine:
     """The search parameters of the query string, as one dependency of every search endpoint."""
-    return Refine(k, offset, tuple(dict.fromkeys(label or ())), min_similarity, dedupe)
+    return Refine(
+        k,
+        offset,
+        tuple(dict.fromkeys(label or ())),
+        min_similarity,
+        dedupe,
+        tuple(dict.fromkeys(like or ())),
+        tuple(dict.fromkeys(dislike or ())),
+    )
