@@ -1,7 +1,8 @@
 """Relevance feedback ("more like this, less like that"): P@10 over rounds of simulated feedback, and its cost.
 
-    python -m bench.feedback                 # both labelled sets, both strategies, a weight sweep
-    python -m bench.feedback --quick         # fewer queries (a smoke run)
+    python -m bench.feedback                          # the benchmark build (random weights), both sets
+    python -m bench.feedback --artifacts artifacts    # a trained build (make demo) and its photos' labels
+    python -m bench.feedback --quick                  # fewer queries (a smoke run)
 
 Each image of a labelled set is a query in turn (left out of its own results, as ``/similar?key=`` does).
 A simulated person looks at the 10 results, likes the highest-ranked one with the query's label and dislikes
@@ -10,12 +11,13 @@ everything liked and disliked so far, which never comes back as a result. P@10 i
 with the query's label; "no feedback" is round 0. Both strategies of ``lambda_fn.search.feedback`` are scored
 exactly (every image), so the comparison is of the strategies, not of Annoy.
 
-Sets: the benchmark photos (240 synthetic dish photos in 6 labels, bench._setup) embedded by the full-size
-ResNet34 with random weights (a weak embedding, where a person's feedback has the most to add), and scikit-image's
-``lfw_subset`` (100 faces, 100 non-faces, 25x25 grey) embedded by the same model.
+Sets: the collection of a build, labelled by its folders: by default the benchmark photos (240 synthetic dish
+photos in 6 labels, bench._setup) embedded by the full-size ResNet34 with random weights, or ``--artifacts`` (a
+build with ``--save-embeddings``, e.g. ``make demo``'s); and scikit-image's ``lfw_subset`` (100 faces, 100
+non-faces, 25x25 grey) embedded by the same model.
 
-Cost: per request through the service's own ranking (``lambda_fn.search.pipeline``) on the Annoy index of the
-benchmark photos: a plain search by key against one with 1 liked + 1 disliked and with 3 + 3.
+Cost: per request through the service's own ranking (``lambda_fn.search.pipeline``) on that build's Annoy index:
+a plain search by key against one with 1 liked + 1 disliked and with 3 + 3.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ import argparse
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from bench._setup import RESULTS, artifacts, pin_threads
 from bench.harness import percentile, write_result
-from lambda_fn.search.feedback import NoPositiveSignal, best_score, rocchio
+from lambda_fn.search.feedback import ALPHA, BETA, NoPositiveSignal, best_score, rocchio
 
 TOP = 10
 ROUNDS = 3
@@ -100,19 +103,19 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def dish_set() -> tuple[np.ndarray, np.ndarray, str]:
-    from lambda_fn.contract.manifest import read_keys
+def build_set(art: Path, about: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """A build's embeddings (saved with ``--save-embeddings``) and its images' labels."""
+    from lambda_fn.contract.manifest import EMBEDDINGS_FILE, Manifest, read_keys
 
-    art = artifacts()
-    x = _unit_rows(np.load(art / "embeddings.npy"))
-    labels = np.array([e.label for e in read_keys(art / "keys.json")])
-    return x, labels, "240 synthetic dish photos, 6 labels; ResNet34 224 px, random weights (bench._setup)"
+    manifest = Manifest.read(art / "manifest.json")
+    x = _unit_rows(np.load(art / (manifest.embeddings_file or EMBEDDINGS_FILE)))
+    labels = np.array([e.label for e in read_keys(art / manifest.keys_file)])
+    return x, labels, f"{manifest.count} photos, {len(set(labels))} labels; {about}"
 
 
-def lfw_set() -> tuple[np.ndarray, np.ndarray, str] | None:
+def lfw_set(art: Path) -> tuple[np.ndarray, np.ndarray, str] | None:
     """scikit-image's lfw_subset file, read without importing scikit-image; None where it is not installed."""
     import importlib.util
-    from pathlib import Path
 
     import torch
     from PIL import Image
@@ -126,30 +129,31 @@ def lfw_set() -> tuple[np.ndarray, np.ndarray, str] | None:
         print("  scikit-image's lfw_subset is not installed: that set is left out")
         return None
     faces = np.load(path)  # (200, 25, 25) floats in 0..1: 100 faces, then 100 non-faces
-    model, meta = load_model(artifacts() / MODEL_FILE)
+    model, meta = load_model(art / MODEL_FILE)
     size = meta.crop_size
     grey = [Image.fromarray((f * 255).astype(np.uint8)).convert("RGB").resize((size, size)) for f in faces]
     with torch.inference_mode():
         emb = model(torch.from_numpy(np.stack([np.asarray(g) for g in grey]))).numpy()
     labels = np.array(["face"] * 100 + ["not a face"] * 100)
-    return _unit_rows(emb), labels, "scikit-image lfw_subset: 100 faces, 100 non-faces; same ResNet34"
+    return _unit_rows(emb), labels, "scikit-image lfw_subset: 100 faces, 100 non-faces; the same model"
 
 
-def run_quality(sets, strategies: Sequence[Strategy], n_queries: int | None) -> dict:
+def run_quality(sets, strategies: Sequence[Strategy], n_queries: int | None, chosen: str) -> dict:
+    """P@10 per round for every strategy on every set, and the first-round gain of the ``chosen`` one."""
     out = {}
     for x, labels, about in sets:
-        queries = list(range(len(x)))[: n_queries or None]
+        step = max(1, len(x) // n_queries) if n_queries else 1
+        queries = list(range(0, len(x), step))  # spread over every label
         rows = {}
         for s in strategies:
-            t0 = time.perf_counter()
             p, idle = simulate(x, labels, s, queries)
-            rows[s.name] = {"p_at_10": p, "rounds_without_new_feedback": idle}
-            print(f"  {about[:40]:40s} {s.name:24s} P@10 by round {p}  ({time.perf_counter() - t0:.1f} s)")
-        out[about] = {"queries": len(queries), "strategies": rows}
+            rows[s.name] = {"p_at_10": p, "first_round_gain": round(p[1] - p[0], 4), "rounds_without_feedback": idle}
+            print(f"  {about[:32]:32s} {s.name:20s} P@10 by round {p}  first-round gain {p[1] - p[0]:+.4f}")
+        out[about] = {"queries": len(queries), "strategies": rows, "chosen": chosen}
     return out
 
 
-def run_cost(repeats: int) -> dict:
+def run_cost(art: Path, repeats: int) -> dict:
     """Per-request time of the service's ranking: plain by key against with 1+1 and 3+3 feedback keys."""
     from lambda_fn.contract.config import Settings
     from lambda_fn.contract.manifest import Manifest, read_keys
@@ -157,7 +161,6 @@ def run_cost(repeats: int) -> dict:
     from lambda_fn.search.urls import ImageLinker
     from lambda_fn.vision.engine import Engine
 
-    art = artifacts()
     manifest = Manifest.read(art / "manifest.json")
     engine = Engine.from_files(manifest, art / manifest.model_file, art / manifest.index_file, art / manifest.keys_file)
     settings = Settings(artifacts_uri=str(art))
@@ -186,7 +189,12 @@ def run_cost(repeats: int) -> dict:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="60 queries per set and 50 timed requests (a smoke run)")
+    p.add_argument(
+        "--artifacts",
+        default=None,
+        help="a build folder saved with --save-embeddings (default: the benchmark build, random weights)",
+    )
+    p.add_argument("--quick", action="store_true", help="about 60 queries per set, 50 timed requests (a smoke run)")
     p.add_argument("--repeats", type=int, default=500, help="timed requests per cost case (default 500)")
     p.add_argument("--out", default=str(RESULTS / "feedback.json"), help="where the JSON report goes")
     return p
@@ -194,13 +202,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args) -> int:
     pin_threads()
-    strategies = [rocchio_strategy(a, b) for a in (0.5, 1.0, 2.0) for b in (0.0, 0.25, 0.5, 1.0)] + [BEST_SCORE]
-    sets = [s for s in (dish_set(), lfw_set()) if s is not None]
+    strategies = [rocchio_strategy(a, b) for a in (0.5, 1.0, 2.0) for b in (0.0, 0.5, 1.0, 1.5)] + [BEST_SCORE]
+    art = Path(args.artifacts) if args.artifacts else artifacts()
+    about = f"the model of {args.artifacts}" if args.artifacts else "ResNet34 224 px, random weights (bench._setup)"
+    sets = [s for s in (build_set(art, about), lfw_set(art)) if s is not None]
     n_queries = 60 if args.quick else None
-    quality = run_quality(sets, strategies, n_queries)
-    cost = run_cost(50 if args.quick else args.repeats)
-    report = {"top": TOP, "rounds": ROUNDS, "quality": quality, "cost_ms": cost}
-    print(f"wrote {write_result(report, args.out)}")
+    chosen = rocchio_strategy(ALPHA, BETA).name  # what the service runs
+    quality = run_quality(sets, strategies, n_queries, chosen)
+    cost = run_cost(art, 50 if args.quick else args.repeats)
+    report = {"artifacts": str(art), "top": TOP, "rounds": ROUNDS, "quality": quality, "cost_ms": cost}
+    write_result(report, args.out)
     return 0
 
 
