@@ -176,8 +176,8 @@ def run_cost(art: Path, repeats: int) -> dict:
             q = int(rng.integers(n))
             same = [i for i in range(n) if labels[i] == labels[q] and i != q]
             other = [i for i in range(n) if labels[i] != labels[q]]
-            liked = tuple(int(i) for i in rng.choice(same, n_like, replace=False))
-            disliked = tuple(int(i) for i in rng.choice(other, n_dislike, replace=False))
+            liked = tuple(engine.keys[int(i)].key for i in rng.choice(same, n_like, replace=False))
+            disliked = tuple(engine.keys[int(i)].key for i in rng.choice(other, n_dislike, replace=False))
             options = SearchOptions(k=12, liked=liked, disliked=disliked)
             t0 = time.perf_counter()
             search_similar(q, options, engine, settings, linker)

@@ -67,8 +67,8 @@ class SearchOptions:
     labels: tuple[str, ...] = ()
     min_similarity: float | None = None
     dedupe: bool = True
-    liked: tuple[int, ...] = ()
-    disliked: tuple[int, ...] = ()
+    liked: tuple[str, ...] = ()  # keys, each known to the live build (``Refine.feedback``)
+    disliked: tuple[str, ...] = ()
 
 
 @dataclass
@@ -80,11 +80,11 @@ class Ranked:
     cut: int
     collapsed: int
 
-    def fields(self, options: SearchOptions, engine: Engine) -> dict:
+    def fields(self, options: SearchOptions) -> dict:
         """The SearchResponse fields that describe the page."""
         return {
-            "liked": [engine.keys[i].key for i in options.liked],
-            "disliked": [engine.keys[i].key for i in options.disliked],
+            "liked": list(options.liked),
+            "disliked": list(options.disliked),
             "k": options.k,
             "offset": options.offset,
             "next_offset": self.next_offset,
@@ -117,14 +117,19 @@ def query_vector(engine: Engine, query: np.ndarray | None, options: SearchOption
     """The vector a search ranks by: the query's own, or with liked and disliked images, Rocchio's combination."""
     if query is not None and not options.liked and not options.disliked:
         return query
-    liked = np.stack([engine.vector(i) for i in options.liked]) if options.liked else None
-    disliked = np.stack([engine.vector(i) for i in options.disliked]) if options.disliked else None
+    liked = _vectors(engine, options.liked)
+    disliked = _vectors(engine, options.disliked)
     try:
         return rocchio(query, liked, disliked, dim=engine.manifest.dim)
     except NoPositiveSignal as exc:
         raise ApiError(
             ErrorCode.NO_POSITIVE_EXAMPLE, f"{exc}: give a query (an image or `key=`) or a `like=` key"
         ) from None
+
+
+def _vectors(engine: Engine, keys: tuple[str, ...]) -> np.ndarray | None:
+    """The embeddings of the images with ``keys``, looked up as a search by key does; None for no keys."""
+    return np.stack([engine.vector(engine.ids[key]) for key in keys]) if keys else None
 
 
 def rank(
@@ -139,7 +144,7 @@ def rank(
     for _ in range(_RANK_TRIES):
         # ask for as many more as could be judged ones: they are left out after the search
         asked = engine.search(vector, n + len(judged), exclude=exclude, labels=options.labels)
-        found = [nb for nb in asked if nb.id not in judged][:n]
+        found = [nb for nb in asked if engine.keys[nb.id].key not in judged][:n]
         kept, collapsed = _collapse(engine, found, options.offset, end, settings) if dedupe else (found[: end + 1], 0)
         if len(kept) > end or len(asked) < n + len(judged):
             break
@@ -194,7 +199,7 @@ def search_image(
     )
     matches = to_matches(engine, ranked.neighbours, linker)
     return SearchResponse(
-        **ranked.fields(options, engine),
+        **ranked.fields(options),
         build_id=engine.build_id,
         results=matches,
         predictions=predictions,
@@ -241,7 +246,7 @@ def search_similar(
     ranked = rank(engine, query_vector(engine, query, options), options, settings, exclude=image_id)
     t1 = time.perf_counter()
     return SearchResponse(
-        **ranked.fields(options, engine),
+        **ranked.fields(options),
         build_id=engine.build_id,
         results=to_matches(engine, ranked.neighbours, linker),
         predictions=[],

@@ -54,8 +54,8 @@ class Refine:
             k_value, self.offset, self.labels, self.min_similarity, self.dedupe, liked=liked, disliked=disliked
         )
 
-    def feedback(self, engine: Engine, settings: Settings) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """The ids of the liked and disliked keys: at most ``max_feedback_images`` in all, none both, all known."""
+    def feedback(self, engine: Engine, settings: Settings) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The liked and disliked keys, checked: at most ``max_feedback_images`` in all, none both, all known."""
         count = len(self.like) + len(self.dislike)
         if count > settings.max_feedback_images:
             raise ApiError(
@@ -69,10 +69,10 @@ class Refine:
                 ErrorCode.INVALID_PARAMETERS,
                 f"the image {min(both)[:200]!r} is both liked and disliked: give it as one of them only",
             )
-        return (
-            tuple(image_id_of(key, engine, role="liked ") for key in self.like),
-            tuple(image_id_of(key, engine, role="disliked ") for key in self.dislike),
-        )
+        for role, keys in (("liked ", self.like), ("disliked ", self.dislike)):
+            for key in keys:
+                image_id_of(key, engine, role=role)
+        return self.like, self.dislike
 
 
 def refine(
