@@ -21,7 +21,10 @@ router = APIRouter(tags=["images"])
     response_model=SearchResponse,
     responses={
         **ERROR_RESPONSES,
-        404: {"model": ErrorResponse, "description": "Unknown image id (code: `unknown_image`)"},
+        404: {
+            "model": ErrorResponse,
+            "description": "Unknown image id, or a `like=` / `dislike=` key naming no image (code: `unknown_image`)",
+        },
         409: {
             "model": ErrorResponse,
             "description": "`build` is not the live build: the id may name another image now (code: `stale_build`)",

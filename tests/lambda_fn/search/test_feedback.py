@@ -149,3 +149,14 @@ def test_feedback_errors_say_which_key(client, collection):
     assert "like=" in error["message"]
     both = client.get("/images/1/similar", params={"like": keys[4], "dislike": keys[4]})
     assert keys[4] in assert_json_error(both, 422, "invalid_parameters")["message"]
+
+
+def test_openapi_documents_feedback_on_every_search(client):
+    spec = client.get("/openapi.json").json()
+    for path, method in (("/search", "post"), ("/similar", "get"), ("/images/{image_id}/similar", "get")):
+        operation = spec["paths"][path][method]
+        names = [p["name"] for p in operation["parameters"] if p["in"] == "query"]
+        assert {"like", "dislike"} <= set(names), path
+        assert "unknown_image" in operation["responses"]["404"]["description"], path
+    assert "no_positive_example" in spec["components"]["schemas"]["ErrorCode"]["enum"]
+    assert {"liked", "disliked"} <= set(spec["components"]["schemas"]["SearchResponse"]["properties"])
