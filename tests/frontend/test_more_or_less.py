@@ -3,6 +3,7 @@ upload, the picks in the address and in history, and what axe-core finds."""
 
 from __future__ import annotations
 
+import json
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
@@ -105,6 +106,21 @@ def test_a_pick_can_be_taken_back_or_turned_round_from_the_keyboard(page: Page, 
 
 def is_search(request) -> bool:
     return request.method == "POST" and urlsplit(request.url).path == "/search"
+
+
+def test_a_search_by_link_is_refined_with_the_same_link(page: Page, site):
+    open_page(page, site)
+    link = f"{site}/files/pizza/pizza_0006.jpg"
+    page.fill("#url", link)
+    page.keyboard.press("Enter")
+    wait_for_results(page)
+    disliked = result_keys(page)[0]
+    with page.expect_request(lambda r: is_search(r) and "dislike=" in r.url) as sent:
+        vote_button(page, 0, "dislike").click()
+    assert json.loads(sent.value.post_data) == {"url": link}
+    assert parse_qs(urlsplit(sent.value.url).query)["dislike"] == [disliked]
+    expect(page.locator("#results-summary")).to_contain_text("steered by 1 disliked")
+    expect(page.locator("#url")).to_have_value(link)
 
 
 def test_a_link_keeps_the_query_and_the_picks(page: Page, site, sample_dir):
