@@ -227,9 +227,7 @@ def image_id_of(key: str, engine: Engine, role: str = "") -> int:
     try:
         return engine.ids[key]
     except KeyError:
-        raise ApiError(
-            ErrorCode.UNKNOWN_IMAGE, f"no {role}image with key {key[:1024]!r} in build {engine.build_id}"
-        ) from None
+        raise ApiError(ErrorCode.UNKNOWN_IMAGE, f"no {role}image with key {key!r} in build {engine.build_id}") from None
 
 
 def search_similar(

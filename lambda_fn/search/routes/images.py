@@ -8,10 +8,10 @@ from fastapi import APIRouter, Depends, Path, Query
 from starlette.concurrency import run_in_threadpool
 
 from lambda_fn.search.deps import EngineDep, LinkerDep, SettingsDep
-from lambda_fn.search.errors import ERROR_RESPONSES, ApiError
+from lambda_fn.search.errors import ERROR_RESPONSES
 from lambda_fn.search.pipeline import check_build, image_id_of, search_similar
 from lambda_fn.search.routes.params import MAX_KEY_LENGTH, Refine, refine
-from lambda_fn.search.schemas import ErrorCode, ErrorResponse, SearchResponse
+from lambda_fn.search.schemas import ErrorResponse, SearchResponse
 
 router = APIRouter(tags=["images"])
 
@@ -79,9 +79,4 @@ async def similar_by_key(
     liked images, away from the disliked ones."""
     image_id = image_id_of(key, engine) if key is not None else None
     chosen = options.options(engine, settings)
-    if image_id is None and not chosen.liked:
-        raise ApiError(
-            ErrorCode.NO_POSITIVE_EXAMPLE,
-            "nothing to search from: give the `key` of an image, or at least one `like=` key",
-        )
     return await run_in_threadpool(search_similar, image_id, chosen, engine, settings, linker)
