@@ -122,16 +122,18 @@ async function errorFrom(response) {
 }
 
 /**
- * The query string of a search: `k` (unless null or sent in the body), each label as `label=`, and `offset`
- * (unless 0).
- * @param {{k?: number|null, labels?: string[], offset?: number}} options
+ * The query string of a search: `k` (unless null or sent in the body), each label as `label=`, `offset`
+ * (unless 0), and the keys of the liked and disliked results as `like=` and `dislike=`.
+ * @param {{k?: number|null, labels?: string[], offset?: number, like?: string[], dislike?: string[]}} options
  * @returns {string} "" or "?..."
  */
-export function searchQuery({ k = null, labels = [], offset = 0 } = {}) {
+export function searchQuery({ k = null, labels = [], offset = 0, like = [], dislike = [] } = {}) {
   const params = new URLSearchParams();
   if (k !== null) params.append("k", String(k));
   for (const label of labels) params.append("label", label);
   if (offset > 0) params.append("offset", String(offset));
+  for (const key of like) params.append("like", key);
+  for (const key of dislike) params.append("dislike", key);
   const text = params.toString();
   return text ? `?${text}` : "";
 }
@@ -234,11 +236,12 @@ export function createApi(config) {
      * @param {Blob} image
      * @param {number|null} k null: the service's default
      * @param {{signal?: AbortSignal, onRetry?: Function, filename?: string, labels?: string[],
-     *   offset?: number}} [options] `labels`: only results with one of them; `offset`: results to skip
+     *   offset?: number, like?: string[], dislike?: string[]}} [options] `labels`: only results with one of
+     *   them; `offset`: results to skip; `like`, `dislike`: keys of results to see more and less like
      * @returns {Promise<object>} the SearchResponse
      */
-    async search(image, k, { signal, onRetry, filename = "query.jpg", labels = [], offset = 0 } = {}) {
-      const path = `/search${searchQuery({ labels, offset })}`;
+    async search(image, k, { signal, onRetry, filename = "query.jpg", labels = [], offset = 0, like, dislike } = {}) {
+      const path = `/search${searchQuery({ labels, offset, like, dislike })}`;
       return withRetry(
         async () => {
           const form = new FormData();
@@ -254,26 +257,29 @@ export function createApi(config) {
      * `POST /search` with JSON `{"url": ...}`: the service fetches the image behind the link itself.
      * @param {string} url an https:// link to an image
      * @param {number|null} k null: the service's default
-     * @param {{signal?: AbortSignal, onRetry?: Function, labels?: string[], offset?: number}} [options]
+     * @param {{signal?: AbortSignal, onRetry?: Function, labels?: string[], offset?: number, like?: string[],
+     *   dislike?: string[]}} [options]
      * @returns {Promise<object>} the SearchResponse
      */
-    async searchUrl(url, k, { signal, onRetry, labels = [], offset = 0 } = {}) {
-      const path = `/search${searchQuery({ k, labels, offset })}`;
+    async searchUrl(url, k, { signal, onRetry, labels = [], offset = 0, like, dislike } = {}) {
+      const path = `/search${searchQuery({ k, labels, offset, like, dislike })}`;
       const init = { method: "POST", body: JSON.stringify({ url }), json: true };
       return withRetry(async () => (await request(path, init, { signal })).body, { signal, onRetry });
     },
 
     /**
      * `GET /similar?key=`: neighbours of an image of the collection named by its key, which means the same
-     * image in every build of the index (ids do not).
-     * @param {string} key
+     * image in every build of the index (ids do not). With `key` null, the `like` keys are the query.
+     * @param {string|null} key
      * @param {number|null} k null: the service's default
-     * @param {{signal?: AbortSignal, onRetry?: Function, labels?: string[], offset?: number}} [options]
-     * @returns {Promise<object>} the SearchResponse (query set)
+     * @param {{signal?: AbortSignal, onRetry?: Function, labels?: string[], offset?: number, like?: string[],
+     *   dislike?: string[]}} [options]
+     * @returns {Promise<object>} the SearchResponse (query set when `key` is)
      */
-    async similarByKey(key, k, { signal, onRetry, labels = [], offset = 0 } = {}) {
-      const query = searchQuery({ k, labels, offset }).replace(/^\?/, "&");
-      const path = `/similar?key=${encodeURIComponent(key)}${query}`;
+    async similarByKey(key, k, { signal, onRetry, labels = [], offset = 0, like, dislike } = {}) {
+      const query = searchQuery({ k, labels, offset, like, dislike });
+      const path =
+        key === null ? `/similar${query}` : `/similar?key=${encodeURIComponent(key)}${query.replace(/^\?/, "&")}`;
       return withRetry(async () => (await request(path, { method: "GET" }, { signal })).body, {
         signal,
         onRetry,
@@ -285,11 +291,12 @@ export function createApi(config) {
      * made before results carried keys (`?similar=ID`); results are looked up by key.
      * @param {number} id
      * @param {number|null} k null: the service's default
-     * @param {{signal?: AbortSignal, onRetry?: Function, labels?: string[], offset?: number}} [options]
+     * @param {{signal?: AbortSignal, onRetry?: Function, labels?: string[], offset?: number, like?: string[],
+     *   dislike?: string[]}} [options]
      * @returns {Promise<object>} the SearchResponse (query_id set)
      */
-    async similar(id, k, { signal, onRetry, labels = [], offset = 0 } = {}) {
-      const path = `/images/${encodeURIComponent(id)}/similar${searchQuery({ k, labels, offset })}`;
+    async similar(id, k, { signal, onRetry, labels = [], offset = 0, like, dislike } = {}) {
+      const path = `/images/${encodeURIComponent(id)}/similar${searchQuery({ k, labels, offset, like, dislike })}`;
       return withRetry(async () => (await request(path, { method: "GET" }, { signal })).body, {
         signal,
         onRetry,

@@ -51,10 +51,46 @@ function hostOf(url) {
   }
 }
 
-/** The address bar for a search: `?key=` for an image of the collection, the bare page otherwise. */
-function addressOf(query) {
-  if (query.kind !== "similar") return location.pathname;
-  return query.key ? `?key=${encodeURIComponent(query.key)}` : `?similar=${query.id}`;
+/** No liked and no disliked results. */
+const NO_PICKS = Object.freeze({ liked: [], disliked: [] });
+
+/**
+ * The address bar for a search: `?key=` for an image of the collection, then the keys of the liked and disliked
+ * results as `like=` and `dislike=`; the bare page for an upload or a link without picks (a photo has no address).
+ */
+function addressOf(query, picks = NO_PICKS) {
+  const parts = [];
+  if (query.kind === "similar") parts.push(query.key ? `key=${encodeURIComponent(query.key)}` : `similar=${query.id}`);
+  for (const p of picks.liked) parts.push(`like=${encodeURIComponent(p.key)}`);
+  for (const p of picks.disliked) parts.push(`dislike=${encodeURIComponent(p.key)}`);
+  return parts.length ? `?${parts.join("&")}` : location.pathname;
+}
+
+/** Picks named only by their keys (a link to a refined search): the label and picture come from the results. */
+function picksFromKeys(like, dislike) {
+  const pick = (key) => ({ key, label: null, url: null, id: null });
+  const liked = [...new Set(like)];
+  return { liked: liked.map(pick), disliked: [...new Set(dislike)].filter((k) => !liked.includes(k)).map(pick) };
+}
+
+/** `picks` with `match` liked or disliked (`vote`), or taken back when it already was. */
+function withVote(picks, match, vote) {
+  const own = vote === "like" ? "liked" : "disliked";
+  const had = picks[own].some((p) => p.key === match.key);
+  const next = {
+    liked: picks.liked.filter((p) => p.key !== match.key),
+    disliked: picks.disliked.filter((p) => p.key !== match.key),
+  };
+  if (!had) next[own] = [...next[own], { key: match.key, label: match.label, url: match.url, id: match.id }];
+  return next;
+}
+
+/** "1 liked and 2 disliked" for the summary, "" without picks. */
+function picksSummary({ liked, disliked }) {
+  const parts = [];
+  if (liked.length) parts.push(`${liked.length} liked`);
+  if (disliked.length) parts.push(`${disliked.length} disliked`);
+  return parts.join(" and ");
 }
 
 /** What to tell a person about an error, in words; `link`: the search was for a pasted link. */
@@ -94,12 +130,15 @@ export class App {
     this.chips = [];
     /** The service's max_k once /health has told it: offset + k may not pass it. */
     this.maxK = null;
+    /** The results liked and disliked for the current query: the search is steered by them. */
+    this.picks = NO_PICKS;
   }
 
   /** Binds the view and starts the health check; restores the history entry after a reload. */
   start() {
     this.view.bindFile((file) => this.searchFile(file));
     this.view.bindResult((match) => this.searchSimilar(match, { focus: true }));
+    this.view.bindVote((match, vote) => this.vote(match, vote));
     this.view.bindUrl((url) => this.searchUrl(url));
     this.view.bindChip((label) => this.toggleLabel(label));
     this.view.bindMore(() => this.showMore());
@@ -115,12 +154,15 @@ export class App {
     const params = new URLSearchParams(location.search);
     const key = params.get("key");
     const similarId = params.get("similar"); // links from before results carried keys
+    const picks = picksFromKeys(params.getAll("like"), params.getAll("dislike"));
     if (state?.response) {
       this.restore(state);
     } else if (key) {
-      this.searchSimilar({ key }, { replace: true });
+      this.searchSimilar({ key }, { replace: true, picks });
     } else if (similarId !== null && /^\d+$/.test(similarId)) {
-      this.searchSimilar({ id: Number(similarId) }, { replace: true });
+      this.searchSimilar({ id: Number(similarId) }, { replace: true, picks });
+    } else if (picks.liked.length) {
+      this.searchPicks(picks);
     }
   }
 
@@ -250,6 +292,7 @@ export class App {
       signal.throwIfAborted();
       this.query = { ...query, blob: upload, filename: upload === file ? file.name || "upload" : "query.jpg" };
       this.labels = [];
+      this.picks = NO_PICKS;
       await this.searchQuery(this.query, signal, "push");
     });
   }
@@ -269,6 +312,7 @@ export class App {
       async (signal) => {
         this.query = query;
         this.labels = [];
+        this.picks = NO_PICKS;
         await this.searchQuery(query, signal, "push");
       },
       { link: true },
@@ -279,9 +323,10 @@ export class App {
    * Searches from an image of the collection: a clicked result or a `?key=` link, both by its key, which names
    * the same image in every build of the index; or an old `?similar=ID` link, by id.
    * @param {{key?: string, id?: number, label?: string|null, url?: string}} match
-   * @param {{focus?: boolean, replace?: boolean}} [options]
+   * @param {{focus?: boolean, replace?: boolean, picks?: {liked: object[], disliked: object[]}}} [options]
+   *   `picks`: results liked and disliked already (a link to a refined search)
    */
-  searchSimilar(match, { focus = false, replace = false } = {}) {
+  searchSimilar(match, { focus = false, replace = false, picks = NO_PICKS } = {}) {
     const name = match.label || match.key?.split("/").pop() || `photo #${match.id}`;
     const caption = `Dishes similar to ${name}`;
     const query = {
@@ -298,8 +343,64 @@ export class App {
     return this.run(async (signal) => {
       this.query = query;
       this.labels = [];
+      this.picks = picks;
       await this.searchQuery(query, signal, replace ? "replace" : "push");
       if (focus) this.view.focusResults();
+    });
+  }
+
+  /**
+   * Searches from liked results alone (a link with `like=` keys and no `key=`, or picks whose photo this page
+   * no longer holds).
+   * @param {{liked: object[], disliked: object[]}} picks at least one liked
+   * @param {{replace?: boolean}} [options]
+   */
+  searchPicks(picks, { replace = true } = {}) {
+    const query = { kind: "picks", key: null, id: null, name: null, caption: "Your picks", src: null };
+    this.view.hideQuery();
+    this.view.renderPredictions([]);
+    this.recheckHealth();
+    return this.run(async (signal) => {
+      this.query = query;
+      this.labels = [];
+      this.picks = picks;
+      await this.searchQuery(query, signal, replace ? "replace" : "push");
+    });
+  }
+
+  /**
+   * Likes or dislikes a result (`vote`), or takes that back, and searches again without another upload: the
+   * same query, now steered by every pick; a new history entry, so Back undoes it.
+   * @param {{key: string, id: number, label: string|null, url: string|null}} match
+   * @param {"like"|"dislike"} vote
+   */
+  vote(match, vote) {
+    const next = withVote(this.picks, match, vote);
+    let query = this.query;
+    if (!query || query.kind === "picks") {
+      if (next.liked.length === 0) {
+        this.view.showError(
+          query
+            ? "Searching from your picks needs at least one dish you want more of: press More on one."
+            : "This page no longer holds your photo (the page was reloaded): press More on a dish to search " +
+                "from it, or choose your photo again.",
+        );
+        return;
+      }
+      query = { kind: "picks", key: null, id: null, name: null, caption: "Your picks", src: null };
+    }
+    const before = { query: this.query, picks: this.picks };
+    return this.run(async (signal) => {
+      this.query = query;
+      this.picks = next;
+      try {
+        await this.searchQuery(query, signal, "push");
+      } catch (error) {
+        this.query = before.query;
+        this.picks = before.picks;
+        throw error;
+      }
+      this.view.focusPick(match.key, vote);
     });
   }
 
@@ -340,11 +441,14 @@ export class App {
     });
   }
 
-  /** One request for `query`'s results, with the current label filter. */
+  /** One request for `query`'s results, with the current label filter and picks. */
   ask(query, { k, offset = 0, signal, onRetry }) {
-    const options = { signal, onRetry, labels: this.labels, offset };
+    const like = this.picks.liked.map((p) => p.key);
+    const dislike = this.picks.disliked.map((p) => p.key);
+    const options = { signal, onRetry, labels: this.labels, offset, like, dislike };
     if (query.kind === "upload") return this.api.search(query.blob, k, { ...options, filename: query.filename });
     if (query.kind === "url") return this.api.searchUrl(query.url, k, options);
+    if (query.kind === "picks") return this.api.similarByKey(null, k, options);
     if (query.key) return this.api.similarByKey(query.key, k, options);
     return this.api.similar(query.id, k, options);
   }
@@ -388,11 +492,12 @@ export class App {
       k,
       labels: this.labels,
       chips: this.chips,
+      picks: this.picks,
       response,
       savedAt: Date.now(),
     };
-    if (historyMode === "push") history.pushState(state, "", addressOf(query));
-    else history.replaceState(state, "", addressOf(query));
+    if (historyMode === "push") history.pushState(state, "", addressOf(query, this.picks));
+    else history.replaceState(state, "", addressOf(query, this.picks));
     this.render(state);
   }
 
@@ -405,12 +510,14 @@ export class App {
       this.query = null;
       this.labels = [];
       this.chips = [];
+      this.picks = NO_PICKS;
       this.view.reset();
       return;
     }
     const { query } = state;
     this.labels = state.labels ?? [];
     this.chips = state.chips ?? [];
+    this.picks = state.picks ?? NO_PICKS;
     this.query =
       query.kind === "upload"
         ? { ...query, blob: this.uploads.get(query.src), filename: "query.jpg" }
@@ -437,14 +544,21 @@ export class App {
     const n = matches.length;
     const took = response.timings ? `, found in ${seconds(response.timings.total_ms)}` : "";
     const dishes = n === 1 ? "dish" : "dishes";
-    const what = query.kind === "similar" ? `${n} ${dishes} similar to ${query.name}` : `${n} similar ${dishes}`;
-    const only = labels.length ? ` labelled ${labels.join(" or ")}` : "";
+    const what = {
+      similar: `${n} ${dishes} similar to ${query.name}`,
+      picks: `${n} ${dishes} like your picks`,
+    }[query.kind] ?? `${n} similar ${dishes}`;
+    const picks = state.picks ?? NO_PICKS;
+    const steered = picksSummary(picks);
+    const only = (labels.length ? ` labelled ${labels.join(" or ")}` : "") + (steered ? `, steered by ${steered}` : "");
     const collapsed = response.duplicates_collapsed ?? 0;
     const hidden = collapsed ? ` ${collapsed} near-duplicate${collapsed === 1 ? "" : "s"} left out.` : "";
     const none = labels.length ? `No similar dishes labelled ${labels.join(" or ")}.` : "No similar dishes found.";
     const summary = n === 0 ? none : `${what}${only}${took}.${hidden}`;
     this.view.renderResults(matches, summary);
     this.view.renderChips(state.chips ?? [], labels);
+    const resolved = (p) => ({ ...p, url: p.url ? this.api.resolveUrl(p.url) : null });
+    this.view.renderPicks({ liked: picks.liked.map(resolved), disliked: picks.disliked.map(resolved) });
     this.view.setMore(Number.isInteger(response.next_offset));
     this.view.setStatus(summary, { visible: false });
   }

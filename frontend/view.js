@@ -22,6 +22,12 @@ export function kChoices(defaultK, maxK) {
   return [...choices].filter((k) => k <= maxK).sort((a, b) => a - b);
 }
 
+/** The two feedback toggles of a result: what each says to a screen reader and shows. */
+const VOTES = {
+  like: { name: "More like this", shown: "More", mark: "+" },
+  dislike: { name: "Less like this", shown: "Less", mark: "−" },
+};
+
 function labelOf(match) {
   if (match.label) return match.label;
   const name = String(match.key ?? "").split("/").pop();
@@ -59,6 +65,8 @@ export class View {
     this.filters = $("filters");
     this.chips = $("chips");
     this.more = $("more");
+    this.picks = $("picks");
+    this.pickList = $("pick-list");
     this.queryImage.addEventListener("error", () => {
       this.query.hidden = true;
     });
@@ -158,7 +166,7 @@ export class View {
    */
   bindResult(handler) {
     this.results.addEventListener("click", (event) => {
-      const button = event.target.closest("button[data-id]");
+      const button = event.target.closest("button.result[data-id]");
       if (!button || !this.results.contains(button)) return;
       handler({
         id: Number(button.dataset.id),
@@ -167,6 +175,95 @@ export class View {
         url: button.dataset.url,
       });
     });
+  }
+
+  /**
+   * Calls `handler(match, vote)` when a "More like this" (`vote` "like") or "Less like this" ("dislike") toggle
+   * is pressed, on a result or on one of the picks.
+   * @param {(match: {id: number, key: string, label: string|null, url: string}, vote: "like"|"dislike") => void}
+   *   handler
+   */
+  bindVote(handler) {
+    for (const list of [this.results, this.pickList]) {
+      list.addEventListener("click", (event) => {
+        const button = event.target.closest("button[data-vote]");
+        if (!button || !list.contains(button)) return;
+        const { key, label, url, id } = button.dataset;
+        handler({ id: Number(id), key, label: label || null, url: url || null }, button.dataset.vote);
+      });
+    }
+  }
+
+  /**
+   * The "More like this" and "Less like this" toggles for `match`; `pressed` is the one that is on, if any.
+   * @param {{id: number, key: string, label: string|null, url: string|null}} match
+   * @param {"like"|"dislike"|null} pressed
+   * @returns {HTMLElement}
+   */
+  voteButtons(match, pressed) {
+    const group = this.doc.createElement("div");
+    group.className = "votes";
+    const label = labelOf(match);
+    for (const [vote, words] of Object.entries(VOTES)) {
+      const button = this.doc.createElement("button");
+      button.type = "button";
+      button.className = `vote ${vote}`;
+      button.dataset.vote = vote;
+      button.dataset.key = match.key;
+      button.dataset.label = match.label ?? "";
+      button.dataset.url = match.url ?? "";
+      button.dataset.id = String(match.id ?? "");
+      button.setAttribute("aria-pressed", String(pressed === vote));
+      button.setAttribute("aria-label", `${words.name}: ${label}`);
+      const mark = this.doc.createElement("span");
+      mark.setAttribute("aria-hidden", "true");
+      mark.textContent = words.mark;
+      button.append(mark, ` ${words.shown}`);
+      group.append(button);
+    }
+    return group;
+  }
+
+  /**
+   * Shows the liked and disliked results (they are left out of the results), each with its toggles pressed as
+   * chosen, so a pick can be taken back or turned round; hidden when there are none.
+   * @param {{liked: object[], disliked: object[]}} picks matches with `url` resolved, or null when not known
+   */
+  renderPicks({ liked, disliked }) {
+    const items = [...liked.map((m) => [m, "like"]), ...disliked.map((m) => [m, "dislike"])];
+    this.picks.hidden = items.length === 0;
+    this.pickList.replaceChildren(
+      ...items.map(([match, vote]) => {
+        const li = this.doc.createElement("li");
+        li.className = `pick ${vote}`;
+        if (match.url) {
+          const img = this.doc.createElement("img");
+          img.src = match.url;
+          img.alt = "";
+          img.width = 48;
+          img.height = 48;
+          li.append(img);
+        }
+        const name = this.doc.createElement("span");
+        name.className = "pick-name";
+        name.textContent = labelOf(match);
+        li.append(name, this.voteButtons(match, vote));
+        return li;
+      }),
+    );
+  }
+
+  /**
+   * Moves keyboard focus to the `vote` toggle of the pick with `key`, else to the results heading.
+   * @param {string} key
+   * @param {"like"|"dislike"} vote
+   */
+  focusPick(key, vote) {
+    const button = [...this.pickList.querySelectorAll("button[data-vote]")].find(
+      (b) => b.dataset.key === key && b.dataset.vote === vote,
+    );
+    if (button) button.focus();
+    else this.focusResults();
   }
 
   /** The number of results chosen; null until the service's limits are known (it then uses its default). */
@@ -285,6 +382,7 @@ export class View {
     this.resultsSection.hidden = true;
     this.resultsSummary.textContent = "";
     this.renderChips([], []);
+    this.renderPicks({ liked: [], disliked: [] });
     this.setMore(false);
     this.clearError();
     this.setStatus("");
@@ -357,7 +455,8 @@ export class View {
   }
 
   /**
-   * Renders the nearest images as a grid of buttons; each one searches from that image.
+   * Renders the nearest images as a grid of buttons; each one searches from that image, and has "More like this"
+   * and "Less like this" toggles below it.
    * @param {{id: number, key: string, label: string|null, similarity: number, url: string}[]} matches
    *   with `url` already resolved
    * @param {string} summary e.g. "12 similar dishes in 85 ms"
@@ -396,7 +495,7 @@ export class View {
         score.textContent = similarity;
         caption.append(name, score);
         button.append(img, caption);
-        li.append(button);
+        li.append(button, this.voteButtons(match, null));
         return li;
       }),
     );

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     presign_expires_s: int = Field(900, ge=1, le=7 * 24 * 3600, description="Lifetime of presigned image URLs")
     default_k: int = Field(12, ge=1, description="Results returned when the request gives no k")
     max_k: int = Field(100, ge=1, description="Largest k a request may ask for")
+    max_feedback_images: int = Field(
+        20,
+        ge=1,
+        le=200,
+        description="Most liked plus disliked images (`like=`, `dislike=` keys) one search may carry; more is a 422",
+    )
     max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, ge=1024, description="Largest image accepted (bytes)")
     max_image_pixels: int = Field(64_000_000, ge=1, description="Largest width x height decoded (bomb guard)")
     max_ingest_bytes: int = Field(

@@ -3,18 +3,20 @@
 The neighbours are ranked once for every endpoint (``rank``): nearest first, only the wanted labels, copies
 of the same picture as a higher-ranked result collapsed (``lambda_fn.vision.phash.same_picture``: perceptual
 hash and embedding; a build without hashes collapses nothing), then the page ``offset .. offset+k-1`` of that
-ranking with the results below ``min_similarity`` cut off.
+ranking with the results below ``min_similarity`` cut off. A search with liked and disliked images ranks by one
+vector made from the query and them (``lambda_fn.search.feedback``), and never returns them.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from lambda_fn.contract.config import Settings
 from lambda_fn.search.errors import ApiError
+from lambda_fn.search.feedback import NoPositiveSignal, rocchio
 from lambda_fn.search.schemas import MAX_LISTED_LABELS, ErrorCode, Match, Prediction, SearchResponse, Timings
 from lambda_fn.search.urls import ImageLinker
 from lambda_fn.vision.engine import Engine
@@ -69,6 +71,10 @@ class SearchOptions:
     labels: tuple[str, ...] = ()
     min_similarity: float | None = None
     dedupe: bool = True
+    liked: tuple[str, ...] = ()  # keys, each known to the live build (``Refine.feedback``)
+    disliked: tuple[str, ...] = ()
+    # each liked and disliked key's stored vector, read in one store look-up by ``Refine.feedback``
+    vectors: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass
@@ -83,6 +89,8 @@ class Ranked:
     def fields(self, options: SearchOptions) -> dict:
         """The SearchResponse fields that describe the page."""
         return {
+            "liked": list(options.liked),
+            "disliked": list(options.disliked),
             "k": options.k,
             "offset": options.offset,
             "next_offset": self.next_offset,
@@ -114,20 +122,42 @@ _DEDUPE_MARGIN = 0.25
 _RANK_TRIES = 4
 
 
+def query_vector(engine: Engine, query: np.ndarray | None, options: SearchOptions) -> np.ndarray:
+    """The vector a search ranks by: the query's own, or with liked and disliked images, Rocchio's combination."""
+    if query is not None and not options.liked and not options.disliked:
+        return query
+    liked = _vectors(options, options.liked)
+    disliked = _vectors(options, options.disliked)
+    try:
+        return rocchio(query, liked, disliked, dim=engine.meta.dim)
+    except NoPositiveSignal as exc:
+        raise ApiError(
+            ErrorCode.NO_POSITIVE_EXAMPLE, f"{exc}: give a query (an image or `key=`) or a `like=` key"
+        ) from None
+
+
+def _vectors(options: SearchOptions, keys: tuple[str, ...]) -> np.ndarray | None:
+    """The embeddings of ``keys``, as ``Refine.feedback`` looked them up in the store; None for no keys."""
+    return np.stack([options.vectors[key] for key in keys]) if keys else None
+
+
 def rank(
     store: VectorStore, vector: np.ndarray, options: SearchOptions, settings: Settings, exclude: str | None = None
 ) -> Ranked:
-    """The page of neighbours ``options`` asks for (its labels known: ``check_labels``); see the module's
-    docstring. A store with a top-k limit returns at most that many: the ranking then ends there."""
+    """The page of neighbours ``options`` asks for (its labels known: ``check_labels``), leaving out ``exclude``
+    and the liked and disliked images; see the module's docstring. A store with a top-k limit returns at most
+    that many: the ranking then ends there."""
     end = options.offset + options.k
     dedupe = options.dedupe and store.dedupe_off is None
     n = end + 1 + (int(end * _DEDUPE_MARGIN) + 2 if dedupe else 0)  # one more tells of a next page
+    judged = set(options.liked) | set(options.disliked)
     for _ in range(_RANK_TRIES):
-        if store.max_top_k is not None:
-            n = min(n, store.max_top_k)
-        found = store.search(vector, n, exclude=exclude, labels=options.labels)
+        # ask for as many more as could be judged ones: they are left out after the search
+        asked_n = n + len(judged) if store.max_top_k is None else min(n + len(judged), store.max_top_k)
+        asked = store.search(vector, asked_n, exclude=exclude, labels=options.labels)
+        found = [hit for hit in asked if hit.key not in judged][:n]
         kept, collapsed = _collapse(store, found, options.offset, end, settings) if dedupe else (found[: end + 1], 0)
-        if len(kept) > end or len(found) < n or n == store.max_top_k:
+        if len(kept) > end or len(asked) < asked_n or asked_n == store.max_top_k:
             break
         n *= 2  # duplicates took the room: ask for more (bounded tries; a page may come back short)
     page = kept[options.offset : end]
@@ -174,7 +204,7 @@ def search_image(
     t1 = time.perf_counter()
     vectors, probs = engine.embed(pixels[None])
     t2 = time.perf_counter()
-    ranked = rank(engine.store, vectors[0], options, settings)
+    ranked = rank(engine.store, query_vector(engine, vectors[0], options), options, settings)
     t3 = time.perf_counter()
     predictions = (
         [Prediction(label=label, probability=round(p, 6)) for label, p in engine.predictions(probs[0])]
@@ -228,19 +258,25 @@ def image_by_key(key: str, engine: Engine) -> tuple[Hit, np.ndarray]:
 
 
 def search_similar(
-    image: tuple[Hit, np.ndarray], options: SearchOptions, engine: Engine, settings: Settings, linker: ImageLinker
+    image: tuple[Hit, np.ndarray] | None,
+    options: SearchOptions,
+    engine: Engine,
+    settings: Settings,
+    linker: ImageLinker,
 ) -> SearchResponse:
-    """Neighbours of an indexed image (``image_by_id``, ``image_by_key``), the image itself left out."""
-    hit, vector = image
+    """Neighbours of an indexed image (``image_by_id``, ``image_by_key``), the image itself left out; or with
+    ``image`` None, of the liked images alone."""
+    hit, vector = image if image is not None else (None, None)
     t0 = time.perf_counter()
-    ranked = rank(engine.store, vector, options, settings, exclude=hit.key)
+    query = query_vector(engine, vector, options)
+    ranked = rank(engine.store, query, options, settings, exclude=hit.key if hit is not None else None)
     t1 = time.perf_counter()
     return SearchResponse(
         **ranked.fields(options),
         build_id=engine.build_id,
         results=to_matches(ranked.neighbours, linker),
         predictions=[],
-        query_id=hit.id,
-        query=to_matches([hit], linker)[0],
+        query_id=hit.id if hit is not None else None,
+        query=to_matches([hit], linker)[0] if hit is not None else None,
         timings=Timings(decode_ms=0.0, embed_ms=0.0, search_ms=_ms(t1 - t0), total_ms=_ms(time.perf_counter() - t0)),
     )

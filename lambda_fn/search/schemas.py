@@ -27,6 +27,7 @@ class ErrorCode(StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     STALE_BUILD = "stale_build"
     UNKNOWN_LABEL = "unknown_label"
+    NO_POSITIVE_EXAMPLE = "no_positive_example"
     URL_NOT_ALLOWED = "url_not_allowed"
     URL_UNREACHABLE = "url_unreachable"
     TOO_LARGE = "too_large"
@@ -59,6 +60,8 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.MISSING_IMAGE: 422,
     ErrorCode.INVALID_PARAMETERS: 422,
     ErrorCode.UNKNOWN_LABEL: 422,  # a label filter naming no label of the live build; the message lists them
+    # Nothing to search towards: neither a query image nor a liked image (only disliked ones, or none).
+    ErrorCode.NO_POSITIVE_EXAMPLE: 422,
     # The service will not fetch from there: a scheme other than https, or an address that is not public.
     ErrorCode.URL_NOT_ALLOWED: 422,
     # The URL gave no image: DNS, connection, TLS, timeout, an error status or too many redirects. A 4xx, not a
@@ -144,6 +147,12 @@ class SearchResponse(BaseModel):
     timings: Timings
     query_id: int | None = Field(None, description="Set for similar-image searches: the image searched from")
     query: Match | None = Field(None, description="Set for similar-image searches: that image, with its link")
+    liked: list[str] = Field(
+        default_factory=list, description="Keys of the liked images the ranking was moved towards (`like=`)"
+    )
+    disliked: list[str] = Field(
+        default_factory=list, description="Keys of the disliked images the ranking was moved away from (`dislike=`)"
+    )
 
 
 class ModelInfo(BaseModel):

@@ -299,9 +299,21 @@ def _corpus() -> list[Case]:
         ("dedupe=", 422, "invalid_parameters"),
         ("min_similarity=-1&dedupe=false&offset=5", 200, None),
         ("min_similarity=1", 200, None),
+        ("like=soup/not-in-the-collection.jpg", 404, "unknown_image"),
+        ("dislike=../../etc/passwd", 404, "unknown_image"),
+        ("like=", 422, "invalid_parameters"),
+        ("dislike=" + "x" * 1025, 422, "invalid_parameters"),
+        ("&".join(f"like=soup/{i}.jpg" for i in range(21)), 422, "invalid_parameters"),
+        ("like=pizza/pizza_0001.jpg&dislike=pizza/pizza_0001.jpg", 422, "invalid_parameters"),
+        ("like=pizza/pizza_0001.jpg&dislike=soup/soup_0000.jpg&label=soup", 200, None),
     ):
         cases.append(Case(f"search {query[:40]}", status, code, url=f"/search?{query}", kwargs=_raw(jpeg)))
         cases.append(Case(f"similar {query[:40]}", status, code, method="GET", url=f"/images/1/similar?{query}"))
+    cases += [
+        Case("similar with only a disliked key", 422, "no_positive_example", method="GET",
+             url="/similar?dislike=pizza/pizza_0001.jpg"),
+        Case("similar with nothing", 422, "no_positive_example", method="GET", url="/similar"),
+    ]  # fmt: skip
     return cases
 
 

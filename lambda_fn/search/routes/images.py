@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from lambda_fn.search.deps import EngineDep, LinkerDep, SettingsDep
 from lambda_fn.search.errors import ERROR_RESPONSES
 from lambda_fn.search.pipeline import check_build, image_by_id, image_by_key, search_similar
-from lambda_fn.search.routes.params import Refine, refine
+from lambda_fn.search.routes.params import MAX_KEY_LENGTH, Refine, refine
 from lambda_fn.search.schemas import ErrorResponse, SearchResponse
 
 router = APIRouter(tags=["images"])
@@ -21,7 +21,10 @@ router = APIRouter(tags=["images"])
     response_model=SearchResponse,
     responses={
         **ERROR_RESPONSES,
-        404: {"model": ErrorResponse, "description": "Unknown image id (code: `unknown_image`)"},
+        404: {
+            "model": ErrorResponse,
+            "description": "Unknown image id, or a `like=` / `dislike=` key naming no image (code: `unknown_image`)",
+        },
         409: {
             "model": ErrorResponse,
             "description": "`build` is not the live build: the id may name another image now (code: `stale_build`)",
@@ -52,19 +55,29 @@ async def similar(
 @router.get(
     "/similar",
     response_model=SearchResponse,
-    responses={**ERROR_RESPONSES, 404: {"model": ErrorResponse, "description": "Unknown key (code: `unknown_image`)"}},
+    responses={
+        **ERROR_RESPONSES,
+        404: {"model": ErrorResponse, "description": "Unknown key, liked or disliked key (code: `unknown_image`)"},
+    },
 )
 async def similar_by_key(
+    *,
     engine: EngineDep,
     settings: SettingsDep,
     linker: LinkerDep,
     key: Annotated[
-        str,
-        Query(min_length=1, max_length=1024, description="The image's `key` in the collection; valid in every build"),
-    ],
+        str | None,
+        Query(
+            min_length=1,
+            max_length=MAX_KEY_LENGTH,
+            description="The image's `key` in the collection; valid in every build. Without it, the `like=` "
+            "images are the query (422 `no_positive_example` without either)",
+        ),
+    ] = None,
     options: Annotated[Refine, Depends(refine)],
 ) -> SearchResponse:
-    """Find the images most similar to an indexed image named by its key, leaving the image itself out."""
-    image = await run_in_threadpool(image_by_key, key, engine)
+    """Find the images most similar to an indexed image named by its key, leaving the image itself out; or to the
+    liked images, away from the disliked ones."""
+    image = await run_in_threadpool(image_by_key, key, engine) if key is not None else None
     chosen = options.options(engine, settings)
     return await run_in_threadpool(search_similar, image, chosen, engine, settings, linker)

@@ -12,7 +12,7 @@ from lambda_fn.search.errors import ERROR_RESPONSES
 from lambda_fn.search.fetch import fetch_image
 from lambda_fn.search.pipeline import search_image
 from lambda_fn.search.routes.params import Refine, refine
-from lambda_fn.search.schemas import JsonSearchRequest, SearchResponse
+from lambda_fn.search.schemas import ErrorResponse, JsonSearchRequest, SearchResponse
 from lambda_fn.search.uploads import ImageLink, read_query
 
 router = APIRouter(tags=["search"])
@@ -51,6 +51,7 @@ _RESPONSES = {
     413: {**ERROR_RESPONSES[413], "description": ERROR_RESPONSES[413]["description"] + ", also a linked image's"},
     415: {**ERROR_RESPONSES[415], "description": ERROR_RESPONSES[415]["description"] + "; a link that is no image/*"},
     422: {**ERROR_RESPONSES[422], "description": ERROR_RESPONSES[422]["description"] + _URL_NOTE},
+    404: {"model": ErrorResponse, "description": "A `like=` or `dislike=` key names no image (code: `unknown_image`)"},
 }
 
 

@@ -48,7 +48,7 @@ def test_similar_by_key_answers_like_the_id_route(client, artifacts_dir, build_i
         ({"key": "soup/not-in-the-collection.jpg"}, 404, "unknown_image"),
         ({"key": "../../etc/passwd"}, 404, "unknown_image"),
         ({"key": ""}, 422, "invalid_parameters"),
-        ({}, 422, "invalid_parameters"),
+        ({}, 422, "no_positive_example"),  # neither a key nor a liked image
         ({"key": "x" * 1025}, 422, "invalid_parameters"),
     ],
 )
@@ -72,12 +72,14 @@ def test_openapi_documents_builds_and_key_look_ups(client):
     spec = client.get("/openapi.json").json()
     by_key = spec["paths"]["/similar"]["get"]
     assert [(p["name"], p["required"]) for p in by_key["parameters"] if p["in"] == "query"] == [
-        ("key", True),
+        ("key", False),  # without it, the liked images are the query
         ("k", False),
         ("offset", False),
         ("label", False),
         ("min_similarity", False),
         ("dedupe", False),
+        ("like", False),
+        ("dislike", False),
     ]
     assert {"200", "404", "422"} <= set(by_key["responses"])
     by_id = spec["paths"]["/images/{image_id}/similar"]["get"]
