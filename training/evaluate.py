@@ -156,7 +156,8 @@ def service_ranking(
     (queries, k); -1 where a page came back shorter than k."""
     out = np.full((len(queries), options.k), -1, dtype=np.int64)
     for q, (vector, ex) in enumerate(zip(queries, exclude, strict=True)):
-        found = [nb.id for nb in rank(engine, vector, options, settings, exclude=ex).neighbours]
+        key = engine.keys[ex].key if ex is not None else None  # the seam leaves images out by key
+        found = [nb.id for nb in rank(engine.store, vector, options, settings, exclude=key).neighbours]
         out[q, : len(found)] = found
     return out
 
