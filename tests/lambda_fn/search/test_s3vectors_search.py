@@ -124,3 +124,20 @@ def test_a_warm_service_swaps_to_a_new_models_index_once_it_goes_live(
     assert body["updates"]["error"] is None and body["updates"]["pending_model"] is None
     result = served.post("/search?k=3", files={"image": ("q.jpg", photo(d))}).json()
     assert result["build_id"] == index_name(sha) and result["results"][0]["key"] == KEY
+
+
+def test_liked_and_disliked_keys_steer_a_search_on_the_store(served, deployment):
+    liked, disliked = "salad/salad_0000.jpg", "pasta/pasta_0001.jpg"
+    files = {"image": ("q.jpg", photo(deployment))}
+    body = served.post(f"/search?k=10&dedupe=false&like={liked}&dislike={disliked}", files=files).json()
+    keys = [r["key"] for r in body["results"]]
+    assert len(keys) == 10 and not {liked, disliked} & set(keys)  # the judged never come back
+    plain = served.post("/search?k=12&dedupe=false", files=files).json()
+    assert keys != [r["key"] for r in plain["results"] if r["key"] not in (liked, disliked)][:10]  # it steered
+    # one liked image and no query ranks by that image's own vector: the same page as a search by its key
+    alone = served.get(f"/similar?like={liked}&k=5&dedupe=false").json()
+    by_key = served.get(f"/similar?key={liked}&k=5&dedupe=false").json()
+    assert [r["key"] for r in alone["results"]] == [r["key"] for r in by_key["results"]]
+    assert liked not in {r["key"] for r in alone["results"]}
+    assert_json_error(served.get("/similar?like=salad/none.jpg"), 404, "unknown_image")
+    assert_json_error(served.get(f"/similar?dislike={disliked}"), 422, "no_positive_example")
