@@ -83,3 +83,27 @@ def photo_jpeg(width: int, height: int, seed: int = 0, quality: int = 90) -> byt
     buf = io.BytesIO()
     render("pizza", random.Random(seed), width, height).save(buf, "JPEG", quality=quality)
     return buf.getvalue()
+
+
+def skimage_data() -> Path | None:
+    """scikit-image's data folder, found without importing the package (its import needs more than the files);
+    None where it is not installed. ``pip install --no-deps scikit-image`` is enough for the benches."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def lfw_subset():
+    """scikit-image's ``lfw_subset.npy`` (200 grey 25x25 crops in 0..1: 100 faces, then 100 non-faces) and a
+    label per crop (1 face, 0 not); None where scikit-image is not installed."""
+    import numpy as np
+
+    folder = skimage_data()
+    path = folder / "lfw_subset.npy" if folder else None
+    if path is None or not path.is_file():
+        return None
+    images = np.load(path)
+    return images, np.array([1] * 100 + [0] * (len(images) - 100))

@@ -22,7 +22,6 @@ compared with hashing the whole picture.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import itertools
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench._setup import EXPORT_VERSION, RESULTS, WORK, bench_net, pin_threads
+from bench._setup import EXPORT_VERSION, RESULTS, WORK, bench_net, pin_threads, skimage_data
 from bench.harness import write_result
 from lambda_fn.contract.config import DEFAULT_DEDUPE_MAX_DISTANCE, DEFAULT_DEDUPE_SIMILARITY
 from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE
@@ -107,11 +106,11 @@ EDITS: dict[str, Callable[[Image.Image], bytes]] = {
 
 
 def data_folder() -> Path:
-    """scikit-image's data folder, found without importing the package (which needs more than Pillow)."""
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("scikit-image is not installed: pip install scikit-image")
-    return Path(next(iter(spec.submodule_search_locations))) / "data"
+    """scikit-image's data folder; the bench needs its photographs."""
+    folder = skimage_data()
+    if folder is None:
+        raise SystemExit("scikit-image is not installed: pip install --no-deps scikit-image")
+    return folder
 
 
 def bench_model() -> Path:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench._setup import RESULTS, artifacts, pin_threads
+from bench._setup import RESULTS, artifacts, lfw_subset, pin_threads
 from bench.harness import percentile, write_result
 from lambda_fn.search.feedback import ALPHA, BETA, NoPositiveSignal, best_score, rocchio
 
@@ -115,20 +115,17 @@ def build_set(art: Path, about: str) -> tuple[np.ndarray, np.ndarray, str]:
 
 def lfw_set(art: Path) -> tuple[np.ndarray, np.ndarray, str] | None:
     """scikit-image's lfw_subset file, read without importing scikit-image; None where it is not installed."""
-    import importlib.util
-
     import torch
     from PIL import Image
 
     from lambda_fn.contract.manifest import MODEL_FILE
     from lambda_fn.vision.engine import load_model
 
-    spec = importlib.util.find_spec("skimage")
-    path = Path(spec.origin).parent / "data" / "lfw_subset.npy" if spec and spec.origin else None
-    if path is None or not path.is_file():
+    data = lfw_subset()
+    if data is None:
         print("  scikit-image's lfw_subset is not installed: that set is left out")
         return None
-    faces = np.load(path)  # (200, 25, 25) floats in 0..1: 100 faces, then 100 non-faces
+    faces = data[0]
     model, meta = load_model(art / MODEL_FILE)
     size = meta.crop_size
     grey = [Image.fromarray((f * 255).astype(np.uint8)).convert("RGB").resize((size, size)) for f in faces]

@@ -22,7 +22,6 @@ ToTensor + Normalize, Annoy with 5 trees and default search_k.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench._setup import RESULTS, THREADS, artifacts, bench_net, photo_jpeg, pin_threads
+from bench._setup import RESULTS, THREADS, artifacts, bench_net, lfw_subset, photo_jpeg, pin_threads
 from bench.harness import parse_upload, percentile, write_result
 from bench.isa import add_isa_argument, run_capped
 from lambda_fn.contract.manifest import DEFAULT_CROP_SIZE, DEFAULT_RESIZE_SIZE, MODEL_FILE
@@ -84,19 +83,6 @@ class OriginalPipeline:
             self.model(self.transform(img).unsqueeze(0))
         vec = torch.flatten(self._features, 1)[0].numpy()
         return self.index.get_nns_by_vector(vec.tolist(), k)
-
-
-def lfw_subset() -> tuple[np.ndarray, np.ndarray] | None:
-    """scikit-image's ``data/lfw_subset.npy`` (200 grey 25x25 crops: 100 faces, then 100 non-faces) and their
-    labels, read as a file (scikit-image is not imported, so its other dependencies are not needed)."""
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "lfw_subset.npy"
-    if not path.is_file():
-        return None
-    images = np.load(path)
-    return images, np.array([1] * 100 + [0] * (len(images) - 100))
 
 
 def real_precision(models: dict, k: int = 10) -> dict:
